@@ -1,0 +1,153 @@
+"""`BlockPlan`: a sparse attention pattern as data, the only thing kernels see.
+
+A plan cuts the query tokens of a grid into tiles. Every query of tile ``t`` attends to the
+same gathered key list ``kv_index[t]``, restricted by an element mask only where the tile is
+*partial*. Token indices are positions in the flattened grid (frames, rows, columns order).
+
+Plans are built from *separable* per-axis tilings (`AxisTiling`): a multi-dimensional tile is
+the Cartesian product of one 1-D tile per axis, and its mask is the outer AND of the per-axis
+masks. Every pattern we ship (neighborhood, strided, blocked, dilated, windowed) is separable,
+which keeps masks tiny (``[tiles, q_len, kv_len]`` per axis instead of per token pair).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PAD = -1  # per-axis padding position inside an AxisTiling
+
+
+@dataclass(frozen=True, eq=False)
+class AxisTiling:
+    """1-D tiling of one grid axis.
+
+    q_pos:  [n, q_len] int64, query positions of each axis tile (PAD for padding).
+    kv_pos: [n, kv_len] int64, key positions each axis tile attends to (PAD for padding).
+    mask:   [n, q_len, kv_len] bool, or None when every tile is full (no padding, all live).
+            Padded keys are False; padded query rows copy a real row so softmax never sees an
+            all-masked row.
+    """
+
+    length: int
+    q_pos: Tensor
+    kv_pos: Tensor
+    mask: Tensor | None
+
+    @staticmethod
+    def from_lists(length: int, tiles: list[tuple[list[int], list[int], list[list[bool]] | None]]) -> AxisTiling:
+        """Build from python lists ``[(q_positions, kv_positions, mask_rows_or_None), ...]``."""
+        q_len = max(len(q) for q, _, _ in tiles)
+        kv_len = max(len(kv) for _, kv, _ in tiles)
+        n = len(tiles)
+        q_pos = torch.full((n, q_len), PAD, dtype=torch.long)
+        kv_pos = torch.full((n, kv_len), PAD, dtype=torch.long)
+        mask = torch.zeros((n, q_len, kv_len), dtype=torch.bool)
+        ragged_or_partial = False
+        for i, (q, kv, rows) in enumerate(tiles):
+            q_pos[i, : len(q)] = torch.tensor(q, dtype=torch.long)
+            kv_pos[i, : len(kv)] = torch.tensor(kv, dtype=torch.long)
+            if rows is None:
+                mask[i, : len(q), : len(kv)] = True
+            else:
+                mask[i, : len(q), : len(kv)] = torch.tensor(rows, dtype=torch.bool)
+                ragged_or_partial = True
+            mask[i, len(q) :] = mask[i, 0]
+            ragged_or_partial |= len(q) != q_len or len(kv) != kv_len
+        return AxisTiling(length, q_pos, kv_pos, mask if ragged_or_partial else None)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.q_pos.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class BlockPlan:
+    """Query tiles and the keys each attends to, over a grid of ``prod(grid)`` tokens.
+
+    q_index:  [T, Tq] int64 flattened query token of each tile slot; ``num_tokens`` = padding.
+    kv_index: [T, R]  int64 flattened key token of each tile slot; ``num_tokens`` = padding.
+    axes:     the per-axis tilings the plan is the product of (masks live there).
+    tile_axes:[T, ndim] int64, which axis tile each tile is made of.
+    """
+
+    grid: tuple[int, ...]
+    axes: tuple[AxisTiling, ...]
+    q_index: Tensor
+    kv_index: Tensor
+    tile_axes: Tensor
+
+    @staticmethod
+    def from_axes(axes: tuple[AxisTiling, ...]) -> BlockPlan:
+        grid = tuple(a.length for a in axes)
+        counts = [a.num_tiles for a in axes]
+        tile_axes = torch.cartesian_prod(*[torch.arange(c) for c in counts]).reshape(-1, len(axes))
+        q_index = _product_index([a.q_pos for a in axes], tile_axes, grid)
+        kv_index = _product_index([a.kv_pos for a in axes], tile_axes, grid)
+        return BlockPlan(grid, axes, q_index, kv_index, tile_axes)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.q_index.shape[0]
+
+    @property
+    def has_mask(self) -> bool:
+        return any(a.mask is not None for a in self.axes)
+
+    def tile_mask(self, tiles: slice | Tensor | None = None) -> Tensor | None:
+        """Element mask ``[t, Tq, R]`` (bool) of the selected tiles, or None if all are full."""
+        if not self.has_mask:
+            return None
+        sel = self.tile_axes if tiles is None else self.tile_axes[tiles]
+        nd = len(self.axes)
+        out: Tensor | None = None
+        for a, axis in enumerate(self.axes):
+            qa, ra = axis.q_pos.shape[1], axis.kv_pos.shape[1]
+            m = axis.mask if axis.mask is not None else torch.ones((1, qa, ra), dtype=torch.bool)
+            m = m[sel[:, a]] if axis.mask is not None else m.expand(sel.shape[0], qa, ra)
+            # place this axis' q dim at position 1+a and kv dim at 1+nd+a of [t, q0..qn, r0..rn]
+            shape = [sel.shape[0]] + [1] * (2 * nd)
+            shape[1 + a], shape[1 + nd + a] = qa, ra
+            m = m.reshape(shape)
+            out = m if out is None else out & m
+        assert out is not None
+        return out.reshape(sel.shape[0], self.q_index.shape[1], self.kv_index.shape[1])
+
+    def dense_mask(self) -> Tensor:
+        """``[N, N]`` bool mask of (query, key) pairs the plan attends. For tests and small grids."""
+        n = self.num_tokens
+        mask = torch.zeros((n + 1, n + 1), dtype=torch.bool)
+        tm = self.tile_mask()
+        for t in range(self.num_tiles):
+            rows, cols = self.q_index[t], self.kv_index[t]
+            block = torch.ones((len(rows), len(cols)), dtype=torch.bool) if tm is None else tm[t]
+            mask[rows[:, None], cols[None, :]] |= block
+        return mask[:n, :n]
+
+    def computed_pairs(self) -> int:
+        """(query, key) pairs the kernel computes: real queries times the tile's gathered keys."""
+        real_q = (self.q_index < self.num_tokens).sum(1)
+        return int((real_q * self.kv_index.shape[1]).sum())
+
+    def density(self) -> float:
+        """Work of the plan relative to dense attention (partial tiles count as full work)."""
+        return self.computed_pairs() / float(self.num_tokens) ** 2
+
+
+def _product_index(per_axis: list[Tensor], tile_axes: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """Flattened token index of the Cartesian product of per-axis positions, PAD -> N."""
+    n = math.prod(grid)
+    idx = torch.zeros((tile_axes.shape[0], 1), dtype=torch.long)
+    valid = torch.ones((tile_axes.shape[0], 1), dtype=torch.bool)
+    for a, pos in enumerate(per_axis):
+        p = pos[tile_axes[:, a]]  # [T, len_a]
+        idx = (idx[..., None] * grid[a] + p.clamp_min(0)[:, None]).flatten(1)
+        valid = (valid[..., None] & (p >= 0)[:, None]).flatten(1)
+    return torch.where(valid, idx, torch.full_like(idx, n))

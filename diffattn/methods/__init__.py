@@ -1,0 +1,7 @@
+"""Attention methods. Importing this package registers every shipped method."""
+
+from . import dense, gna  # noqa: F401  (registration side effect)
+from .base import AttendCall, AttentionMethod
+from .registry import get_method, list_methods, register_method
+
+__all__ = ["AttendCall", "AttentionMethod", "get_method", "list_methods", "register_method"]

@@ -1,0 +1,73 @@
+"""What a method is: a frozen, self-validating config plus how each image query attends.
+
+A method sees image tokens ``[B, S, H, D]`` laid out on a grid (frames, rows, columns) and the
+optional extra keys every query must also attend (text tokens of joint attention). It describes
+*what* is attended (usually by building a `BlockPlan`) and leaves *how* to `diffattn.kernels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class AttendCall:
+    """Everything a method needs besides q/k/v for one attention call.
+
+    grid: token grid of the image part, e.g. ``(H, W)`` or ``(F, H, W)``.
+    extra_k, extra_v: ``[B, T, H, D]`` keys every query attends (text), or None.
+    extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
+    scale: softmax scale (None = ``D ** -0.5``).
+    backend: resolved kernel backend name.
+    """
+
+    grid: tuple[int, ...]
+    extra_k: Tensor | None = None
+    extra_v: Tensor | None = None
+    extra_mask: Tensor | None = None
+    scale: float | None = None
+    backend: str = "cpu"
+
+
+class AttentionMethod:
+    """Base class of registered methods. Subclasses set ``name`` and ``Config``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    #: True when the method keeps the model's own attention call (the ``dense`` proof method).
+    passthrough: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def make_config(cls, config: Any = None, **kwargs: Any) -> Any:
+        """Build the config from a config object or keyword arguments, naming unknown knobs."""
+        if config is not None:
+            if kwargs:
+                raise TypeError(f"pass either a config object or keyword knobs, not both (got {sorted(kwargs)})")
+            if not isinstance(config, cls.Config):
+                raise TypeError(f"config for {cls.name!r} must be a {cls.Config.__name__}, got {type(config).__name__}")
+            return config
+        known = [f.name for f in dataclasses.fields(cls.Config)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise TypeError(f"unknown knob(s) {unknown} for method {cls.name!r}; accepted knobs: {known}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls.Config)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs
+        ]
+        if missing:
+            raise TypeError(f"method {cls.name!r} needs knob(s) {missing}")
+        return cls.Config(**kwargs)
+
+    def check_ndim(self, ndim: int) -> None:
+        """Raise a ValueError if the config cannot serve a token grid of ``ndim`` dimensions."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
+        raise NotImplementedError

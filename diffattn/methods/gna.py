@@ -1,0 +1,212 @@
+"""Generalized Neighborhood Attention (GNA): sliding, strided, blocked and dilated windows.
+
+Semantics are exactly NATTEN 0.21's ``na1d/na2d/na3d`` with ``is_causal=False``. Per axis of
+length ``L`` with window ``K``, stride ``s`` and dilation ``d``:
+  - tokens split into ``d`` dilation groups (``x % d``), each a sub-axis of ``L_g`` tokens;
+  - inside a group, queries form stride groups of ``s``; the group's leader is its centre query
+    (right-hand centre for even ``s``), clipped to the sub-axis;
+  - every query of the stride group attends the ``K`` consecutive group tokens starting at
+    ``clamp(leader - K // 2, 0, L_g - K)``.
+Stride 1 is sliding-window neighborhood attention, stride = window is blocked attention and a
+window covering the axis is dense. One config serves every resolution: a window larger than an
+axis is clamped to it (that axis becomes dense).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
+from .base import AttendCall, AttentionMethod
+from .registry import register_method
+
+IntOrTuple = int | tuple[int, ...]
+AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
+
+
+def _as_tuple(name: str, value: object) -> tuple[int, ...]:
+    values = value if isinstance(value, tuple | list) else (value,)
+    if not 1 <= len(values) <= 3:
+        raise ValueError(f"{name}={value!r} must be an int or a tuple of 1 to 3 ints")
+    for x in values:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise TypeError(f"{name}={value!r} must hold ints, got {type(x).__name__}")
+        if x < 1:
+            raise ValueError(f"{name}={value!r} must be >= 1 on every axis")
+    return tuple(values)
+
+
+def _broadcast(name: str, values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    if len(values) == 1:
+        return values * ndim
+    if len(values) != ndim:
+        raise ValueError(
+            f"{name}={values} has {len(values)} axes but the token grid has {ndim} "
+            f"({AXIS_NAMES[ndim]}); "
+            f"give an int or a {ndim}-tuple"
+        )
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class GNAConfig:
+    """GNA knobs, per axis (an int applies to every axis).
+
+    window: neighborhood size per axis, >= 1 (clamped to the axis where larger).
+    stride: queries sharing one neighborhood per axis, 1 <= stride <= window.
+    dilation: spacing between attended tokens per axis, >= 1; ``window * dilation`` must fit the
+        axis unless the window covers the whole axis.
+    """
+
+    window: IntOrTuple
+    stride: IntOrTuple = 1
+    dilation: IntOrTuple = 1
+
+    def __post_init__(self) -> None:
+        w = _as_tuple("window", self.window)
+        s = _as_tuple("stride", self.stride)
+        d = _as_tuple("dilation", self.dilation)
+        lengths = {len(x) for x in (w, s, d)} - {1}
+        if len(lengths) > 1:
+            raise ValueError(f"window={self.window}, stride={self.stride}, dilation={self.dilation} disagree on the number of axes")
+        ndim = max(len(w), len(s), len(d))
+        for wi, si in zip(_broadcast("window", w, ndim), _broadcast("stride", s, ndim)):
+            if si > wi:
+                raise ValueError(f"stride={self.stride} exceeds window={self.window}; stride must be in [1, window]")
+        for name, value in (("window", w), ("stride", s), ("dilation", d)):
+            object.__setattr__(self, name, value if len(value) > 1 else value[0])
+
+    @property
+    def ndim(self) -> int | None:
+        """Number of axes fixed by the config, None if every knob is a plain int."""
+        sizes = [len(x) for x in (self.window, self.stride, self.dilation) if isinstance(x, tuple)]
+        return sizes[0] if sizes else None
+
+    def resolve(self, grid: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Per-axis (window, stride, dilation) for ``grid`` after clamping to the grid.
+
+        An axis the window covers becomes dense (window = axis, stride = dilation = 1).
+        """
+        ndim = len(grid)
+        w = _broadcast("window", _as_tuple("window", self.window), ndim)
+        s = _broadcast("stride", _as_tuple("stride", self.stride), ndim)
+        d = _broadcast("dilation", _as_tuple("dilation", self.dilation), ndim)
+        win, st, dil = [], [], []
+        for axis, (length, wi, si, di) in enumerate(zip(grid, w, s, d)):
+            if wi >= length:
+                win.append(length), st.append(1), dil.append(1)
+                continue
+            if wi * di > length:
+                raise ValueError(
+                    f"window {wi} x dilation {di} = {wi * di} exceeds axis {axis} of the grid {grid} "
+                    f"(length {length}); dilation must be <= {length // wi} there"
+                )
+            win.append(wi), st.append(si), dil.append(di)
+        return tuple(win), tuple(st), tuple(dil)
+
+
+def _window_starts(group_len: int, window: int, stride: int) -> list[int]:
+    """Start (in dilation-group coordinates) of the window of each stride group."""
+    starts = []
+    for j in range(math.ceil(group_len / stride)):
+        leader = min(j * stride + stride // 2, group_len - 1)
+        starts.append(min(max(leader - window // 2, 0), group_len - window))
+    return starts
+
+
+def gna_axis_tiling(length: int, window: int, stride: int, dilation: int, q_tile: int) -> AxisTiling:
+    """1-D GNA tiling of one axis. Consecutive stride groups are merged into query tiles of about
+    ``q_tile`` tokens; a tile whose groups share one window needs no mask."""
+    tiles = []
+    groups_per_tile = max(1, q_tile // stride)
+    if window == length:  # dense axis: one tile, no duplicated key gathers
+        groups_per_tile = length
+    for g in range(dilation):
+        group_len = len(range(g, length, dilation))
+        starts = _window_starts(group_len, window, stride)
+        for j0 in range(0, len(starts), groups_per_tile):
+            js = range(j0, min(j0 + groups_per_tile, len(starts)))
+            q_c = [c for j in js for c in range(j * stride, min(j * stride + stride, group_len))]
+            lo, hi = starts[js[0]], starts[js[-1]] + window
+            kv_c = list(range(lo, hi))
+            rows = None
+            if starts[js[0]] != starts[js[-1]]:
+                rows = [[starts[c // stride] <= kc < starts[c // stride] + window for kc in kv_c] for c in q_c]
+            tiles.append(([g + dilation * c for c in q_c], [g + dilation * c for c in kv_c], rows))
+    return AxisTiling.from_lists(length, tiles)
+
+
+def default_q_tile(ndim: int) -> tuple[int, ...]:
+    """Query tile per axis for partial (small-stride) tiles, tuned on the CPU path."""
+    return {1: (64,), 2: (8, 8), 3: (4, 4, 8)}[ndim]
+
+
+@functools.lru_cache(maxsize=256)
+def gna_plan(
+    grid: tuple[int, ...],
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    q_tile: tuple[int, ...] | None = None,
+) -> BlockPlan:
+    """The `BlockPlan` of resolved (clamped) GNA parameters on ``grid``. Cached per shape."""
+    q_tile = default_q_tile(len(grid)) if q_tile is None else q_tile
+    return BlockPlan.from_axes(
+        tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile))
+    )
+
+
+def gna_mask(grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
+    """``[N, N]`` bool GNA mask straight from the definition (independent of the tiling code)."""
+    mask = torch.ones((1, 1), dtype=torch.bool)
+    for length, k, s, d in zip(grid, window, stride, dilation):
+        x = torch.arange(length)
+        g, xc = x % d, x // d
+        group_len = (length - g + d - 1) // d
+        leader = torch.minimum((xc // s) * s + s // 2, group_len - 1)
+        start = (leader - k // 2).clamp_min(0)
+        start = torch.minimum(start, group_len - k)
+        axis = (g[:, None] == g[None, :]) & (xc[None, :] >= start[:, None]) & (xc[None, :] < start[:, None] + k)
+        n = mask.shape[0]
+        mask = (mask[:, None, :, None] & axis[None, :, None, :]).reshape(n * length, n * length)
+    return mask
+
+
+@register_method
+class GNA(AttentionMethod):
+    """Generalized Neighborhood Attention (NATTEN 0.21 semantics) over the image token grid."""
+
+    name = "gna"
+    Config = GNAConfig
+
+    def check_ndim(self, ndim: int) -> None:
+        cfg_ndim = self.config.ndim
+        if cfg_ndim is not None and cfg_ndim != ndim:
+            c = self.config
+            raise ValueError(
+                f"gna window={c.window}, stride={c.stride}, dilation={c.dilation} is {cfg_ndim}-D but this "
+                f"model's token grid is {ndim}-D ({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
+            )
+
+    def plan(self, grid: tuple[int, ...]) -> BlockPlan:
+        return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        out = block_sparse_attention(
+            q,
+            k,
+            v,
+            self.plan(call.grid),
+            extra_k=call.extra_k,
+            extra_v=call.extra_v,
+            extra_mask=call.extra_mask,
+            scale=call.scale,
+            backend=call.backend,
+        )
+        assert isinstance(out, Tensor)
+        return out
