@@ -1,0 +1,24 @@
+"""diffattn: training-free sparse attention for Hugging Face diffusers pipelines.
+
+    import diffattn
+    handle = diffattn.apply_attention(pipe, "gna", window=(16, 16), stride=(4, 4))
+    image = pipe(prompt).images[0]
+    handle.remove()
+"""
+
+from . import functional
+from .methods import list_methods
+from .models import supported_models
+from .patch import AttentionHandle, apply_attention, attention, remove_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionHandle",
+    "apply_attention",
+    "attention",
+    "functional",
+    "list_methods",
+    "remove_attention",
+    "supported_models",
+]

@@ -101,6 +101,12 @@ class BlockPlan:
     def has_mask(self) -> bool:
         return any(a.mask is not None for a in self.axes)
 
+    @property
+    def has_padding(self) -> bool:
+        """Whether any tile slot is padding (ragged tiles)."""
+        n = self.num_tokens
+        return bool((self.q_index == n).any() or (self.kv_index == n).any())
+
     def tile_mask(self, tiles: slice | Tensor | None = None) -> Tensor | None:
         """Element mask ``[t, Tq, R]`` (bool) of the selected tiles, or None if all are full."""
         if not self.has_mask:

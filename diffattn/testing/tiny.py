@@ -47,7 +47,19 @@ _DEFAULT_SIZE: dict[str, tuple[int, int, int | None]] = {
     "tiny-ltx": (96, 128, 9),  # latent 3x6x8 (VAE /16 spatial, /4 temporal), patch 1
 }
 
-_VIDEO = frozenset(name for name, (_, _, frames) in _DEFAULT_SIZE.items() if frames is not None)
+# height and width must be multiples of these (pipeline checks, VAE factor x patch size / UNet depth).
+_SIZE_MULTIPLE: dict[str, int] = {
+    "tiny-sd": 8,
+    "tiny-sdxl": 8,
+    "tiny-pixart-alpha": 8,
+    "tiny-pixart-sigma": 8,
+    "tiny-sd3": 4,
+    "tiny-flux": 4,
+    "tiny-cogvideox": 16,
+    "tiny-wan": 16,
+    "tiny-hunyuanvideo": 16,
+    "tiny-ltx": 32,
+}
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -89,7 +101,7 @@ def _t5_tokenizer() -> Any:
 
 
 def _llama_tokenizer() -> Any:
-    """Character-level Llama BPE tokenizer with byte fallback and a pad token."""
+    """Character-level Llama BPE tokenizer with byte fallback, BOS and right padding."""
     from transformers import LlamaTokenizerFast
 
     vocab: dict[str, int] = {}
@@ -99,7 +111,11 @@ def _llama_tokenizer() -> Any:
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for c in map(chr, range(33, 127)):
         vocab[c] = len(vocab)
-    return LlamaTokenizerFast(vocab=vocab, merges=[], pad_token="<pad>")
+    # Right padding + BOS like the real HunyuanVideo (Llama-3) tokenizer: the transformer assumes the valid
+    # text tokens come first when it builds its key-padding mask.
+    return LlamaTokenizerFast(
+        vocab=vocab, merges=[], pad_token="<pad>", padding_side="right", add_bos_token=True
+    )
 
 
 # --------------------------------------------------------------------------- text encoders
@@ -340,7 +356,7 @@ def _build_sd3(seed: int) -> DiffusionPipeline:
             joint_attention_dim=32,  # T5 d_model == 16 + 16 (CLIP hidden sizes)
             caption_projection_dim=32,
             pooled_projection_dim=32,  # 16 + 16 (CLIP projection dims)
-            pos_embed_max_size=32,
+            pos_embed_max_size=64,
         ),
     )
     return StableDiffusion3Pipeline(
@@ -443,7 +459,12 @@ def _build_cogvideox(seed: int) -> DiffusionPipeline:
 
 
 def _build_wan(seed: int) -> DiffusionPipeline:
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     tok = _t5_tokenizer()
     vae = _seeded(
@@ -533,7 +554,12 @@ def _build_hunyuanvideo(seed: int) -> DiffusionPipeline:
 
 
 def _build_ltx(seed: int) -> DiffusionPipeline:
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
 
     tok = _t5_tokenizer()
     transformer = _seeded(
@@ -617,14 +643,23 @@ def build_tiny_pipeline(name: str, *, seed: int = 0) -> DiffusionPipeline:
 def tiny_call_kwargs(
     name: str, *, seed: int = 0, height: int | None = None, width: int | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for ``pipe(**kw)``: 2 steps, default tiny size, fresh CPU generator, ``output_type="pt"``."""
+    """Keyword arguments for ``pipe(**kw)``: 2 steps, default size, fresh CPU generator, ``output_type="pt"``.
+
+    ``height``/``width`` override the family default and must be multiples of the family's size
+    multiple (4 to 32, see ``_SIZE_MULTIPLE``); video families always use 9 frames (3 latent frames).
+    """
     _check_name(name)
     default_h, default_w, frames = _DEFAULT_SIZE[name]
+    height = height or default_h
+    width = width or default_w
+    multiple = _SIZE_MULTIPLE[name]
+    if height % multiple or width % multiple:
+        raise ValueError(f"{name}: height and width must be multiples of {multiple}, got {height}x{width}")
     kw: dict[str, Any] = {
         "prompt": _PROMPT,
         "num_inference_steps": 2,
-        "height": height or default_h,
-        "width": width or default_w,
+        "height": height,
+        "width": width,
         "generator": torch.Generator("cpu").manual_seed(seed),
         "output_type": "pt",
     }

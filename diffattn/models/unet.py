@@ -1,0 +1,20 @@
+"""SD 1.5 / 2.1 / SDXL UNets: image-only self-attention (``attn1``) at every resolution level."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..layout import TokenLayout
+from .base import FamilyAdapter
+
+
+class UNetAdapter(FamilyAdapter):
+    name = "unet (SD 1.5 / 2.1 / SDXL)"
+    class_names = ("UNet2DConditionModel",)
+    ndim = 2
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        sample = call["sample"]  # [B, C, H, W]
+        return TokenLayout(grid=tuple(sample.shape[-2:]), multiscale=True)

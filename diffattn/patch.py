@@ -1,0 +1,483 @@
+"""Install and remove attention methods on diffusers denoisers. Nothing else.
+
+How (DESIGN §2a): a forward pre-hook on the denoiser records the token layout and the denoising
+step of each call; every selected self-attention module gets a wrapper processor that delegates
+to the original one (so projections, norms, RoPE, LoRA and IP-Adapter keep running) and, while it
+runs, intercepts the single ``F.scaled_dot_product_attention`` call through a
+``TorchFunctionMode`` to route it to the method. Removing restores the original processor objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .kernels import choose_backend
+from .layout import TokenLayout
+from .methods import AttendCall, AttentionMethod, get_method
+from .models import FamilyAdapter, find_adapter
+
+logger = logging.getLogger("diffattn")
+
+DENOISER_ATTRS = ("unet", "transformer", "transformer_2")
+LayerSpec = str | Callable[[str], bool] | None
+StepSpec = tuple[int, int] | range | None
+
+# denoiser -> the handle currently installed on it (weak: a dropped pipeline drops its entry)
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionHandle] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class CallStats:
+    """Per-module counts of intercepted attention calls."""
+
+    sparse: int = 0
+    fallback: int = 0
+    dense: int = 0  # passthrough method or outside ``steps``
+
+
+@dataclass
+class _Runtime:
+    """Per denoiser: what the pre-hook recorded for the current call, shared by its processors."""
+
+    adapter: FamilyAdapter
+    method: AttentionMethod
+    backend: str
+    steps: range | None
+    scheduler: Any
+    stats: dict[str, CallStats] = field(default_factory=dict)
+    warned: set[str] = field(default_factory=set)
+    local: threading.local = field(default_factory=threading.local)
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        call = self.adapter.bind(module, args, kwargs)
+        self.local.layout = self.adapter.read_layout(module, call)
+        self.local.active = self.steps is None or self._step_index(call) in self.steps
+
+    def _step_index(self, call: dict[str, Any]) -> int:
+        t = self.adapter.read_timestep(call)
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if t is None or timesteps is None or len(timesteps) == 0:
+            raise RuntimeError("steps= needs the denoiser's timestep and a scheduler with set timesteps")
+        assert self.steps is not None
+        if self.steps.start >= len(timesteps):
+            raise ValueError(
+                f"steps={self.steps.start}..{self.steps.stop} lies outside the schedule of {len(timesteps)} "
+                f"steps; steps must start below {len(timesteps)}"
+            )
+        value = float(t.flatten()[0]) * self.adapter.timestep_divisor
+        return int(torch.argmin((timesteps.float().cpu() - value).abs()))
+
+    @property
+    def layout(self) -> TokenLayout | None:
+        return getattr(self.local, "layout", None)
+
+    @property
+    def active(self) -> bool:
+        return getattr(self.local, "active", True)
+
+
+class _Interceptor(TorchFunctionMode):
+    """Routes the one SDPA call of a wrapped processor to the method."""
+
+    def __init__(self, target: _PatchedAttention) -> None:
+        super().__init__()
+        self.target = target
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.target.attend(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+class _PatchedAttention:
+    """Wrapper processor state and logic; the callable shell is `_make_wrapper`'s."""
+
+    def __init__(self, name: str, original: Any, runtime: _Runtime) -> None:
+        self.name = name
+        self.original = original
+        self.runtime = runtime
+        runtime.stats.setdefault(name, CallStats())
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with _Interceptor(self):
+            return self.original(*args, **kwargs)
+
+    def _fallback(self, func: Callable, args: tuple, kwargs: dict, reason: str) -> Tensor:
+        rt = self.runtime
+        rt.stats[self.name].fallback += 1
+        if self.name not in rt.warned:
+            rt.warned.add(self.name)
+            logger.warning("diffattn: %s falls back to dense attention: %s", self.name, reason)
+        return func(*args, **kwargs)
+
+    def attend(self, func: Callable, args: tuple, kwargs: dict[str, Any]) -> Tensor:
+        """Replace ``F.scaled_dot_product_attention(q, k, v, ...)`` on ``[B, H, S, D]`` tensors."""
+        rt = self.runtime
+        p = dict(zip(_SDPA_PARAMS, args))
+        p.update(kwargs)
+        q, k, v = p["query"], p["key"], p["value"]
+        if rt.method.passthrough or not rt.active:
+            rt.stats[self.name].dense += 1
+            return func(*args, **kwargs)
+        layout = rt.layout
+        if layout is None:
+            return self._fallback(func, args, kwargs, "no token layout recorded for this call")
+        if q.shape[-2] != k.shape[-2] or q.shape[1] != k.shape[1]:
+            return self._fallback(func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads")
+        if p.get("is_causal") or p.get("dropout_p", 0.0):
+            return self._fallback(func, args, kwargs, "causal or dropout attention")
+        seq = q.shape[-2]
+        split = layout.split(seq)
+        if split is None:
+            return self._fallback(
+                func, args, kwargs,
+                f"sequence length {seq} matches neither the grid {layout.grid} nor it plus {layout.text_len} text tokens",
+            )
+        grid, start, text_len = split
+        key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
+        if key_valid is False:
+            return self._fallback(func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask")
+        n_img = seq - text_len
+        img = slice(start, start + n_img)
+        txt = slice(0, start) if start else slice(n_img, seq)
+        if isinstance(key_valid, Tensor) and not bool(key_valid[:, img].all()):
+            return self._fallback(func, args, kwargs, "the attention mask hides image tokens")
+        qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
+        call = AttendCall(
+            grid=grid,
+            extra_k=ks[:, txt] if text_len else None,
+            extra_v=vs[:, txt] if text_len else None,
+            extra_mask=key_valid[:, txt] if text_len and isinstance(key_valid, Tensor) else None,
+            scale=p.get("scale"),
+            backend=rt.backend,
+        )
+        out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
+        rt.stats[self.name].sparse += 1
+        if not text_len:
+            return out_img
+        # text queries stay dense over every key, with the model's own mask
+        text_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
+        out_txt = func(q[:, :, txt], k, v, **text_kwargs)
+        parts = (out_txt, out_img) if start else (out_img, out_txt)
+        return torch.cat(parts, dim=2)
+
+
+def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:
+    """``[B, S]`` bool validity of keys if ``mask`` only pads keys; None if no mask; False if the
+    mask is of another kind (per-query masks, soft biases)."""
+    if mask is None:
+        return None
+    if mask.shape[-1] != seq or mask.numel() not in (seq, batch * seq):
+        return False
+    flat = mask.reshape(-1, seq).expand(batch, seq)
+    if flat.dtype == torch.bool:
+        return flat
+    valid = flat == 0
+    if not bool((flat[~valid] <= -1e4).all()):
+        return False
+    return valid
+
+
+def _make_wrapper(patched: _PatchedAttention) -> Any:
+    """A processor object that runs ``patched``, keeps the original ``__call__`` signature (diffusers
+    filters kwargs by it) and is an ``nn.Module`` sharing the original's weights when the original
+    is one (IP-Adapter), so state_dict keys and ``.to()`` see the very same tensors."""
+    original = patched.original
+    signature = inspect.signature(original.__call__)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return patched.run(*args, **kwargs)
+
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    if isinstance(original, nn.Module):
+        wrapper: Any = _ModuleWrapper(original, call)
+    else:
+        wrapper = _PlainWrapper()
+    object.__setattr__(wrapper, "__call__", call)  # what inspect.signature(processor.__call__) finds
+    object.__setattr__(wrapper, "diffattn_patch", patched)
+    for attr in ("_attention_backend", "_parallel_config"):
+        if hasattr(original, attr):
+            object.__setattr__(wrapper, attr, getattr(original, attr))
+    return wrapper
+
+
+class _PlainWrapper:
+    """Shell for plain-object processors; ``__call__`` is set per instance."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__dict__["__call__"](*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"diffattn({self.__dict__['diffattn_patch'].original!r})"
+
+
+class _ModuleWrapper(nn.Module):
+    """Shell for ``nn.Module`` processors: shares the original's parameter, buffer and child dicts."""
+
+    def __init__(self, original: nn.Module, call: Callable[..., Any]) -> None:
+        super().__init__()
+        self._parameters = original._parameters
+        self._buffers = original._buffers
+        self._modules = original._modules
+        object.__setattr__(self, "_diffattn_call", call)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._diffattn_call(*args, **kwargs)
+
+
+@dataclass
+class _Installed:
+    module: nn.Module
+    original: Any
+    backend_attr: tuple[bool, Any]  # (had _attention_backend, its value) on the original
+
+
+class AttentionHandle:
+    """An installed patch. ``remove()`` restores every original processor; usable as a context manager."""
+
+    def __init__(self, method: AttentionMethod, backend: str, runtimes: dict[nn.Module, _Runtime]) -> None:
+        self.method = method
+        self.backend = backend
+        self._runtimes = runtimes
+        self._installed: list[_Installed] = []
+        self._hooks: list[Any] = []
+        self._plan: list[tuple[nn.Module, str, nn.Module]] = []
+        self.removed = False
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def config(self) -> Any:
+        return self.method.config
+
+    @property
+    def modules(self) -> list[str]:
+        return [name for rt in self._runtimes.values() for name in rt.stats]
+
+    def stats(self) -> dict[str, CallStats]:
+        """Per patched module (qualified name): sparse / fallback / dense call counts."""
+        return {name: s for rt in self._runtimes.values() for name, s in rt.stats.items()}
+
+    @property
+    def sparse_calls(self) -> int:
+        return sum(s.sparse for s in self.stats().values())
+
+    @property
+    def fallback_calls(self) -> int:
+        return sum(s.fallback for s in self.stats().values())
+
+    def reset_stats(self) -> None:
+        for rt in self._runtimes.values():
+            for name in rt.stats:
+                rt.stats[name] = CallStats()
+            rt.warned.clear()
+
+    def _install(self, plan: list[tuple[nn.Module, str, nn.Module]]) -> None:
+        """Install all or nothing: on any error, undo what was done and re-raise."""
+        self._plan = plan
+        try:
+            for denoiser, rt in self._runtimes.items():
+                self._hooks.append(denoiser.register_forward_pre_hook(rt.pre_hook, with_kwargs=True))
+            for denoiser, name, module in plan:
+                original = module.processor
+                patched = _PatchedAttention(name, original, self._runtimes[denoiser])
+                wrapper = _make_wrapper(patched)
+                had = hasattr(original, "_attention_backend")
+                record = _Installed(module, original, (had, getattr(original, "_attention_backend", None)))
+                module.set_processor(wrapper)
+                self._installed.append(record)
+                if had:  # flash/sage backends bypass SDPA: force the native path while patched
+                    original._attention_backend = _native_backend()
+            for denoiser in self._runtimes:
+                _ACTIVE[denoiser] = self
+        except BaseException:
+            self._uninstall()
+            raise
+
+    def _uninstall(self) -> None:
+        for record in reversed(self._installed):
+            had, value = record.backend_attr
+            if had:
+                record.original._attention_backend = value
+            current = record.module.processor
+            if getattr(current, "diffattn_patch", None) is not None and current.diffattn_patch.original is record.original:
+                record.module.set_processor(record.original)
+            else:
+                logger.warning("diffattn: the processor of %s was replaced after patching; leaving it", record.module)
+        self._installed.clear()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for denoiser in self._runtimes:
+            if _ACTIVE.get(denoiser) is self:
+                del _ACTIVE[denoiser]
+
+    def remove(self) -> None:
+        """Restore the original processors, backends and hooks. Idempotent."""
+        if not self.removed:
+            self._uninstall()
+            self.removed = True
+
+    def __enter__(self) -> AttentionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else f"{len(self._installed)} modules"
+        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend!r}, {state})"
+
+
+def _native_backend() -> Any:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return AttentionBackendName.NATIVE
+
+
+def denoisers_of(target: Any) -> list[tuple[str, nn.Module]]:
+    """``[(attribute, denoiser)]`` of a pipeline, or ``[("", target)]`` for a bare denoiser."""
+    if isinstance(target, nn.Module):
+        return [("", target)]
+    found = [(a, getattr(target, a)) for a in DENOISER_ATTRS if isinstance(getattr(target, a, None), nn.Module)]
+    if not found:
+        raise TypeError(
+            f"cannot patch a {type(target).__name__}: expected a diffusers pipeline with one of "
+            f"{DENOISER_ATTRS} or a denoiser nn.Module"
+        )
+    return found
+
+
+def _attention_modules(denoiser: nn.Module, adapter: FamilyAdapter) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, m)
+        for name, m in denoiser.named_modules()
+        if hasattr(m, "set_processor") and hasattr(m, "processor") and adapter.is_self_attention(name, m)
+    ]
+
+
+def _layer_filter(layers: LayerSpec) -> Callable[[str], bool]:
+    if layers is None:
+        return lambda name: True
+    if isinstance(layers, str):
+        try:
+            pattern = re.compile(layers)
+        except re.error as e:
+            raise ValueError(f"layers={layers!r} is not a valid regular expression: {e}") from e
+        return lambda name: pattern.search(name) is not None
+    if callable(layers):
+        return layers
+    raise TypeError(f"layers={layers!r} must be a regex string, a predicate on module names, or None")
+
+
+def _steps_range(steps: StepSpec) -> range | None:
+    if steps is None:
+        return None
+    if isinstance(steps, tuple) and len(steps) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        steps = range(*steps)
+    if not isinstance(steps, range) or steps.step != 1:
+        raise TypeError(f"steps={steps!r} must be a (start, end) tuple of ints or a range with step 1")
+    if steps.start < 0 or steps.stop <= steps.start:
+        raise ValueError(f"steps={steps.start}..{steps.stop} is empty or negative; need 0 <= start < end")
+    return steps
+
+
+def apply_attention(
+    target: Any,
+    method: str,
+    *,
+    layers: LayerSpec = None,
+    steps: StepSpec = None,
+    backend: str = "auto",
+    config: Any = None,
+    **knobs: Any,
+) -> AttentionHandle:
+    """Swap the self-attention of a pipeline (or bare denoiser) for ``method``. Atomic.
+
+    Args:
+        target: a diffusers pipeline or denoiser (``UNet2DConditionModel``, ``*Transformer*Model``).
+        method: a name from `list_methods()`.
+        layers: regex searched in module names, or a predicate; None = every self-attention.
+        steps: ``(start, end)`` denoising-step indices (half-open) where the method is active;
+            dense elsewhere. None = every step.
+        backend: "auto", "triton", "cpu" or "reference"; chosen once, here.
+        config: a method config object (instead of keyword knobs).
+        **knobs: the method's config fields, e.g. ``window=(16, 16), stride=(4, 4)``.
+
+    Returns:
+        An `AttentionHandle`; ``handle.remove()`` or `remove_attention` restores the originals.
+        Re-applying on a patched target replaces the previous patch.
+    """
+    method_cls = get_method(method)
+    impl = method_cls(method_cls.make_config(config, **knobs))
+    keep = _layer_filter(layers)
+    step_range = _steps_range(steps)
+    pipe_scheduler = None if isinstance(target, nn.Module) else getattr(target, "scheduler", None)
+    if step_range is not None and pipe_scheduler is None:
+        raise ValueError("steps= needs a pipeline (its scheduler maps timesteps to steps); got a bare denoiser")
+
+    plan: list[tuple[nn.Module, str, nn.Module]] = []
+    runtimes: dict[nn.Module, _Runtime] = {}
+    chosen = None
+    for attr, denoiser in denoisers_of(target):
+        adapter = find_adapter(denoiser)
+        impl.check_ndim(adapter.ndim)
+        param = next(denoiser.parameters(), None)
+        probe = torch.empty(0, device=param.device if param is not None else "cpu", dtype=param.dtype if param is not None else torch.float32)
+        chosen = choose_backend(probe, backend)
+        runtimes[denoiser] = _Runtime(adapter, impl, chosen, step_range, pipe_scheduler)
+        prefix = f"{attr}." if attr else ""
+        plan += [(denoiser, prefix + n, m) for n, m in _attention_modules(denoiser, adapter) if keep(prefix + n)]
+    if not plan:
+        raise ValueError(f"layers={layers!r} matches no self-attention module of {type(target).__name__}")
+
+    previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
+    for old in previous:
+        old.remove()
+    handle = AttentionHandle(impl, chosen or backend, runtimes)
+    try:
+        handle._install(plan)
+    except BaseException:
+        for old in previous:  # re-applying failed: the previous patch stays as it was
+            old._install(old._plan)
+            old.removed = False
+        raise
+    logger.info("diffattn: %s on %d modules, backend %s", method, len(plan), chosen)
+    return handle
+
+
+def remove_attention(target: Any) -> int:
+    """Remove whatever diffattn installed on ``target``'s denoisers. Returns how many handles."""
+    handles = {_ACTIVE[d] for _, d in denoisers_of(target) if d in _ACTIVE}
+    for h in handles:
+        h.remove()
+    return len(handles)
+
+
+@contextlib.contextmanager
+def attention(target: Any, method: str, **kwargs: Any) -> Iterator[AttentionHandle]:
+    """``with attention(pipe, "gna", window=16): ...`` restores the pipeline on exit, even on error."""
+    handle = apply_attention(target, method, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.remove()
