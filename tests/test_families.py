@@ -1,0 +1,95 @@
+"""Every supported family, on its tiny offline pipeline: exact undo, dense limit, real sparsity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffattn
+from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+
+# window large enough to cover every tiny grid (clamped per axis, so it is exactly dense)
+HUGE = 10**6
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def tiny(request):
+    """(name, pipeline, unpatched output) per family, built once per module."""
+    pipe = build_tiny_pipeline(request.param)
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, pipe, tiny_output(pipe, request.param)
+
+
+def _processors(pipe):
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    return {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
+
+
+def test_dense_method_is_bit_identical(tiny):
+    name, pipe, base = tiny
+    with diffattn.attention(pipe, "dense") as h:
+        out = tiny_output(pipe, name)
+    assert torch.equal(out, base)
+    assert sum(s.dense for s in h.stats().values()) > 0
+
+
+def test_window_covering_grid_equals_unpatched(tiny):
+    name, pipe, base = tiny
+    with diffattn.attention(pipe, "gna", window=HUGE) as h:
+        out = tiny_output(pipe, name)
+    assert h.sparse_calls > 0 and h.fallback_calls == 0
+    torch.testing.assert_close(out, base, atol=1e-4, rtol=1e-4)
+
+
+def test_apply_then_remove_is_bit_identical(tiny):
+    name, pipe, base = tiny
+    before = _processors(pipe)
+    handle = diffattn.apply_attention(pipe, "gna", window=3)
+    tiny_output(pipe, name)
+    handle.remove()
+    after = _processors(pipe)
+    assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
+    assert torch.equal(tiny_output(pipe, name), base)
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["sliding", "strided"])
+def test_small_window_changes_output_without_fallback(tiny, stride):
+    name, pipe, base = tiny
+    with diffattn.attention(pipe, "gna", window=3, stride=stride) as h:
+        out = tiny_output(pipe, name)
+    stats = h.stats()
+    assert stats, "no module was patched"
+    # every patched self-attention module ran sparse on every call; none fell back to dense
+    assert all(s.sparse > 0 and s.fallback == 0 and s.dense == 0 for s in stats.values()), stats
+    assert not torch.allclose(out, base, atol=1e-4)
+    assert torch.isfinite(out).all()
+
+
+def test_reapply_replaces_previous_patch(tiny):
+    name, pipe, base = tiny
+    first = diffattn.apply_attention(pipe, "gna", window=3)
+    second = diffattn.apply_attention(pipe, "gna", window=HUGE)
+    assert first.removed and not second.removed
+    torch.testing.assert_close(tiny_output(pipe, name), base, atol=1e-4, rtol=1e-4)
+    assert first.sparse_calls == 0 and second.sparse_calls > 0
+    assert diffattn.remove_attention(pipe) == 1
+    assert torch.equal(tiny_output(pipe, name), base)
+
+
+def test_context_manager_restores_on_error(tiny):
+    name, pipe, base = tiny
+    with pytest.raises(RuntimeError, match="boom"):
+        with diffattn.attention(pipe, "gna", window=3):
+            raise RuntimeError("boom")
+    assert torch.equal(tiny_output(pipe, name), base)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-flux", "tiny-wan"])
+def test_steps_limit_where_the_method_runs(name):
+    """steps=(0, 1) of a 2-step schedule: first step sparse, second dense (Wan calls twice per step)."""
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    with diffattn.attention(pipe, "gna", window=3, steps=(0, 1)) as h:
+        tiny_output(pipe, name)
+    stats = list(h.stats().values())
+    assert all(s.sparse > 0 and s.sparse == s.dense for s in stats), stats
