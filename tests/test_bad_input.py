@@ -1,0 +1,171 @@
+"""Bad input gets a clear error naming the value and the accepted range, and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffattn
+from diffattn.functional import gna
+from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+
+
+@pytest.fixture(scope="module")
+def sd():
+    pipe = build_tiny_pipeline("tiny-sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, tiny_output(pipe, "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def wan():
+    pipe = build_tiny_pipeline("tiny-wan")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, tiny_output(pipe, "tiny-wan")
+
+
+def _state(pipe):
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    procs = {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
+    return procs, len(den._forward_pre_hooks)
+
+
+BAD_APPLY = [
+    pytest.param(("gna",), {"window": 0}, ValueError, r"window=0 must be >= 1", id="window-0"),
+    pytest.param(("gna",), {"window": -3}, ValueError, r"window=-3 must be >= 1", id="window-negative"),
+    pytest.param(("gna",), {"window": 2.5}, TypeError, r"window=2.5 must hold ints", id="window-float"),
+    pytest.param(("gna",), {"window": 4, "stride": 5}, ValueError, r"stride=5 exceeds window=4", id="stride-gt-window"),
+    pytest.param(("gna",), {"window": (4, 4, 4)}, ValueError, r"3-D but this model's token grid is 2-D", id="3d-on-image"),
+    pytest.param(("gna",), {}, TypeError, r"needs knob\(s\) \['window'\]", id="missing-window"),
+    pytest.param(("gna",), {"window": 4, "kernel": 3}, TypeError, r"unknown knob\(s\) \['kernel'\]", id="unknown-knob"),
+    pytest.param(("nope",), {}, ValueError, r"unknown attention method 'nope'; known methods: dense, gna", id="unknown-method"),
+    pytest.param(("gna",), {"window": 4, "layers": "^no_such_layer"}, ValueError, r"matches no self-attention", id="layers-none"),
+    pytest.param(("gna",), {"window": 4, "layers": "("}, ValueError, r"not a valid regular expression", id="layers-bad-regex"),
+    pytest.param(("gna",), {"window": 4, "steps": (3, 1)}, ValueError, r"need 0 <= start < end", id="steps-empty"),
+    pytest.param(("gna",), {"window": 4, "steps": (-1, 2)}, ValueError, r"need 0 <= start < end", id="steps-negative"),
+    pytest.param(("gna",), {"window": 4, "steps": "all"}, TypeError, r"steps='all' must be", id="steps-type"),
+    pytest.param(("gna",), {"window": 4, "backend": "cuda"}, ValueError, r"backend='cuda' is not one of", id="backend-unknown"),
+    pytest.param(("gna",), {"window": 4, "backend": "triton"}, ValueError, r"backend='triton' cannot run", id="backend-triton-cpu"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,match", BAD_APPLY)
+def test_failed_apply_raises_and_changes_nothing(sd, args, kwargs, exc, match):
+    pipe, base = sd
+    before = _state(pipe)
+    with pytest.raises(exc, match=match):
+        diffattn.apply_attention(pipe, *args, **kwargs)
+    after = _state(pipe)
+    assert before[1] == after[1]
+    assert all(before[0][k] is after[0][k] for k in before[0])
+    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
+
+
+def test_2d_window_on_video_model_is_rejected(wan):
+    pipe, base = wan
+    with pytest.raises(ValueError, match=r"2-D but this model's token grid is 3-D \(frames, rows, columns\)"):
+        diffattn.apply_attention(pipe, "gna", window=(4, 4))
+    assert torch.equal(tiny_output(pipe, "tiny-wan"), base)
+
+
+def test_failed_reapply_keeps_previous_patch(sd):
+    pipe, base = sd
+    with diffattn.attention(pipe, "gna", window=3) as h:
+        patched = tiny_output(pipe, "tiny-sd")
+        with pytest.raises(ValueError):
+            diffattn.apply_attention(pipe, "gna", window=0)
+        assert not h.removed
+        assert torch.equal(tiny_output(pipe, "tiny-sd"), patched)
+    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
+
+
+def test_steps_beyond_schedule_is_reported(sd):
+    pipe, base = sd
+    with diffattn.attention(pipe, "gna", window=3, steps=(5, 9)):
+        with pytest.raises(ValueError, match=r"steps=5..9 lies outside the schedule of 2 steps"):
+            tiny_output(pipe, "tiny-sd")
+    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
+
+
+def test_install_failure_midway_rolls_back(sd, monkeypatch):
+    """The k-th module raising inside set_processor leaves every module as before."""
+    pipe, base = sd
+    before = _state(pipe)
+    self_attn = [m for n, m in pipe.unet.named_modules() if n.endswith("attn1")]
+    victim = self_attn[3]  # four modules get patched before this one fails
+    original_set = type(victim).set_processor
+
+    def failing(self, processor):
+        if self is victim:
+            raise RuntimeError("injected failure")
+        return original_set(self, processor)
+
+    monkeypatch.setattr(type(victim), "set_processor", failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        diffattn.apply_attention(pipe, "gna", window=3)
+    monkeypatch.undo()
+    after = _state(pipe)
+    assert before[1] == after[1] and all(before[0][k] is after[0][k] for k in before[0])
+    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
+
+
+@pytest.mark.parametrize(
+    "target", [torch.nn.Linear(2, 2), object(), "tiny-sd"], ids=["linear-module", "object", "string"]
+)
+def test_unsupported_model(target):
+    with pytest.raises(TypeError, match=r"unsupported denoiser Linear; diffattn supports:|cannot patch a"):
+        diffattn.apply_attention(target, "gna", window=3)
+
+
+def test_bare_denoiser_can_be_patched(sd):
+    pipe, base = sd
+    with diffattn.attention(pipe.unet, "gna", window=3) as h:
+        out = tiny_output(pipe, "tiny-sd")
+    assert h.sparse_calls > 0 and not torch.equal(out, base)
+    with pytest.raises(ValueError, match="steps= needs a pipeline"):
+        diffattn.apply_attention(pipe.unet, "gna", window=3, steps=(0, 1))
+
+
+def _qkv(*shape, dtype=torch.float32):
+    return [torch.randn(*shape, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 11, 2, 8)), ValueError, r"share one shape"),
+        (lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 12, 2, 8, dtype=torch.float64)), TypeError, r"share one dtype"),
+        (lambda: tuple(_qkv(12, 2, 8)), ValueError, r"must be \[B, S, H, D\]"),
+        (lambda: tuple(t.long() for t in _qkv(1, 12, 2, 8)), TypeError, r"floating point"),
+    ],
+    ids=["shape-mismatch", "dtype-mismatch", "3d-tensor", "int-dtype"],
+)
+def test_functional_rejects_bad_tensors(make, exc, match):
+    q, k, v = make()
+    with pytest.raises(exc, match=match):
+        gna(q, k, v, (3, 4), 2)
+
+
+@pytest.mark.parametrize(
+    "grid,window,stride,dilation,match",
+    [
+        ((3, 5), 2, 1, 1, r"grid=\(3, 5\) has 15 tokens but q has S=12"),
+        ((3, 4), (2, 2, 2), 1, 1, r"do not match the 2-D grid"),
+        ((3, 4), 2, 1, (1, 3), r"window 2 x dilation 3 = 6 exceeds axis 1"),
+        ((3, 4), 2, 3, 1, r"stride=3 exceeds window=2"),
+        ((12,), 0, 1, 1, r"window=0 must be >= 1"),
+    ],
+    ids=["grid-size", "grid-ndim", "dilation-too-big", "stride-gt-window", "window-0"],
+)
+def test_functional_rejects_bad_config(grid, window, stride, dilation, match):
+    q, k, v = _qkv(1, 12, 2, 8)
+    with pytest.raises(ValueError, match=match):
+        gna(q, k, v, grid, window, stride, dilation)
+
+
+def test_functional_warns_on_non_finite():
+    q, k, v = _qkv(1, 12, 2, 8)
+    q[0, 3, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        out = gna(q, k, v, (3, 4), 2)
+    assert torch.isnan(out).any()  # reported and propagated, never hidden or hung
