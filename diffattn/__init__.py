@@ -1,9 +1,9 @@
 """diffattn: training-free sparse attention for Hugging Face diffusers pipelines.
 
-    import diffattn
-    handle = diffattn.apply_attention(pipe, "gna", window=(16, 16), stride=(4, 4))
-    image = pipe(prompt).images[0]
-    handle.remove()
+import diffattn
+handle = diffattn.apply_attention(pipe, "gna", window=(16, 16), stride=(4, 4))
+image = pipe(prompt).images[0]
+handle.remove()
 """
 
 from . import functional

@@ -19,7 +19,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, extra_k: Tensor | None = None, ex
         if t.dim() != 4:
             raise ValueError(f"{name} must be [B, S, H, D] (4 dims), got shape {tuple(t.shape)}")
     if not (q.shape == k.shape == v.shape):
-        raise ValueError(f"q, k, v must share one shape [B, S, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must share one shape [B, S, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.is_floating_point():
@@ -34,7 +36,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, extra_k: Tensor | None = None, ex
             if t.dim() != 4 or t.shape[0] != b or t.shape[2:] != (h, d):
                 raise ValueError(f"{name} must be [B={b}, T, H={h}, D={d}], got shape {tuple(t.shape)}")
             if t.dtype != q.dtype or t.device != q.device:
-                raise TypeError(f"{name} must match q's dtype {q.dtype} and device {q.device}, got {t.dtype} on {t.device}")
+                raise TypeError(
+                    f"{name} must match q's dtype {q.dtype} and device {q.device}, got {t.dtype} on {t.device}"
+                )
         if extra_k.shape != extra_v.shape:
             raise ValueError(f"extra_k {tuple(extra_k.shape)} and extra_v {tuple(extra_v.shape)} differ in shape")
 
@@ -86,7 +90,9 @@ def gna(
     grid = check_grid(grid, q.shape[1])
     cfg = GNAConfig(window=window, stride=stride, dilation=dilation)
     if cfg.ndim is not None and cfg.ndim != len(grid):
-        raise ValueError(f"window={window}, stride={stride}, dilation={dilation} do not match the {len(grid)}-D grid {grid}")
+        raise ValueError(
+            f"window={window}, stride={stride}, dilation={dilation} do not match the {len(grid)}-D grid {grid}"
+        )
     _warn_non_finite(q, k, v)
     plan = gna_plan(grid, *cfg.resolve(grid))
     return block_sparse_attention(

@@ -140,20 +140,27 @@ class _PatchedAttention:
         if layout is None:
             return self._fallback(func, args, kwargs, "no token layout recorded for this call")
         if q.shape[-2] != k.shape[-2] or q.shape[1] != k.shape[1]:
-            return self._fallback(func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads")
+            return self._fallback(
+                func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads"
+            )
         if p.get("is_causal") or p.get("dropout_p", 0.0):
             return self._fallback(func, args, kwargs, "causal or dropout attention")
         seq = q.shape[-2]
         split = layout.split(seq)
         if split is None:
             return self._fallback(
-                func, args, kwargs,
-                f"sequence length {seq} matches neither the grid {layout.grid} nor it plus {layout.text_len} text tokens",
+                func,
+                args,
+                kwargs,
+                f"sequence length {seq} matches neither the grid {layout.grid} "
+                f"nor it plus {layout.text_len} text tokens",
             )
         grid, start, text_len = split
         key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
         if key_valid is False:
-            return self._fallback(func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask")
+            return self._fallback(
+                func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask"
+            )
         n_img = seq - text_len
         img = slice(start, start + n_img)
         txt = slice(0, start) if start else slice(n_img, seq)
@@ -319,7 +326,10 @@ class AttentionHandle:
             if had:
                 record.original._attention_backend = value
             current = record.module.processor
-            if getattr(current, "diffattn_patch", None) is not None and current.diffattn_patch.original is record.original:
+            if (
+                getattr(current, "diffattn_patch", None) is not None
+                and current.diffattn_patch.original is record.original
+            ):
                 record.module.set_processor(record.original)
             else:
                 logger.warning("diffattn: the processor of %s was replaced after patching; leaving it", record.module)
@@ -392,7 +402,11 @@ def _layer_filter(layers: LayerSpec) -> Callable[[str], bool]:
 def _steps_range(steps: StepSpec) -> range | None:
     if steps is None:
         return None
-    if isinstance(steps, tuple) and len(steps) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+    if (
+        isinstance(steps, tuple)
+        and len(steps) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+    ):
         steps = range(*steps)
     if not isinstance(steps, range) or steps.step != 1:
         raise TypeError(f"steps={steps!r} must be a (start, end) tuple of ints or a range with step 1")
@@ -442,7 +456,11 @@ def apply_attention(
         adapter = find_adapter(denoiser)
         impl.check_ndim(adapter.ndim)
         param = next(denoiser.parameters(), None)
-        probe = torch.empty(0, device=param.device if param is not None else "cpu", dtype=param.dtype if param is not None else torch.float32)
+        probe = torch.empty(
+            0,
+            device=param.device if param is not None else "cpu",
+            dtype=param.dtype if param is not None else torch.float32,
+        )
         chosen = choose_backend(probe, backend)
         runtimes[denoiser] = _Runtime(adapter, impl, chosen, step_range, pipe_scheduler)
         prefix = f"{attr}." if attr else ""

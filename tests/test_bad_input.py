@@ -35,17 +35,33 @@ BAD_APPLY = [
     pytest.param(("gna",), {"window": -3}, ValueError, r"window=-3 must be >= 1", id="window-negative"),
     pytest.param(("gna",), {"window": 2.5}, TypeError, r"window=2.5 must hold ints", id="window-float"),
     pytest.param(("gna",), {"window": 4, "stride": 5}, ValueError, r"stride=5 exceeds window=4", id="stride-gt-window"),
-    pytest.param(("gna",), {"window": (4, 4, 4)}, ValueError, r"3-D but this model's token grid is 2-D", id="3d-on-image"),
+    pytest.param(
+        ("gna",), {"window": (4, 4, 4)}, ValueError, r"3-D but this model's token grid is 2-D", id="3d-on-image"
+    ),
     pytest.param(("gna",), {}, TypeError, r"needs knob\(s\) \['window'\]", id="missing-window"),
     pytest.param(("gna",), {"window": 4, "kernel": 3}, TypeError, r"unknown knob\(s\) \['kernel'\]", id="unknown-knob"),
-    pytest.param(("nope",), {}, ValueError, r"unknown attention method 'nope'; known methods: dense, gna", id="unknown-method"),
-    pytest.param(("gna",), {"window": 4, "layers": "^no_such_layer"}, ValueError, r"matches no self-attention", id="layers-none"),
-    pytest.param(("gna",), {"window": 4, "layers": "("}, ValueError, r"not a valid regular expression", id="layers-bad-regex"),
+    pytest.param(
+        ("nope",), {}, ValueError, r"unknown attention method 'nope'; known methods: dense, gna", id="unknown-method"
+    ),
+    pytest.param(
+        ("gna",), {"window": 4, "layers": "^no_such_layer"}, ValueError, r"matches no self-attention", id="layers-none"
+    ),
+    pytest.param(
+        ("gna",), {"window": 4, "layers": "("}, ValueError, r"not a valid regular expression", id="layers-bad-regex"
+    ),
     pytest.param(("gna",), {"window": 4, "steps": (3, 1)}, ValueError, r"need 0 <= start < end", id="steps-empty"),
     pytest.param(("gna",), {"window": 4, "steps": (-1, 2)}, ValueError, r"need 0 <= start < end", id="steps-negative"),
     pytest.param(("gna",), {"window": 4, "steps": "all"}, TypeError, r"steps='all' must be", id="steps-type"),
-    pytest.param(("gna",), {"window": 4, "backend": "cuda"}, ValueError, r"backend='cuda' is not one of", id="backend-unknown"),
-    pytest.param(("gna",), {"window": 4, "backend": "triton"}, ValueError, r"backend='triton' cannot run", id="backend-triton-cpu"),
+    pytest.param(
+        ("gna",), {"window": 4, "backend": "cuda"}, ValueError, r"backend='cuda' is not one of", id="backend-unknown"
+    ),
+    pytest.param(
+        ("gna",),
+        {"window": 4, "backend": "triton"},
+        ValueError,
+        r"backend='triton' cannot run",
+        id="backend-triton-cpu",
+    ),
 ]
 
 
@@ -134,7 +150,11 @@ def _qkv(*shape, dtype=torch.float32):
     "make,exc,match",
     [
         (lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 11, 2, 8)), ValueError, r"share one shape"),
-        (lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 12, 2, 8, dtype=torch.float64)), TypeError, r"share one dtype"),
+        (
+            lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 12, 2, 8, dtype=torch.float64)),
+            TypeError,
+            r"share one dtype",
+        ),
         (lambda: tuple(_qkv(12, 2, 8)), ValueError, r"must be \[B, S, H, D\]"),
         (lambda: tuple(t.long() for t in _qkv(1, 12, 2, 8)), TypeError, r"floating point"),
     ],

@@ -52,9 +52,7 @@ def test_cpu_path_matches_reference(case, text, dtype):
     q, k, v = _qkv(grid, dtype)
     extra = _qkv((text,), dtype) if text else [None, None, None]
     out = gna(q, k, v, grid, window, stride, dilation, extra_k=extra[0], extra_v=extra[1], backend="cpu")
-    ref, _ = reference_attention(
-        q, k, v, gna_mask(grid, window, stride, dilation), extra_k=extra[0], extra_v=extra[1]
-    )
+    ref, _ = reference_attention(q, k, v, gna_mask(grid, window, stride, dilation), extra_k=extra[0], extra_v=extra[1])
     tol = TOL[dtype]
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
 

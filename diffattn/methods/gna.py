@@ -73,7 +73,9 @@ class GNAConfig:
         d = _as_tuple("dilation", self.dilation)
         lengths = {len(x) for x in (w, s, d)} - {1}
         if len(lengths) > 1:
-            raise ValueError(f"window={self.window}, stride={self.stride}, dilation={self.dilation} disagree on the number of axes")
+            raise ValueError(
+                f"window={self.window}, stride={self.stride}, dilation={self.dilation} disagree on the number of axes"
+            )
         ndim = max(len(w), len(s), len(d))
         for wi, si in zip(_broadcast("window", w, ndim), _broadcast("stride", s, ndim)):
             if si > wi:
@@ -156,12 +158,12 @@ def gna_plan(
 ) -> BlockPlan:
     """The `BlockPlan` of resolved (clamped) GNA parameters on ``grid``. Cached per shape."""
     q_tile = default_q_tile(len(grid)) if q_tile is None else q_tile
-    return BlockPlan.from_axes(
-        tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile))
-    )
+    return BlockPlan.from_axes(tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile)))
 
 
-def gna_mask(grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
+def gna_mask(
+    grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> Tensor:
     """``[N, N]`` bool GNA mask straight from the definition (independent of the tiling code)."""
     mask = torch.ones((1, 1), dtype=torch.bool)
     for length, k, s, d in zip(grid, window, stride, dilation):

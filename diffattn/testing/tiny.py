@@ -113,9 +113,7 @@ def _llama_tokenizer() -> Any:
         vocab[c] = len(vocab)
     # Right padding + BOS like the real HunyuanVideo (Llama-3) tokenizer: the transformer assumes the valid
     # text tokens come first when it builds its key-padding mask.
-    return LlamaTokenizerFast(
-        vocab=vocab, merges=[], pad_token="<pad>", padding_side="right", add_bos_token=True
-    )
+    return LlamaTokenizerFast(vocab=vocab, merges=[], pad_token="<pad>", padding_side="right", add_bos_token=True)
 
 
 # --------------------------------------------------------------------------- text encoders

@@ -1,0 +1,44 @@
+"""The command line: generate writes outputs and prints dense vs accelerated time."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffattn.cli import main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model,extra,suffix",
+    [
+        ("tiny-sd", ["--height", "64", "--width", "64", "--window", "8"], ".png"),
+        ("tiny-wan", ["--window", "2,4,4"], ".gif"),
+    ],
+    ids=["image", "video"],
+)
+def test_generate_writes_outputs_and_timings(tmp_path, capsys, model, extra, suffix):
+    assert main(["generate", "--model", model, "--out", str(tmp_path), *extra]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / f"dense{suffix}").stat().st_size > 0
+    assert (tmp_path / f"gna{suffix}").stat().st_size > 0
+    assert "speedup" in out and "0 dense-fallback" in out
+
+
+def test_generate_bad_window_exits_with_clear_error(tmp_path, capsys):
+    assert (
+        main(["generate", "--height", "32", "--width", "32", "--window", "0", "--no-dense", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "window=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_list_commands(capsys):
+    assert main(["methods"]) == 0
+    assert capsys.readouterr().out.split() == ["dense", "gna"]
+    assert main(["models"]) == 0
+    assert "UNet2DConditionModel" in capsys.readouterr().out
+
+
+def test_unloadable_model_names_the_offline_choices(tmp_path):
+    with pytest.raises(SystemExit, match="one of the offline models: tiny-sd"):
+        main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
