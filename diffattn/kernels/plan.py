@@ -12,6 +12,7 @@ which keeps masks tiny (``[tiles, q_len, kv_len]`` per axis instead of per token
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -101,7 +102,7 @@ class BlockPlan:
     def has_mask(self) -> bool:
         return any(a.mask is not None for a in self.axes)
 
-    @property
+    @functools.cached_property
     def has_padding(self) -> bool:
         """Whether any tile slot is padding (ragged tiles)."""
         n = self.num_tokens
