@@ -56,33 +56,29 @@ def block_sparse_attention_cpu(
     b, s, h, d = q.shape
     if s != plan.num_tokens:
         raise ValueError(f"sequence length {s} does not match the plan's grid {plan.grid} ({plan.num_tokens})")
-    if plan.has_padding:
-        # One zero token appended at index S serves every padded slot of every tile.
-        pad = q.new_zeros(b, 1, h, d)
-        qp, kp, vp = (torch.cat([t, pad], dim=1) for t in (q, k, v))
-    else:  # every slot is a real token: skip three full copies
-        qp, kp, vp = q, k, v
+    # row S of the outputs receives every padded query slot and is dropped
     out = q.new_empty(b, s + 1, h, d)
     lse = torch.empty(b, s + 1, h, dtype=torch.float32)
-    n_tiles, tq = plan.q_index.shape
-    r = plan.kv_index.shape[1]
-    per_tile = b * h * d * (2 * r + 2 * tq) * q.element_size() + (tq * r * q.element_size() if plan.has_mask else 0)
-    step = max(1, CHUNK_BYTES // max(per_tile, 1))
-    for start in range(0, n_tiles, step):
-        tiles = slice(start, min(start + step, n_tiles))
-        qi, ki = plan.q_index[tiles].reshape(-1), plan.kv_index[tiles].reshape(-1)
-        t = plan.q_index[tiles].shape[0]
-        # [B, t * L, H, D] gathered rows -> [B * t, H, L, D] strided view (SDPA takes strides)
-        qt = qp.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
-        kt = kp.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
-        vt = vp.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
-        mask = plan.tile_mask(tiles)
+    q_gather, kv_gather = plan.gather_index
+    tq, r = plan.q_index.shape[1], plan.kv_index.shape[1]
+    per_tile = b * h * d * (2 * r + 2 * tq) * q.element_size()
+    step = max(1, CHUNK_BYTES // per_tile)
+    for g0, g1, full in plan.groups:
         bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
-            bias = bias[:, None].repeat(b, 1, 1, 1) if b > 1 else bias[:, None]  # [B * t, 1, Tq, R]
-        o, l = sdpa_with_lse(qt, kt, vt, bias, scale)
-        # padded query slots all land on row S, which is dropped
-        out.index_copy_(1, qi, o.transpose(1, 2).reshape(b, t * tq, h, d))
-        lse.index_copy_(1, qi, l.transpose(1, 2).reshape(b, t * tq, h))
+        if not full:  # one mask serves the whole group: [1, 1, Tq, R], broadcast over tiles
+            mask = plan.tile_mask(slice(g0, g0 + 1))
+            assert mask is not None
+            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))[:, None]
+        for start in range(g0, g1, step):
+            tiles = slice(start, min(start + step, g1))
+            t = q_gather[tiles].shape[0]
+            qi, ki = q_gather[tiles].reshape(-1), kv_gather[tiles].reshape(-1)
+            # [B, t * L, H, D] gathered rows -> [B * t, H, L, D] strided view (SDPA takes strides)
+            qt = q.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
+            kt = k.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+            vt = v.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+            o, l = sdpa_with_lse(qt, kt, vt, bias, scale)
+            dest = plan.q_index[tiles].reshape(-1)
+            out.index_copy_(1, dest, o.transpose(1, 2).reshape(b, t * tq, h, d))
+            lse.index_copy_(1, dest, l.transpose(1, 2).reshape(b, t * tq, h))
     return out[:, :s], lse[:, :s]

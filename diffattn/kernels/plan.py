@@ -38,6 +38,20 @@ class AxisTiling:
     kv_pos: Tensor
     mask: Tensor | None
 
+    @functools.cached_property
+    def mask_id(self) -> Tensor:
+        """``[n]`` int64: tiles with equal masks share an id (id 0 = an all-live mask if any)."""
+        if self.mask is None:
+            return torch.zeros(self.num_tiles, dtype=torch.long)
+        flat = self.mask.reshape(self.num_tiles, -1)
+        # prepend an all-live row so that "full" always gets id 0
+        rows = torch.cat([torch.ones_like(flat[:1]), flat])
+        _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        full_id = inverse[0]
+        ids = inverse[1:]
+        # renumber so the all-live id is 0 and the others keep their relative order
+        return torch.where(ids == full_id, 0, ids + 1)
+
     @staticmethod
     def from_lists(length: int, tiles: list[tuple[list[int], list[int], list[list[bool]] | None]]) -> AxisTiling:
         """Build from python lists ``[(q_positions, kv_positions, mask_rows_or_None), ...]``."""
@@ -73,6 +87,8 @@ class BlockPlan:
     kv_index: [T, R]  int64 flattened key token of each tile slot; ``num_tokens`` = padding.
     axes:     the per-axis tilings the plan is the product of (masks live there).
     tile_axes:[T, ndim] int64, which axis tile each tile is made of.
+    groups:   ``((start, end, full), ...)``: tiles are ordered so that each range shares one
+              element mask (``full`` = no mask at all); kernels build one mask per group.
     """
 
     grid: tuple[int, ...]
@@ -80,15 +96,27 @@ class BlockPlan:
     q_index: Tensor
     kv_index: Tensor
     tile_axes: Tensor
+    groups: tuple[tuple[int, int, bool], ...]
 
     @staticmethod
     def from_axes(axes: tuple[AxisTiling, ...]) -> BlockPlan:
         grid = tuple(a.length for a in axes)
         counts = [a.num_tiles for a in axes]
         tile_axes = torch.cartesian_prod(*[torch.arange(c) for c in counts]).reshape(-1, len(axes))
+        # group id = the tuple of per-axis mask ids; id 0 on every axis = a full tile
+        gid = torch.zeros(tile_axes.shape[0], dtype=torch.long)
+        for a, axis in enumerate(axes):
+            ids = axis.mask_id
+            gid = gid * (int(ids.max()) + 1) + ids[tile_axes[:, a]]
+        gid, order = torch.sort(gid, stable=True)
+        tile_axes = tile_axes[order]
+        values, sizes = torch.unique_consecutive(gid, return_counts=True)
+        ends = torch.cumsum(sizes, 0).tolist()
+        starts = [0] + ends[:-1]
+        groups = tuple((s, e, int(v) == 0) for s, e, v in zip(starts, ends, values.tolist()))
         q_index = _product_index([a.q_pos for a in axes], tile_axes, grid)
         kv_index = _product_index([a.kv_pos for a in axes], tile_axes, grid)
-        return BlockPlan(grid, axes, q_index, kv_index, tile_axes)
+        return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups)
 
     @property
     def num_tokens(self) -> int:
@@ -103,10 +131,11 @@ class BlockPlan:
         return any(a.mask is not None for a in self.axes)
 
     @functools.cached_property
-    def has_padding(self) -> bool:
-        """Whether any tile slot is padding (ragged tiles)."""
+    def gather_index(self) -> tuple[Tensor, Tensor]:
+        """``(q, kv)`` indices with padding pointing at token ``N - 1`` instead of ``N``: safe to
+        gather from the unpadded tensors (padded keys are masked, padded query rows dropped)."""
         n = self.num_tokens
-        return bool((self.q_index == n).any() or (self.kv_index == n).any())
+        return self.q_index.clamp(max=n - 1), self.kv_index.clamp(max=n - 1)
 
     def tile_mask(self, tiles: slice | Tensor | None = None) -> Tensor | None:
         """Element mask ``[t, Tq, R]`` (bool) of the selected tiles, or None if all are full."""
