@@ -1,0 +1,45 @@
+"""Smoke test of ``scripts/speedup.py --quick``: it runs, and writes sane JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "speedup.py"
+
+
+def test_speedup_quick(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--no-natten", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=SCRIPT.parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "speedup.json").read_text())
+    rows = data["rows"]
+    names = [r["case"] for r in rows]
+    # 2-D: 4 strides x 2 dtypes; 3-D: 2 strides x 2 dtypes; no NATTEN row
+    assert len(rows) == 12, names
+    assert sum(r["grid"] == [32, 32] for r in rows) == 8
+    assert sum(r["grid"] == [4, 8, 8] for r in rows) == 4
+    assert {r["dtype"] for r in rows} == {"fp32", "bf16"}
+    assert all(r["kind"] == "gna" for r in rows)
+    for r in rows:
+        for key in ("dense_min_s", "dense_median_s", "sparse_min_s", "sparse_median_s", "speedup_min"):
+            assert r[key] > 0, (r["case"], key)
+        assert r["dense_min_s"] <= r["dense_median_s"] and r["sparse_min_s"] <= r["sparse_median_s"]
+        assert r["token_bound"] >= 1 and r["tile_bound"] >= 1, r["case"]
+        assert r["tile_bound"] <= r["token_bound"] + 1e-9, r["case"]  # the kernel never does less work
+        assert r["repeats"] == 2 and r["threads"] >= 1
+    meta = data["meta"]
+    assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]
+    targets = {t["target"]: t["status"] for t in data["targets"]}
+    assert set(targets) == {"a", "b", "c", "d"}
+    assert targets["d"] == "N/A" and all(s in ("PASS", "MISS") for k, s in targets.items() if k != "d")
+    md = (tmp_path / "speedup.md").read_text()
+    assert md.count("\n| ") >= 13 and all(n in md for n in names)
+    assert "Targets" in proc.stdout
