@@ -66,7 +66,9 @@ def choose_backend(q: Tensor, backend: str = "auto") -> str:
     for name, check in _CHECKS.items():
         ok, why = check(q)
         if ok:
-            logger.info("backend auto -> %s (%s)", name, why)
+            # the reference is exact but O(S^2) in memory: never pick it silently
+            log = logger.warning if name == "reference" else logger.info
+            log("backend auto -> %s (%s)", name, why)
             return name
         logger.info("backend %s rejected: %s", name, why)
     raise AssertionError("the reference backend always runs")
