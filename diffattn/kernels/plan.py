@@ -45,16 +45,13 @@ class AxisTiling:
             return torch.zeros(self.num_tiles, dtype=torch.long)
         flat = self.mask.reshape(self.num_tiles, -1)
         # prepend an all-live row so that "full" always gets id 0
-        rows = torch.cat([torch.ones_like(flat[:1]), flat])
-        _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        full_id = inverse[0]
+        _, inverse = torch.unique(torch.cat([torch.ones_like(flat[:1]), flat]), dim=0, return_inverse=True)
         ids = inverse[1:]
-        # renumber so the all-live id is 0 and the others keep their relative order
-        return torch.where(ids == full_id, 0, ids + 1)
+        return torch.where(ids == inverse[0], 0, ids + 1)
 
     @staticmethod
-    def from_lists(length: int, tiles: list[tuple[list[int], list[int], list[list[bool]] | None]]) -> AxisTiling:
-        """Build from python lists ``[(q_positions, kv_positions, mask_rows_or_None), ...]``."""
+    def from_lists(length: int, tiles: list[tuple[list[int], list[int], Tensor | None]]) -> AxisTiling:
+        """Build from ``[(q_positions, kv_positions, bool mask [q, kv] or None = all live), ...]``."""
         q_len = max(len(q) for q, _, _ in tiles)
         kv_len = max(len(kv) for _, kv, _ in tiles)
         n = len(tiles)
@@ -68,7 +65,7 @@ class AxisTiling:
             if rows is None:
                 mask[i, : len(q), : len(kv)] = True
             else:
-                mask[i, : len(q), : len(kv)] = torch.tensor(rows, dtype=torch.bool)
+                mask[i, : len(q), : len(kv)] = rows
                 ragged_or_partial = True
             mask[i, len(q) :] = mask[i, 0]
             ragged_or_partial |= len(q) != q_len or len(kv) != kv_len

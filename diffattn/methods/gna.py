@@ -140,7 +140,9 @@ def gna_axis_tiling(length: int, window: int, stride: int, dilation: int, q_tile
             kv_c = list(range(lo, hi))
             rows = None
             if starts[js[0]] != starts[js[-1]]:
-                rows = [[starts[c // stride] <= kc < starts[c // stride] + window for kc in kv_c] for c in q_c]
+                q_start = torch.tensor([starts[c // stride] for c in q_c])[:, None]
+                kv = torch.tensor(kv_c)[None, :]
+                rows = (kv >= q_start) & (kv < q_start + window)
             tiles.append(([g + dilation * c for c in q_c], [g + dilation * c for c in kv_c], rows))
     return AxisTiling.from_lists(length, tiles)
 
