@@ -1,9 +1,10 @@
 """Fast CPU block-sparse attention: gather each tile's keys, then one batched SDPA.
 
 Never materializes an S x S tensor: the largest temporaries are a chunk of gathered tiles
-(``[B * t, H, R, D]``) and, for partial tiles only, their additive mask ``[t, 1, Tq, R]``.
-Fully-live plans (e.g. GNA with tile-aligned strides) run with no mask at all, which is where
-the CPU speed comes from.
+(``[B * t, H, R, D]``) and one additive mask ``[1, 1, Tq, R]`` per group of like tiles (the plan
+orders tiles so that tiles with equal masks are adjacent). Fully-live plans (GNA with strides of
+at least half a tile) run with no mask at all. What remains costly is the gather itself: keys of
+overlapping windows are copied once per tile that needs them.
 """
 
 from __future__ import annotations
