@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .kernels import block_sparse_attention
-from .methods.gna import GNAConfig, gna_plan
+from .methods.gna import GNA, GNAConfig
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, extra_k: Tensor | None = None, extra_v: Tensor | None = None) -> None:
@@ -94,7 +94,7 @@ def gna(
             f"window={window}, stride={stride}, dilation={dilation} do not match the {len(grid)}-D grid {grid}"
         )
     _warn_non_finite(q, k, v)
-    plan = gna_plan(grid, *cfg.resolve(grid))
+    plan = GNA(cfg).plan(grid)
     return block_sparse_attention(
         q, k, v, plan, extra_k=extra_k, extra_v=extra_v, scale=scale, backend=backend, return_lse=return_lse
     )

@@ -269,10 +269,6 @@ class AttentionHandle:
         self.removed = False
 
     @property
-    def method_name(self) -> str:
-        return self.method.name
-
-    @property
     def config(self) -> Any:
         return self.method.config
 
@@ -291,12 +287,6 @@ class AttentionHandle:
     @property
     def fallback_calls(self) -> int:
         return sum(s.fallback for s in self.stats().values())
-
-    def reset_stats(self) -> None:
-        for rt in self._runtimes.values():
-            for name in rt.stats:
-                rt.stats[name] = CallStats()
-            rt.warned.clear()
 
     def _install(self, plan: list[tuple[nn.Module, str, nn.Module]]) -> None:
         """Install all or nothing: on any error, undo what was done and re-raise."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import Tensor
 
-from .cpu import block_sparse_attention_cpu, can_run_cpu, sdpa_with_lse
+from .cpu import additive_mask, block_sparse_attention_cpu, can_run_cpu, sdpa_with_lse
 from .merge import merge_attention
 from .plan import AxisTiling, BlockPlan
-from .reference import reference_attention
+from .reference import reference_attention, reference_plan_attention
 
 logger = logging.getLogger("diffattn.kernels")
 
@@ -78,7 +77,7 @@ def _sparse_part(q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float 
     if backend == "cpu":
         return block_sparse_attention_cpu(q, k, v, plan, scale)
     if backend == "reference":
-        return reference_attention(q, k, v, plan.dense_mask().to(q.device), scale=scale)
+        return reference_plan_attention(q, k, v, plan, scale=scale)
     raise ValueError(f"backend={backend!r} has no block-sparse implementation in this build")
 
 
@@ -96,8 +95,7 @@ def attend_extra(
         )
     bias = None
     if extra_mask is not None:
-        bias = torch.zeros(extra_mask.shape, dtype=q.dtype).masked_fill_(~extra_mask.bool(), float("-inf"))
-        bias = bias[:, None, None, :]  # [B, 1, 1, T]
+        bias = additive_mask(extra_mask, q.dtype)[:, None, None, :]  # [B, 1, 1, T]
     o, lse = sdpa_with_lse(q.transpose(1, 2), extra_k.transpose(1, 2), extra_v.transpose(1, 2), bias, scale)
     return o.transpose(1, 2), lse.transpose(1, 2)
 

@@ -34,6 +34,11 @@ def sdpa_with_lse(
     return _flash_cpu(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool mask (True = attend) as the additive 0 / -inf bias the CPU flash op wants, in ``dtype``."""
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask.bool(), float("-inf"))
+
+
 def can_run_cpu(q: Tensor) -> tuple[bool, str]:
     """Whether the CPU path can run on tensors like ``q``; the reason when it cannot."""
     if q.device.type != "cpu":
@@ -69,7 +74,7 @@ def block_sparse_attention_cpu(
         if not full:  # one mask serves the whole group: [1, 1, Tq, R], broadcast over tiles
             mask = plan.tile_mask(slice(g0, g0 + 1))
             assert mask is not None
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))[:, None]
+            bias = additive_mask(mask, q.dtype)[:, None]
         for start in range(g0, g1, step):
             tiles = slice(start, min(start + step, g1))
             t = q_gather[tiles].shape[0]

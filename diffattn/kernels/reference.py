@@ -61,4 +61,4 @@ def reference_plan_attention(
     q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, **kwargs: object
 ) -> tuple[Tensor, Tensor]:
     """`reference_attention` restricted to the (query, key) pairs of a plan."""
-    return reference_attention(q, k, v, plan.dense_mask(), **kwargs)  # type: ignore[arg-type]
+    return reference_attention(q, k, v, plan.dense_mask().to(q.device), **kwargs)  # type: ignore[arg-type]
