@@ -65,6 +65,8 @@ class _Runtime:
         call = self.adapter.bind(module, args, kwargs)
         self.local.layout = self.adapter.read_layout(module, call)
         self.local.active = self.steps is None or self._step_index(call) in self.steps
+        t = self.adapter.read_timestep(call)
+        self.local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_divisor
 
     def _step_index(self, call: dict[str, Any]) -> int:
         t = self.adapter.read_timestep(call)
@@ -88,6 +90,10 @@ class _Runtime:
     def active(self) -> bool:
         return getattr(self.local, "active", True)
 
+    @property
+    def timestep(self) -> float | None:
+        return getattr(self.local, "timestep", None)
+
 
 class _Interceptor(TorchFunctionMode):
     """Routes the one SDPA call of a wrapped processor to the method."""
@@ -109,8 +115,9 @@ _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", 
 class _PatchedAttention:
     """Wrapper processor state and logic; the callable shell is `_make_wrapper`'s."""
 
-    def __init__(self, name: str, original: Any, runtime: _Runtime) -> None:
+    def __init__(self, name: str, original: Any, runtime: _Runtime, index: int = 0) -> None:
         self.name = name
+        self.index = index
         self.original = original
         self.runtime = runtime
         runtime.stats.setdefault(name, CallStats())
@@ -174,6 +181,9 @@ class _PatchedAttention:
             extra_mask=key_valid[:, txt] if text_len and isinstance(key_valid, Tensor) else None,
             scale=p.get("scale"),
             backend=rt.backend,
+            layer=self.name,
+            layer_index=self.index,
+            timestep=rt.timestep,
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         rt.stats[self.name].sparse += 1
@@ -294,9 +304,11 @@ class AttentionHandle:
         try:
             for denoiser, rt in self._runtimes.items():
                 self._hooks.append(denoiser.register_forward_pre_hook(rt.pre_hook, with_kwargs=True))
+            seen: dict[nn.Module, int] = {}
             for denoiser, name, module in plan:
                 original = module.processor
-                patched = _PatchedAttention(name, original, self._runtimes[denoiser])
+                index = seen[denoiser] = seen.get(denoiser, -1) + 1
+                patched = _PatchedAttention(name, original, self._runtimes[denoiser], index=index)
                 wrapper = _make_wrapper(patched)
                 had = hasattr(original, "_attention_backend")
                 record = _Installed(module, original, (had, getattr(original, "_attention_backend", None)))

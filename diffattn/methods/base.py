@@ -22,6 +22,11 @@ class AttendCall:
     extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
     scale: softmax scale (None = ``D ** -0.5``).
     backend: resolved kernel backend name.
+    layer: qualified name of the patched attention module (e.g. ``unet.down_blocks.0...attn1``).
+    layer_index: position of that module among the patched modules of its denoiser (0, 1, ...).
+    timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
+        that vary per call (e.g. a random shift) derive it from (config seed, layer, timestep), so a
+        rerun with the same seed reproduces whatever order or thread the calls arrive in.
     """
 
     grid: tuple[int, ...]
@@ -30,6 +35,9 @@ class AttendCall:
     extra_mask: Tensor | None = None
     scale: float | None = None
     backend: str = "cpu"
+    layer: str = ""
+    layer_index: int = 0
+    timestep: float | None = None
 
 
 class AttentionMethod:
