@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import operator
 import re
 import threading
 import weakref
@@ -235,11 +236,21 @@ def _make_wrapper(patched: _PatchedAttention) -> Any:
     return wrapper
 
 
+def _reduce_to_original(wrapper: Any) -> tuple:
+    """Pickling or deep-copying a patched module stores the *original* processor, so saved or copied
+    pipelines never carry diffattn objects. ``itemgetter(0)((x,))`` is ``x`` itself (pickle memoizes
+    it, so a processor shared by many modules stays shared) and needs no diffattn at load time."""
+    return operator.itemgetter(0), ((wrapper.diffattn_patch.original,),)
+
+
 class _PlainWrapper:
     """Shell for plain-object processors; ``__call__`` is set per instance."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__dict__["__call__"](*args, **kwargs)
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        return _reduce_to_original(self)
 
     def __repr__(self) -> str:
         return f"diffattn({self.__dict__['diffattn_patch'].original!r})"
@@ -257,6 +268,30 @@ class _ModuleWrapper(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._diffattn_call(*args, **kwargs)
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        return _reduce_to_original(self)
+
+
+class _UnpatchedReduce:
+    """Instance-level ``__reduce_ex__`` of a patched denoiser (pickle and ``copy`` look it up on the
+    instance): the state it reduces to lacks diffattn's pre-forward hook and this attribute, so a
+    pickled or deep-copied denoiser (or pipeline) is the unpatched one."""
+
+    def __init__(self, denoiser: nn.Module, hook_ids: set[int]) -> None:
+        self.denoiser = weakref.ref(denoiser)
+        self.hook_ids = hook_ids
+
+    def __call__(self, protocol: int) -> tuple:
+        denoiser = self.denoiser()
+        assert denoiser is not None
+        rv = type(denoiser).__reduce_ex__(denoiser, protocol)
+        state = dict(rv[2])
+        state.pop("__reduce_ex__", None)
+        for attr in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"):
+            hooks = state[attr]
+            state[attr] = type(hooks)((k, v) for k, v in hooks.items() if k not in self.hook_ids)
+        return (rv[0], rv[1], state, *rv[3:])
 
 
 @dataclass
@@ -303,7 +338,9 @@ class AttentionHandle:
         self._plan = plan
         try:
             for denoiser, rt in self._runtimes.items():
-                self._hooks.append(denoiser.register_forward_pre_hook(rt.pre_hook, with_kwargs=True))
+                hook = denoiser.register_forward_pre_hook(rt.pre_hook, with_kwargs=True)
+                self._hooks.append(hook)
+                denoiser.__dict__["__reduce_ex__"] = _UnpatchedReduce(denoiser, {hook.id})
             seen: dict[nn.Module, int] = {}
             for denoiser, name, module in plan:
                 original = module.processor
@@ -339,6 +376,9 @@ class AttentionHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for denoiser in self._runtimes:
+            if isinstance(denoiser.__dict__.get("__reduce_ex__"), _UnpatchedReduce):
+                del denoiser.__dict__["__reduce_ex__"]
         for denoiser in self._runtimes:
             if _ACTIVE.get(denoiser) is self:
                 del _ACTIVE[denoiser]
