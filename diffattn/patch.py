@@ -406,11 +406,19 @@ def _native_backend() -> Any:
     return AttentionBackendName.NATIVE
 
 
+def _uncompiled(module: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs: hooks and processors belong on it (the compiled
+    wrapper calls it, so they take effect there too, after a guard-triggered recompile)."""
+    return getattr(module, "_orig_mod", module)
+
+
 def denoisers_of(target: Any) -> list[tuple[str, nn.Module]]:
     """``[(attribute, denoiser)]`` of a pipeline, or ``[("", target)]`` for a bare denoiser."""
     if isinstance(target, nn.Module):
-        return [("", target)]
-    found = [(a, getattr(target, a)) for a in DENOISER_ATTRS if isinstance(getattr(target, a, None), nn.Module)]
+        return [("", _uncompiled(target))]
+    found = [
+        (a, _uncompiled(getattr(target, a))) for a in DENOISER_ATTRS if isinstance(getattr(target, a, None), nn.Module)
+    ]
     if not found:
         raise TypeError(
             f"cannot patch a {type(target).__name__}: expected a diffusers pipeline with one of "

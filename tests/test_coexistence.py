@@ -186,9 +186,11 @@ def test_accelerate_cpu_offload(offload):
 @pytest.mark.slow
 def test_torch_compile_matches_eager():
     """The patched denoiser under torch.compile (CPU inductor): graph breaks are allowed, results
-    must match eager, and the sparse path must really run inside the compiled model."""
+    must match eager, the sparse path must really run inside the compiled model, and patching,
+    removing and re-patching a model that is already compiled work too."""
     name = "tiny-pixart-alpha"
     pipe = _pipe(name)
+    base = tiny_output(pipe, name)
     handle = diffattn.apply_attention(pipe, "gna", window=3)
     eager = tiny_output(pipe, name)
     calls_eager = handle.sparse_calls
@@ -196,12 +198,18 @@ def test_torch_compile_matches_eager():
     pipe.transformer = torch.compile(eager_transformer)
     try:
         compiled = tiny_output(pipe, name)
+        assert handle.sparse_calls == 2 * calls_eager
+        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+        handle.remove()
+        torch.testing.assert_close(tiny_output(pipe, name), base, atol=1e-4, rtol=1e-4)
+        again = diffattn.apply_attention(pipe, "gna", window=3)  # patch the compiled model itself
+        torch.testing.assert_close(tiny_output(pipe, name), eager, atol=1e-4, rtol=1e-4)
+        assert again.sparse_calls == calls_eager
+        again.remove()
     finally:
         pipe.transformer = eager_transformer
         torch._dynamo.reset()
-    assert handle.sparse_calls == 2 * calls_eager
-    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    handle.remove()
+    assert torch.equal(tiny_output(pipe, name), base)
 
 
 def test_two_pipelines_patched_differently_and_in_threads():
