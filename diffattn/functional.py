@@ -68,6 +68,7 @@ def gna(
     extra_v: Tensor | None = None,
     backend: str = "auto",
     *,
+    extra_mask: Tensor | None = None,
     scale: float | None = None,
     return_lse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -80,6 +81,7 @@ def gna(
             clamped to it (that axis becomes dense); stride must be in [1, window].
         extra_k, extra_v: ``[B, T, H, D]`` keys/values every query attends (e.g. text tokens).
         backend: "auto", "cpu", "reference" (or "triton" where available).
+        extra_mask: bool ``[B, T]`` key padding of the extra keys (True = attend).
         scale: softmax scale, default ``D ** -0.5``.
         return_lse: also return the log-sum-exp ``[B, S, H]`` (fp32).
 
@@ -87,6 +89,9 @@ def gna(
         ``out [B, S, H, D]`` (and ``lse`` if asked).
     """
     check_qkv(q, k, v, extra_k, extra_v)
+    if extra_mask is not None and (extra_k is None or extra_mask.shape != extra_k.shape[:2]):
+        want = "no extra_k was given" if extra_k is None else f"expected [B, T] = {tuple(extra_k.shape[:2])}"
+        raise ValueError(f"extra_mask of shape {tuple(extra_mask.shape)} does not fit: {want}")
     grid = check_grid(grid, q.shape[1])
     cfg = GNAConfig(window=window, stride=stride, dilation=dilation)
     if cfg.ndim is not None and cfg.ndim != len(grid):
@@ -96,7 +101,16 @@ def gna(
     _warn_non_finite(q, k, v)
     plan = GNA(cfg).plan(grid)
     return block_sparse_attention(
-        q, k, v, plan, extra_k=extra_k, extra_v=extra_v, scale=scale, backend=backend, return_lse=return_lse
+        q,
+        k,
+        v,
+        plan,
+        extra_k=extra_k,
+        extra_v=extra_v,
+        extra_mask=extra_mask,
+        scale=scale,
+        backend=backend,
+        return_lse=return_lse,
     )
 
 

@@ -1,4 +1,8 @@
-"""Test-wide settings: offline hub, deterministic threads."""
+"""Test-wide settings: offline hub, deterministic threads, hypothesis profiles.
+
+Hypothesis profiles: ``ci`` (default; fixed seed, no example database, so every run checks the
+same cases) and ``thorough`` (10x the examples, random seeds) via ``--hypothesis-profile=thorough``.
+"""
 
 import os
 
@@ -6,3 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from hypothesis import HealthCheck, settings  # noqa: E402  (after the environment is set)
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, **_COMMON)
+settings.register_profile("thorough", max_examples=1500, **_COMMON)
+settings.load_profile("ci")

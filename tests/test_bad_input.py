@@ -84,44 +84,11 @@ def test_2d_window_on_video_model_is_rejected(wan):
     assert torch.equal(tiny_output(pipe, "tiny-wan"), base)
 
 
-def test_failed_reapply_keeps_previous_patch(sd):
-    pipe, base = sd
-    with diffattn.attention(pipe, "gna", window=3) as h:
-        patched = tiny_output(pipe, "tiny-sd")
-        with pytest.raises(ValueError):
-            diffattn.apply_attention(pipe, "gna", window=0)
-        assert not h.removed
-        assert torch.equal(tiny_output(pipe, "tiny-sd"), patched)
-    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
-
-
 def test_steps_beyond_schedule_is_reported(sd):
     pipe, base = sd
     with diffattn.attention(pipe, "gna", window=3, steps=(5, 9)):
         with pytest.raises(ValueError, match=r"steps=5..9 lies outside the schedule of 2 steps"):
             tiny_output(pipe, "tiny-sd")
-    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
-
-
-def test_install_failure_midway_rolls_back(sd, monkeypatch):
-    """The k-th module raising inside set_processor leaves every module as before."""
-    pipe, base = sd
-    before = _state(pipe)
-    self_attn = [m for n, m in pipe.unet.named_modules() if n.endswith("attn1")]
-    victim = self_attn[3]  # four modules get patched before this one fails
-    original_set = type(victim).set_processor
-
-    def failing(self, processor):
-        if self is victim:
-            raise RuntimeError("injected failure")
-        return original_set(self, processor)
-
-    monkeypatch.setattr(type(victim), "set_processor", failing)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        diffattn.apply_attention(pipe, "gna", window=3)
-    monkeypatch.undo()
-    after = _state(pipe)
-    assert before[1] == after[1] and all(before[0][k] is after[0][k] for k in before[0])
     assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
 
 
