@@ -72,7 +72,8 @@ class AxisSim:
     q_tiles, kv_tiles: number of tiles along this axis (summed over dilation groups).
     live, full: (Q tile, KV tile) pairs of this axis that are live / fully live.
     min_block_sparse_stride: smallest stride in [1, window] with no partial pair on this axis
-        (same window, dilation and tiles), or None if there is none.
+        (same window, dilation and tiles), or None if there is none. An axis the window covers is
+        dense whatever the stride, so it reports 1.
     """
 
     length: int
