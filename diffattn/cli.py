@@ -2,12 +2,14 @@
 
 diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
+diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
 diffattn methods | diffattn models
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -50,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("diffattn_out"), help="output directory")
     g.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
     g.add_argument("-v", "--verbose", action="store_true", help="log backend choice and fallbacks")
+    s = sub.add_parser("simulate", help="analytical speedup bounds of a GNA config (token, tile, Amdahl, roofline)")
+    s.add_argument("--grid", type=_ints, required=True, help="token grid, e.g. 256,256 or 30,48,80 (frames first)")
+    s.add_argument("--window", type=_ints, required=True, help="GNA window per axis, >= 1")
+    s.add_argument("--stride", type=_ints, default=1, help="GNA stride per axis, in [1, window] (default 1)")
+    s.add_argument("--dilation", type=_ints, default=1, help="GNA dilation per axis, >= 1 (default 1)")
+    s.add_argument("--q-tile", type=_ints, default=None, help="Q tile shape (default: H100 FNA 128 / 16,8 / 4,4,8)")
+    s.add_argument("--kv-tile", type=_ints, default=None, help="KV tile shape (default: as --q-tile's default)")
+    s.add_argument("--attention-share", type=float, default=None, help="measured attention share of step time, [0, 1]")
+    s.add_argument("--gpu", default=None, help="add a roofline estimate for this GPU (accepted: h100)")
+    s.add_argument("--heads", type=int, default=24, help="heads for the roofline estimate, >= 1")
+    s.add_argument("--head-dim", type=int, default=128, help="head dim for the roofline estimate, >= 1")
+    s.add_argument("--batch", type=int, default=1, help="batch for the roofline estimate, >= 1")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
     return p
@@ -133,6 +148,27 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def simulate(args: argparse.Namespace) -> int:
+    from .sim import simulate as run_simulation
+
+    grid = args.grid if isinstance(args.grid, tuple) else (args.grid,)
+    result = run_simulation(
+        grid,
+        args.window,
+        args.stride,
+        args.dilation,
+        q_tile=args.q_tile,
+        kv_tile=args.kv_tile,
+        attention_share=args.attention_share,
+        gpu=args.gpu,
+        batch=args.batch,
+        heads=args.heads,
+        head_dim=args.head_dim,
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
@@ -144,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print("offline tiny models:", ", ".join(TINY_MODELS))
         return 0
     try:
-        return generate(args)
+        return simulate(args) if args.command == "simulate" else generate(args)
     except (ValueError, TypeError) as e:
         print(f"diffattn: error: {e}", file=sys.stderr)
         return 2

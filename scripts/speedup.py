@@ -2,10 +2,12 @@
 
 Every case runs side by side with dense SDPA in one process, round-robin (dense, sparse, dense,
 sparse, ...) after one warm-up call of each, with the same dtype and thread count. Rows report
-min and median seconds, the speedup (dense / sparse) and how close it gets to two upper bounds:
+min and median seconds, the speedup (dense / sparse) and how close it gets to two upper bounds,
+both from `diffattn.sim` (the one source of truth for bounds):
 
-  - token bound: 1 / (attended pairs / N^2) = N / prod(window) (each query attends prod(window) keys);
-  - tile bound: 1 / plan.density(), the work the kernel actually does (partial tiles count as full).
+  - token bound: ``simulate(...).token_bound`` = N^2 / attended pairs = N / prod(window);
+  - tile bound: ``plan_bound(plan)`` = 1 / plan.density() of the CPU plan that is timed, i.e. the
+    work the kernel actually does (partial tiles count as full).
 
 Usage: ``python scripts/speedup.py [--quick] [--cases SUBSTR] [--no-natten] [--out DIR]``.
 Writes ``DIR/speedup.json`` and ``DIR/speedup.md`` and prints the table plus PASS/MISS lines.
@@ -31,7 +33,8 @@ import torch
 from torch import Tensor
 
 from diffattn.functional import gna
-from diffattn.methods.gna import GNAConfig, gna_plan
+from diffattn.methods.gna import gna_plan
+from diffattn.sim import plan_bound, simulate
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 HEADS, HEAD_DIM, BATCH = 8, 64, 1
@@ -147,11 +150,10 @@ def log(msg: str) -> None:
 
 
 def bounds(case: Case) -> tuple[float, float, bool]:
-    """(token bound, tile bound, plan has masked tiles) for the resolved config."""
-    window, stride, dilation = GNAConfig(case.window, case.stride).resolve(case.grid)
-    plan = gna_plan(case.grid, window, stride, dilation)
-    token_density = math.prod(window) / math.prod(case.grid)
-    return 1.0 / token_density, 1.0 / plan.density(), plan.has_mask
+    """(token bound, tile bound of the timed plan, plan has masked tiles), all from `diffattn.sim`."""
+    sim = simulate(case.grid, case.window, case.stride)
+    plan = gna_plan(case.grid, sim.window, sim.stride, sim.dilation)  # the plan `gna(..., backend="cpu")` runs
+    return sim.token_bound, plan_bound(plan), plan.has_mask
 
 
 def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -> dict:

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from diffattn.methods.gna import gna_plan
+from diffattn.sim import plan_bound, simulate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "speedup.py"
 
 
 def test_speedup_quick(tmp_path: Path) -> None:
+    # import this checkout's package, not whichever diffattn the venv has installed
+    path = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--no-natten", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=SCRIPT.parents[1],
+        env=dict(os.environ, PYTHONPATH=path),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "speedup.json").read_text())
@@ -34,6 +41,9 @@ def test_speedup_quick(tmp_path: Path) -> None:
         assert r["dense_min_s"] <= r["dense_median_s"] and r["sparse_min_s"] <= r["sparse_median_s"]
         assert r["token_bound"] >= 1 and r["tile_bound"] >= 1, r["case"]
         assert r["tile_bound"] <= r["token_bound"] + 1e-9, r["case"]  # the kernel never does less work
+        sim = simulate(tuple(r["grid"]), tuple(r["window"]), tuple(r["stride"]))  # bounds come from diffattn.sim
+        assert r["token_bound"] == sim.token_bound, r["case"]
+        assert r["tile_bound"] == plan_bound(gna_plan(sim.grid, sim.window, sim.stride, sim.dilation)), r["case"]
         assert r["repeats"] == 2 and r["threads"] >= 1
     meta = data["meta"]
     assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]

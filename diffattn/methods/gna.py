@@ -121,6 +121,16 @@ def _window_starts(group_len: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def gna_axis_window_starts(group_len: int, window: int, stride: int) -> Tensor:
+    """``[group_len]`` int64: start of each token's window, in dilation-group coordinates.
+
+    Token ``c`` of a dilation group attends group tokens ``[start[c], start[c] + window)``.
+    """
+    return torch.tensor(_window_starts(group_len, window, stride), dtype=torch.long).repeat_interleave(stride)[
+        :group_len
+    ]
+
+
 def gna_axis_tiling(length: int, window: int, stride: int, dilation: int, q_tile: int) -> AxisTiling:
     """1-D GNA tiling of one axis. Consecutive stride groups are merged into query tiles of about
     ``q_tile`` tokens; a tile whose groups share one window needs no mask."""
