@@ -92,6 +92,15 @@ def test_steps_beyond_schedule_is_reported(sd):
     assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
 
 
+def test_dilation_too_large_for_a_grid_is_reported_at_that_call(sd):
+    """Grids are only known per call: at the 16x16 level, window 3 x dilation 8 cannot fit."""
+    pipe, base = sd
+    with diffattn.attention(pipe, "gna", window=3, dilation=8):
+        with pytest.raises(ValueError, match=r"window 3 x dilation 8 = 24 exceeds axis 0 of the grid \(16, 16\)"):
+            tiny_output(pipe, "tiny-sd")
+    assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
+
+
 @pytest.mark.parametrize(
     "target", [torch.nn.Linear(2, 2), object(), "tiny-sd"], ids=["linear-module", "object", "string"]
 )
