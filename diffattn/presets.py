@@ -103,7 +103,7 @@ PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
         {"window": (12, 16, 16), "stride": (1, 8, 8)},
         None,
         None,
-        "diffattn: Wan 2.1 480p (21x30x52 tokens), window about half of each axis in STA's tile units",
+        "diffattn: Wan 2.1 480p (21x30x52 tokens), window about half of each axis",
     ),
     ("gna", "cogvideox"): Preset(
         {"window": (8, 16, 16), "stride": (1, 8, 8)},
@@ -157,7 +157,10 @@ def resolve_preset(
 def table() -> list[dict[str, str]]:
     """Rows (method, family, knobs, layers, steps, source) of every entry, sorted, for display."""
     rows = []
-    for (method, family), entry in sorted(PRESETS.items()):
+    def order(key: tuple[str, str]) -> tuple[str, int, str]:
+        return key[0], FAMILIES.index(key[1]) if key[1] in FAMILIES else len(FAMILIES), key[1]
+
+    for (method, family), entry in sorted(PRESETS.items(), key=lambda item: order(item[0])):
         if isinstance(entry, Unsupported):
             rows.append(dict(method=method, family=family, knobs="-", layers="-", steps="-", source=entry.reason))
             continue
