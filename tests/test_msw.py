@@ -100,6 +100,26 @@ def test_shifted_equals_roll_window_unroll_reference(grid, window, quarter, text
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("quarter", [1, 2, 3], ids=["shift1q", "shift2q", "shift3q"])
+@pytest.mark.parametrize("grid,window", SHIFTED)
+def test_shifted_equals_literal_roll_gna_blocked_unroll(grid, window, quarter):
+    """The shift folded into the plan equals rolling the tensors, GNA blocked, rolling back."""
+    q, k, v = _qkv(math.prod(grid))
+    cfg = MSWConfig(window=window, seed=1)
+    call = _call_with_quarter(cfg, quarter, grid)
+    method = MSW(cfg)
+    win, shift = cfg.resolve_window(grid), method.shift(call)
+    dims = tuple(range(1, len(grid) + 1))
+
+    def roll(t, sign):
+        b, _, h, d = t.shape
+        return torch.roll(t.reshape(b, *grid, h, d), tuple(sign * s for s in shift), dims).reshape(b, -1, h, d)
+
+    rolled = gna(*(roll(t, -1) for t in (q, k, v)), grid, win, win, backend="cpu")
+    torch.testing.assert_close(method.attend(q, k, v, call), roll(rolled, 1), atol=1e-5, rtol=1e-5)
+    assert torch.equal(method.plan(grid, shift).dense_mask(), _window_mask(grid, win, shift))
+
+
 @pytest.mark.parametrize("grid", [(9, 7), (1, 5), (3, 7, 5), (10, 10)], ids=lambda g: "x".join(map(str, g)))
 def test_every_query_attends_a_full_window(grid):
     """Non-divisible axes: the last window is clamped inside the grid, never smaller or padded."""
