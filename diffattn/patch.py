@@ -493,7 +493,18 @@ def apply_attention(
         raise TypeError(f"preset={preset!r} must be True or False")
     if preset:
         family = family_key(denoisers_of(target)[0][1])
+        user_steps = steps
         knobs, layers, steps, entry = resolve_preset(method, family, knobs, config, layers, steps)
+        if user_steps is None and steps is not None and isinstance(target, nn.Module):
+            logger.warning(
+                "diffattn: the %s preset for %s limits steps to %s, which needs the pipeline's scheduler; "
+                "a bare denoiser runs %s on every step (pass the pipeline to keep the preset's steps)",
+                method,
+                family,
+                steps,
+                method,
+            )
+            steps = None
     impl = method_cls(method_cls.make_config(config, **knobs))
     keep = _layer_filter(layers)
     step_range = _steps_range(steps)

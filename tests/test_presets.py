@@ -144,6 +144,16 @@ def test_preset_steps_apply_unless_given(sd, monkeypatch):
     assert all(s.sparse > 0 and s.dense == 0 for s in h.stats().values())
 
 
+def test_preset_steps_on_a_bare_denoiser_warn_and_run_every_step(sd, monkeypatch, caplog):
+    pipe, _ = sd
+    monkeypatch.setitem(PRESETS, ("msw", "sd"), Preset({}, None, (0.0, 0.5), "test"))
+    with caplog.at_level("WARNING", logger="diffattn"):
+        with diffattn.attention(pipe.unet, "msw") as h:
+            tiny_output(pipe, "tiny-sd")
+    assert "needs the pipeline's scheduler" in caplog.text
+    assert all(s.sparse == 2 and s.dense == 0 for s in h.stats().values())
+
+
 def test_preset_layers_matching_nothing_say_so(sd, monkeypatch):
     pipe, _ = sd
     monkeypatch.setitem(PRESETS, ("msw", "sd"), Preset({}, r"^nowhere$", None, "test"))
