@@ -3,7 +3,7 @@
 diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
-diffattn methods | diffattn models
+diffattn methods | diffattn models | diffattn presets
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
+    sub.add_parser("presets", help="list the default knobs, layers and steps per (method, model family)")
     return p
 
 
@@ -169,6 +170,17 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def presets_table() -> str:
+    """The presets as an aligned text table: method, family, knobs, layers, steps, source."""
+    from .presets import table
+
+    columns = ("method", "family", "knobs", "layers", "steps", "source")
+    rows = [dict(zip(columns, columns))] + table()
+    widths = {c: max(len(r[c]) for r in rows) for c in columns[:-1]}
+    lines = ["  ".join([*(r[c].ljust(widths[c]) for c in columns[:-1]), r["source"]]) for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
@@ -178,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         print("denoisers:", ", ".join(supported_models()))
         print("offline tiny models:", ", ".join(TINY_MODELS))
+        return 0
+    if args.command == "presets":
+        print(presets_table())
         return 0
     try:
         return simulate(args) if args.command == "simulate" else generate(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import operator
 import re
 import threading
@@ -28,13 +29,14 @@ from torch.overrides import TorchFunctionMode
 from .kernels import choose_backend
 from .layout import TokenLayout
 from .methods import AttendCall, AttentionMethod, get_method
-from .models import FamilyAdapter, find_adapter
+from .models import FamilyAdapter, family_key, find_adapter
+from .presets import Preset, resolve_preset
 
 logger = logging.getLogger("diffattn")
 
 DENOISER_ATTRS = ("unet", "transformer", "transformer_2")
 LayerSpec = str | Callable[[str], bool] | None
-StepSpec = tuple[int, int] | range | None
+StepSpec = tuple[int, int] | tuple[float, float] | range | None
 
 # denoiser -> the handle currently installed on it (weak: a dropped pipeline drops its entry)
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionHandle] = weakref.WeakKeyDictionary()
@@ -49,6 +51,19 @@ class CallStats:
     dense: int = 0  # passthrough method or outside ``steps``
 
 
+@dataclass(frozen=True)
+class StepFraction:
+    """``steps=(start, end)`` as fractions of the schedule: of ``n`` steps, step ``i`` is active
+    iff ``start <= i / n < end`` (so (0.0, 0.4) of 50 steps is steps 0-19)."""
+
+    start: float
+    stop: float
+
+    def resolve(self, n: int) -> range:
+        eps = 1e-9  # 0.4 * 50 is 20.000000000000004 in floats
+        return range(math.ceil(self.start * n - eps), math.ceil(self.stop * n - eps))
+
+
 @dataclass
 class _Runtime:
     """Per denoiser: what the pre-hook recorded for the current call, shared by its processors."""
@@ -56,7 +71,7 @@ class _Runtime:
     adapter: FamilyAdapter
     method: AttentionMethod
     backend: str
-    steps: range | None
+    steps: range | StepFraction | None
     scheduler: Any
     stats: dict[str, CallStats] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
@@ -65,23 +80,29 @@ class _Runtime:
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = self.adapter.bind(module, args, kwargs)
         self.local.layout = self.adapter.read_layout(module, call)
-        self.local.active = self.steps is None or self._step_index(call) in self.steps
+        self.local.active = self.steps is None or self._in_steps(call)
         t = self.adapter.read_timestep(call)
         self.local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_divisor
 
-    def _step_index(self, call: dict[str, Any]) -> int:
+    def _in_steps(self, call: dict[str, Any]) -> bool:
         t = self.adapter.read_timestep(call)
         timesteps = getattr(self.scheduler, "timesteps", None)
         if t is None or timesteps is None or len(timesteps) == 0:
             raise RuntimeError("steps= needs the denoiser's timestep and a scheduler with set timesteps")
         assert self.steps is not None
+        if isinstance(self.steps, StepFraction):
+            return int(torch.argmin((timesteps.float().cpu() - self._value(t)).abs())) in self.steps.resolve(
+                len(timesteps)
+            )
         if self.steps.start >= len(timesteps):
             raise ValueError(
                 f"steps={self.steps.start}..{self.steps.stop} lies outside the schedule of {len(timesteps)} "
                 f"steps; steps must start below {len(timesteps)}"
             )
-        value = float(t.flatten()[0]) * self.adapter.timestep_divisor
-        return int(torch.argmin((timesteps.float().cpu() - value).abs()))
+        return int(torch.argmin((timesteps.float().cpu() - self._value(t)).abs())) in self.steps
+
+    def _value(self, t: Tensor) -> float:
+        return float(t.flatten()[0]) * self.adapter.timestep_divisor
 
     @property
     def layout(self) -> TokenLayout | None:
@@ -312,6 +333,8 @@ class AttentionHandle:
         self._hooks: list[Any] = []
         self._plan: list[tuple[nn.Module, str, nn.Module]] = []
         self.removed = False
+        #: the `Preset` that filled unset knobs/layers/steps, or None
+        self.preset: Preset | None = None
 
     @property
     def config(self) -> Any:
@@ -449,9 +472,21 @@ def _layer_filter(layers: LayerSpec) -> Callable[[str], bool]:
     raise TypeError(f"layers={layers!r} must be a regex string, a predicate on module names, or None")
 
 
-def _steps_range(steps: StepSpec) -> range | None:
+def _steps_range(steps: StepSpec) -> range | StepFraction | None:
     if steps is None:
         return None
+    if (
+        isinstance(steps, tuple)
+        and len(steps) == 2
+        and any(isinstance(s, float) for s in steps)
+        and all(isinstance(s, int | float) and not isinstance(s, bool) for s in steps)
+    ):
+        start, stop = (float(s) for s in steps)
+        if not 0.0 <= start < stop <= 1.0:  # also rejects NaN
+            raise ValueError(
+                f"steps={steps!r} as fractions of the schedule must satisfy 0.0 <= start < end <= 1.0"
+            )
+        return StepFraction(start, stop)
     if (
         isinstance(steps, tuple)
         and len(steps) == 2
@@ -459,7 +494,10 @@ def _steps_range(steps: StepSpec) -> range | None:
     ):
         steps = range(*steps)
     if not isinstance(steps, range) or steps.step != 1:
-        raise TypeError(f"steps={steps!r} must be a (start, end) tuple of ints or a range with step 1")
+        raise TypeError(
+            f"steps={steps!r} must be a (start, end) tuple of ints (step indices), of floats in [0, 1] "
+            "(fractions of the schedule) or a range with step 1"
+        )
     if steps.start < 0 or steps.stop <= steps.start:
         raise ValueError(f"steps={steps.start}..{steps.stop} is empty or negative; need 0 <= start < end")
     return steps
@@ -473,6 +511,7 @@ def apply_attention(
     steps: StepSpec = None,
     backend: str = "auto",
     config: Any = None,
+    preset: bool = True,
     **knobs: Any,
 ) -> AttentionHandle:
     """Swap the self-attention of a pipeline (or bare denoiser) for ``method``. Atomic.
@@ -480,11 +519,16 @@ def apply_attention(
     Args:
         target: a diffusers pipeline or denoiser (``UNet2DConditionModel``, ``*Transformer*Model``).
         method: a name from `list_methods()`.
-        layers: regex searched in module names, or a predicate; None = every self-attention.
-        steps: ``(start, end)`` denoising-step indices (half-open) where the method is active;
-            dense elsewhere. None = every step.
+        layers: regex searched in module names, or a predicate; None = the preset's layers, or
+            every self-attention if there is no preset.
+        steps: where the method is active (dense elsewhere): ``(start, end)`` ints are denoising-step
+            indices (half-open); floats in [0, 1] are fractions of the schedule, resolved per call
+            against ``len(scheduler.timesteps)`` (``(0.0, 0.4)`` = the first 40% of the steps).
+            None = the preset's steps, or every step.
         backend: "auto", "triton", "cpu" or "reference"; chosen once, here.
         config: a method config object (instead of keyword knobs).
+        preset: fill knobs, layers and steps the user left unset from `diffattn.presets` for this
+            model family (knobs only if no knob and no config is given). False = no defaults.
         **knobs: the method's config fields, e.g. ``window=(16, 16), stride=(4, 4)``.
 
     Returns:
@@ -492,6 +536,23 @@ def apply_attention(
         Re-applying on a patched target replaces the previous patch.
     """
     method_cls = get_method(method)
+    entry: Preset | None = None
+    if not isinstance(preset, bool):
+        raise TypeError(f"preset={preset!r} must be True or False")
+    if preset:
+        family = family_key(denoisers_of(target)[0][1])
+        user_steps = steps
+        knobs, layers, steps, entry = resolve_preset(method, family, knobs, config, layers, steps)
+        if user_steps is None and steps is not None and isinstance(target, nn.Module):
+            logger.warning(
+                "diffattn: the %s preset for %s limits steps to %s, which needs the pipeline's scheduler; "
+                "a bare denoiser runs %s on every step (pass the pipeline to keep the preset's steps)",
+                method,
+                family,
+                steps,
+                method,
+            )
+            steps = None
     impl = method_cls(method_cls.make_config(config, **knobs))
     keep = _layer_filter(layers)
     step_range = _steps_range(steps)
@@ -516,12 +577,14 @@ def apply_attention(
         prefix = f"{attr}." if attr else ""
         plan += [(denoiser, prefix + n, m) for n, m in _attention_modules(denoiser, adapter) if keep(prefix + n)]
     if not plan:
-        raise ValueError(f"layers={layers!r} matches no self-attention module of {type(target).__name__}")
+        origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
+        raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
 
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()
     handle = AttentionHandle(impl, chosen or backend, runtimes)
+    handle.preset = entry
     try:
         handle._install(plan)
     except BaseException:

@@ -38,7 +38,8 @@ BAD_APPLY = [
     pytest.param(
         ("gna",), {"window": (4, 4, 4)}, ValueError, r"3-D but this model's token grid is 2-D", id="3d-on-image"
     ),
-    pytest.param(("gna",), {}, TypeError, r"needs knob\(s\) \['window'\]", id="missing-window"),
+    pytest.param(("gna",), {"preset": False}, TypeError, r"needs knob\(s\) \['window'\]", id="missing-window"),
+    pytest.param(("gna",), {"preset": "no"}, TypeError, r"preset='no' must be True or False", id="preset-type"),
     pytest.param(("gna",), {"window": 4, "kernel": 3}, TypeError, r"unknown knob\(s\) \['kernel'\]", id="unknown-knob"),
     pytest.param(
         ("nope",), {}, ValueError, r"unknown attention method 'nope'; known methods: dense, gna", id="unknown-method"
@@ -52,6 +53,25 @@ BAD_APPLY = [
     pytest.param(("gna",), {"window": 4, "steps": (3, 1)}, ValueError, r"need 0 <= start < end", id="steps-empty"),
     pytest.param(("gna",), {"window": 4, "steps": (-1, 2)}, ValueError, r"need 0 <= start < end", id="steps-negative"),
     pytest.param(("gna",), {"window": 4, "steps": "all"}, TypeError, r"steps='all' must be", id="steps-type"),
+    pytest.param(
+        ("gna",), {"window": 4, "steps": (0.5, 0.2)}, ValueError, r"0.0 <= start < end <= 1.0", id="steps-frac-empty"
+    ),
+    pytest.param(
+        ("gna",), {"window": 4, "steps": (-0.1, 0.5)}, ValueError, r"0.0 <= start < end <= 1.0", id="steps-frac-neg"
+    ),
+    pytest.param(
+        ("gna",), {"window": 4, "steps": (0, 1.5)}, ValueError, r"steps=\(0, 1.5\) as fractions", id="steps-frac-gt1"
+    ),
+    pytest.param(
+        ("gna",),
+        {"window": 4, "steps": (float("nan"), 0.5)},
+        ValueError,
+        r"0.0 <= start < end <= 1.0",
+        id="steps-frac-nan",
+    ),
+    pytest.param(
+        ("gna",), {"window": 4, "steps": (0.0, 0.5, 1.0)}, TypeError, r"floats in \[0, 1\]", id="steps-3-values"
+    ),
     pytest.param(
         ("gna",), {"window": 4, "backend": "cuda"}, ValueError, r"backend='cuda' is not one of", id="backend-unknown"
     ),

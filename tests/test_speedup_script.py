@@ -29,12 +29,14 @@ def test_speedup_quick(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "speedup.json").read_text())
     rows = data["rows"]
     names = [r["case"] for r in rows]
-    # 2-D: 4 strides x 2 dtypes; 3-D: 2 strides x 2 dtypes; no NATTEN row
-    assert len(rows) == 12, names
-    assert sum(r["grid"] == [32, 32] for r in rows) == 8
+    # GNA 2-D: 4 strides x 2 dtypes; 3-D: 2 strides x 2 dtypes; msw: 2 dtypes; no NATTEN row
+    assert len(rows) == 14, names
+    assert sum(r["grid"] == [32, 32] for r in rows) == 10
     assert sum(r["grid"] == [4, 8, 8] for r in rows) == 4
     assert {r["dtype"] for r in rows} == {"fp32", "bf16"}
-    assert all(r["kind"] == "gna" for r in rows)
+    assert sum(r["kind"] == "gna" for r in rows) == 12
+    msw = [r for r in rows if r["kind"] == "msw"]
+    assert len(msw) == 2 and all(r["window"] == [16, 16] and r["tile_bound"] == 4.0 for r in msw)
     for r in rows:
         for key in ("dense_min_s", "dense_median_s", "sparse_min_s", "sparse_median_s", "speedup_min"):
             assert r[key] > 0, (r["case"], key)
@@ -48,8 +50,8 @@ def test_speedup_quick(tmp_path: Path) -> None:
     meta = data["meta"]
     assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]
     targets = {t["target"]: t["status"] for t in data["targets"]}
-    assert set(targets) == {"a", "b", "c", "d"}
+    assert set(targets) == {"a", "b", "c", "d", "e"}
     assert targets["d"] == "N/A" and all(s in ("PASS", "MISS") for k, s in targets.items() if k != "d")
     md = (tmp_path / "speedup.md").read_text()
-    assert md.count("\n| ") >= 13 and all(n in md for n in names)
+    assert md.count("\n| ") >= 15 and all(n in md for n in names)
     assert "Targets" in proc.stdout

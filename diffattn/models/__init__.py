@@ -27,6 +27,11 @@ def supported_models() -> list[str]:
     return sorted(n for a in ADAPTERS for n in a.class_names)
 
 
+def family_key(denoiser: nn.Module) -> str:
+    """Preset family of a denoiser: sd, sdxl, pixart, sd3, flux, wan, cogvideox, hunyuanvideo, ltx (or dit)."""
+    return find_adapter(denoiser).family_key(denoiser)
+
+
 def find_adapter(denoiser: nn.Module) -> FamilyAdapter:
     """The adapter for ``denoiser``; a TypeError naming the supported classes otherwise."""
     for adapter in ADAPTERS:
@@ -37,4 +42,4 @@ def find_adapter(denoiser: nn.Module) -> FamilyAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "find_adapter", "supported_models"]
+__all__ = ["ADAPTERS", "FamilyAdapter", "family_key", "find_adapter", "supported_models"]

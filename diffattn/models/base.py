@@ -22,6 +22,12 @@ class FamilyAdapter:
     ndim: int = 2
     #: the denoiser gets ``timestep * timestep_scale`` relative to ``scheduler.timesteps`` units
     timestep_divisor: float = 1.0
+    #: key of this family in ``diffattn.presets.PRESETS`` (see `family_key`)
+    family: str = ""
+
+    def family_key(self, denoiser: nn.Module) -> str:
+        """Preset family of ``denoiser``; adapters serving several families override this."""
+        return self.family
 
     def matches(self, denoiser: nn.Module) -> bool:
         return type(denoiser).__name__ in self.class_names

@@ -16,6 +16,10 @@ class DiTAdapter(FamilyAdapter):
     class_names = ("PixArtTransformer2DModel", "DiTTransformer2DModel", "Transformer2DModel")
     ndim = 2
 
+    def family_key(self, denoiser: nn.Module) -> str:
+        """``pixart`` for PixArt-alpha/Sigma; other DiTs have no presets of their own (``dit``)."""
+        return "pixart" if type(denoiser).__name__ == "PixArtTransformer2DModel" else "dit"
+
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         _, ph, pw = patch_sizes(denoiser.config)
         h, w = call["hidden_states"].shape[-2:]  # [B, C, H, W]

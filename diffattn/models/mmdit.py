@@ -14,6 +14,7 @@ from .base import FamilyAdapter, ceil_div, patch_sizes
 class SD3Adapter(FamilyAdapter):
     name = "sd3 (Stable Diffusion 3 / 3.5)"
     class_names = ("SD3Transformer2DModel",)
+    family = "sd3"
     ndim = 2
 
     def is_self_attention(self, name: str, module: nn.Module) -> bool:
@@ -34,6 +35,7 @@ class SD3Adapter(FamilyAdapter):
 class FluxAdapter(FamilyAdapter):
     name = "flux (FLUX.1)"
     class_names = ("FluxTransformer2DModel",)
+    family = "flux"
     ndim = 2
     timestep_divisor = 1000.0  # the pipeline passes t / 1000
 

@@ -36,11 +36,13 @@ class _VideoAdapter(FamilyAdapter):
 class WanAdapter(_VideoAdapter):
     name = "wan (Wan 2.1)"
     class_names = ("WanTransformer3DModel",)
+    family = "wan"
 
 
 class CogVideoXAdapter(_VideoAdapter):
     name = "cogvideox (CogVideoX)"
     class_names = ("CogVideoXTransformer3DModel",)
+    family = "cogvideox"
     frames_axis = 1  # [B, F, C, H, W]
     text_position = "prefix"
 
@@ -48,6 +50,7 @@ class CogVideoXAdapter(_VideoAdapter):
 class HunyuanVideoAdapter(_VideoAdapter):
     name = "hunyuanvideo (HunyuanVideo)"
     class_names = ("HunyuanVideoTransformer3DModel",)
+    family = "hunyuanvideo"
     text_position = "suffix"
 
     def is_self_attention(self, name: str, module: nn.Module) -> bool:
@@ -58,6 +61,7 @@ class HunyuanVideoAdapter(_VideoAdapter):
 class LTXAdapter(FamilyAdapter):
     name = "ltx (LTX-Video)"
     class_names = ("LTXVideoTransformer3DModel",)
+    family = "ltx"
     ndim = 3
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:

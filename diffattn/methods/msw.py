@@ -1,0 +1,164 @@
+"""``msw``: HiDiffusion's MSW-MSA (multi-scale shifted window multi-head self-attention).
+
+Non-overlapping window attention whose window grid is cyclically shifted on every call:
+  - the window defaults to ``(ceil(H/2), ceil(W/2))`` of the current grid, i.e. 2x2 windows
+    (per frame on video grids: ``(1, ceil(H/2), ceil(W/2))``), resolved per call so one config
+    serves every resolution and every UNet level;
+  - each call draws ``k`` from {0, 1, 2, 3} and shifts every axis by ``floor(k * window / 4)``,
+    i.e. {0, 1/4, 1/2, 3/4} of the window, as HiDiffusion does. The draw is a pure function of
+    (config seed, layer name, timestep): a rerun with the same seed reproduces it whatever order
+    or thread the calls arrive in, and no counter is mutated;
+  - the shift is cyclic (``torch.roll``), so the last window of a shifted grid wraps around and
+    holds tokens of both borders, unmasked, exactly like HiDiffusion's ``window_partition``.
+
+How it is computed: roll the tokens on the grid by ``-shift``, run GNA's blocked mode
+(stride = window) through `block_sparse_attention`, and roll the output back. The two rolls are
+folded into the plan instead of moving tensors: a roll is a per-axis permutation of token
+positions, so `msw_plan` is GNA's blocked plan with each axis position ``r`` of the rolled grid
+renamed to the original token ``(r + shift) mod L``. The kernel's tile gathers and output
+scatter then do the permutation for free (measured here: explicit rolls of q, k, v and the
+output cost ~10% of the windowed attention at N = 16384). No kernel code.
+
+Grids that the window does not divide (odd sizes): HiDiffusion needs even latent sizes; here the
+windows are GNA's blocked windows, so on an axis of length ``L`` with window ``w`` the queries form
+groups of ``w`` consecutive tokens and the last, shorter group attends the *last* ``w`` tokens
+(its window is clamped inside the axis, overlapping its neighbour) instead of a smaller or padded
+window. Every query therefore attends exactly ``prod(window)`` image keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+
+import torch
+from torch import Tensor
+
+from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
+from ..kernels.plan import PAD
+from .base import AttendCall, AttentionMethod
+from .gna import AXIS_NAMES, GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
+from .registry import register_method
+
+#: HiDiffusion's shift choices as quarters of the window
+SHIFT_QUARTERS = (0, 1, 2, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSWConfig:
+    """MSW-MSA knobs.
+
+    window: None (default) = 2x2 windows of the current grid, ``(ceil(H/2), ceil(W/2))``, and
+        ``(1, ceil(H/2), ceil(W/2))`` per frame on video grids; or an int (every axis) or a tuple
+        per axis, each >= 1, clamped to the grid where larger (that axis becomes one window).
+    shift: draw a cyclic shift of {0, 1/4, 1/2, 3/4} window per call (HiDiffusion); False = never shift.
+    seed: seeds the shift draws; same seed -> same shifts per (layer, timestep). Any int.
+    """
+
+    window: int | tuple[int, ...] | None = None
+    shift: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window is not None:
+            w = _as_tuple("window", self.window)
+            object.__setattr__(self, "window", w if len(w) > 1 else w[0])
+        if not isinstance(self.shift, bool):
+            raise TypeError(f"shift={self.shift!r} must be True or False")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed={self.seed!r} must be an int")
+
+    @property
+    def ndim(self) -> int | None:
+        """Number of axes fixed by an explicit tuple window, None otherwise."""
+        return len(self.window) if isinstance(self.window, tuple) else None
+
+    def resolve_window(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-axis window on ``grid``, clamped to it."""
+        if self.window is None:
+            halves = [math.ceil(length / 2) for length in grid]
+            if len(grid) == 3:  # video: 2x2 windows inside each frame
+                halves[0] = 1
+            return tuple(halves)
+        w = _broadcast("window", _as_tuple("window", self.window), len(grid))
+        return tuple(min(wi, length) for wi, length in zip(w, grid))
+
+    def shift_quarter(self, layer: str, timestep: float | None) -> int:
+        """The shift ``k`` (in quarters of the window) of one call, from (seed, layer, timestep)."""
+        if not self.shift:
+            return 0
+        key = f"{self.seed}|{layer}|{'none' if timestep is None else repr(float(timestep))}"
+        # a stable hash (Python's str hash is salted per process) seeds a fresh generator
+        seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+        gen = torch.Generator().manual_seed(seed)
+        return SHIFT_QUARTERS[int(torch.randint(len(SHIFT_QUARTERS), (1,), generator=gen))]
+
+
+def msw_shift(window: tuple[int, ...], grid: tuple[int, ...], quarter: int) -> tuple[int, ...]:
+    """Per-axis cyclic shift for ``quarter`` of the window; 0 on axes the window covers (one
+    window: a roll would only permute tokens inside it)."""
+    return tuple(0 if w >= length else (quarter * w) // 4 for w, length in zip(window, grid))
+
+
+def _renamed(pos: Tensor, shift: int, length: int) -> Tensor:
+    """Axis positions of the grid rolled by ``-shift`` as original positions (padding kept)."""
+    return torch.where(pos == PAD, pos, (pos + shift) % length)
+
+
+@functools.lru_cache(maxsize=256)
+def msw_plan(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> BlockPlan:
+    """Blocked windows (GNA, stride = window) of the grid cyclically rolled by ``-shift``, as a plan
+    over the original token order: equal to roll -> blocked plan -> roll back. Cached per shape."""
+    resolved = GNAConfig(window=window, stride=window).resolve(grid)
+    if not any(shift):
+        return gna_plan(grid, *resolved)
+    axes = []
+    for length, w, st, dil, q_tile, s in zip(grid, *resolved, default_q_tile(len(grid)), shift):
+        axis = gna_axis_tiling(length, w, st, dil, q_tile)
+        if s:
+            axis = AxisTiling(length, _renamed(axis.q_pos, s, length), _renamed(axis.kv_pos, s, length), axis.mask)
+        axes.append(axis)
+    return BlockPlan.from_axes(tuple(axes))
+
+
+@register_method
+class MSW(AttentionMethod):
+    """HiDiffusion MSW-MSA: shifted non-overlapping windows over the image token grid."""
+
+    name = "msw"
+    Config = MSWConfig
+
+    def check_ndim(self, ndim: int) -> None:
+        cfg_ndim = self.config.ndim
+        if cfg_ndim is not None and cfg_ndim != ndim:
+            raise ValueError(
+                f"msw window={self.config.window} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
+                f"({AXIS_NAMES[ndim]}); give an int, a {ndim}-tuple or window=None (2x2 windows)"
+            )
+
+    def plan(self, grid: tuple[int, ...], shift: tuple[int, ...] | None = None) -> BlockPlan:
+        """The windows of ``grid`` shifted by ``shift`` per axis (None = unshifted)."""
+        grid = tuple(grid)
+        return msw_plan(grid, self.config.resolve_window(grid), shift or (0,) * len(grid))
+
+    def shift(self, call: AttendCall) -> tuple[int, ...]:
+        """The cyclic shift per axis of this call."""
+        grid = tuple(call.grid)
+        return msw_shift(self.config.resolve_window(grid), grid, self.config.shift_quarter(call.layer, call.timestep))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        out = block_sparse_attention(
+            q,
+            k,
+            v,
+            self.plan(call.grid, self.shift(call)),
+            extra_k=call.extra_k,
+            extra_v=call.extra_v,
+            extra_mask=call.extra_mask,
+            scale=call.scale,
+            backend=call.backend,
+        )
+        assert isinstance(out, Tensor)
+        return out
