@@ -8,29 +8,37 @@ conftest.py fixes the seed; ``--hypothesis-profile=thorough`` runs 10x more case
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
+from diffattn.methods import AttendCall, get_method
 from diffattn.methods.gna import GNAConfig, gna_mask
+from diffattn.methods.msw import MSWConfig
+
+from .test_msw import _window_mask
 
 AXIS_LENGTHS = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 17])
 FP32_TOL = dict(atol=2e-5, rtol=2e-5)
 
 
 @st.composite
-def gna_cases(draw, max_tokens: int = 1200):
+def grids(draw, max_tokens: int = 1200) -> tuple[int, ...]:
+    """1-3 axes, primes and 1s included; 1-D grids up to 97 tokens."""
     ndim = draw(st.integers(1, 3))
-    grid = tuple(draw(AXIS_LENGTHS) for _ in range(ndim))
     if ndim == 1:
-        grid = (draw(st.integers(1, 97)),)
-    n = 1
-    for x in grid:
-        n *= x
-    if n > max_tokens:
-        grid = grid[:1]
+        return (draw(st.integers(1, 97)),)
+    grid = tuple(draw(AXIS_LENGTHS) for _ in range(ndim))
+    return grid if math.prod(grid) <= max_tokens else grid[:2]
+
+
+@st.composite
+def gna_cases(draw):
+    grid = draw(grids())
     window, stride, dilation = [], [], []
     for length in grid:
         w = draw(st.integers(1, length + 2))  # past the axis: clamped to dense
@@ -62,12 +70,32 @@ def tensors(draw, num_tokens: int):
 @given(data=st.data())
 def test_gna_cpu_path_matches_reference(data):
     grid, window, stride, dilation = data.draw(gna_cases(), label="grid/window/stride/dilation")
-    n = 1
-    for x in grid:
-        n *= x
-    q, k, v, extra = data.draw(tensors(n), label="tensors")
+    q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
     ek, ev, emask = extra if extra else (None, None, None)
     out = gna(q, k, v, grid, window, stride, dilation, extra_k=ek, extra_v=ev, extra_mask=emask, backend="cpu")
     resolved = GNAConfig(window, stride, dilation).resolve(grid)
     want, _ = reference_attention(q, k, v, gna_mask(grid, *resolved), extra_k=ek, extra_v=ev, extra_mask=emask)
     torch.testing.assert_close(out, want, **FP32_TOL)
+
+
+def _call(grid: tuple[int, ...], extra, data) -> AttendCall:
+    """An AttendCall as the patcher builds it, with a drawn layer name and timestep."""
+    ek, ev, emask = extra if extra else (None, None, None)
+    layer = data.draw(st.sampled_from(["down_blocks.0.attn1", "transformer_blocks.7.attn1", ""]), label="layer")
+    timestep = data.draw(st.one_of(st.none(), st.integers(0, 999).map(float)), label="timestep")
+    return AttendCall(
+        grid=grid, extra_k=ek, extra_v=ev, extra_mask=emask, backend="cpu", layer=layer, timestep=timestep
+    )
+
+
+@given(data=st.data())
+def test_msw_matches_shifted_window_reference(data):
+    grid = data.draw(grids(), label="grid")
+    window = data.draw(st.one_of(st.none(), st.tuples(*(st.integers(1, x + 2) for x in grid))), label="window")
+    cfg = MSWConfig(window=window, seed=data.draw(st.integers(0, 2**16), label="seed"))
+    q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
+    call = _call(grid, extra, data)
+    method = get_method("msw")(cfg)
+    mask = _window_mask(grid, cfg.resolve_window(grid), method.shift(call))
+    want, _ = reference_attention(q, k, v, mask, extra_k=call.extra_k, extra_v=call.extra_v, extra_mask=call.extra_mask)
+    torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
