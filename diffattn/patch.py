@@ -80,29 +80,28 @@ class _Runtime:
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = self.adapter.bind(module, args, kwargs)
         self.local.layout = self.adapter.read_layout(module, call)
-        self.local.active = self.steps is None or self._in_steps(call)
         t = self.adapter.read_timestep(call)
         self.local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_divisor
+        self.local.active = self.steps is None or self._in_steps(self.local.timestep)
 
-    def _in_steps(self, call: dict[str, Any]) -> bool:
-        t = self.adapter.read_timestep(call)
+    def _in_steps(self, timestep: float | None) -> bool:
+        """Whether the step of ``timestep`` (scheduler units) is in ``steps``: the nearest entry of
+        ``scheduler.timesteps`` gives the index, so repeated calls per step (CFG) agree."""
         timesteps = getattr(self.scheduler, "timesteps", None)
-        if t is None or timesteps is None or len(timesteps) == 0:
+        if timestep is None or timesteps is None or len(timesteps) == 0:
             raise RuntimeError("steps= needs the denoiser's timestep and a scheduler with set timesteps")
-        assert self.steps is not None
+        n = len(timesteps)
         if isinstance(self.steps, StepFraction):
-            return int(torch.argmin((timesteps.float().cpu() - self._value(t)).abs())) in self.steps.resolve(
-                len(timesteps)
-            )
-        if self.steps.start >= len(timesteps):
-            raise ValueError(
-                f"steps={self.steps.start}..{self.steps.stop} lies outside the schedule of {len(timesteps)} "
-                f"steps; steps must start below {len(timesteps)}"
-            )
-        return int(torch.argmin((timesteps.float().cpu() - self._value(t)).abs())) in self.steps
-
-    def _value(self, t: Tensor) -> float:
-        return float(t.flatten()[0]) * self.adapter.timestep_divisor
+            steps = self.steps.resolve(n)
+        else:
+            assert self.steps is not None
+            steps = self.steps
+            if steps.start >= n:
+                raise ValueError(
+                    f"steps={steps.start}..{steps.stop} lies outside the schedule of {n} steps; "
+                    f"steps must start below {n}"
+                )
+        return int(torch.argmin((timesteps.float().cpu() - timestep).abs())) in steps
 
     @property
     def layout(self) -> TokenLayout | None:
