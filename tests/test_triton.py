@@ -395,7 +395,11 @@ for arch, dtype, mode, dim, bm, bn, warps, stages in VARIANTS:
            "TILE_AXES": "*i32", "M0": "*i8", "M1": "*i8", "M2": "*i8"}
     ptr.update({n: "*" + dtype for n in ("Q", "K", "V", "EK", "EV", "OUT")})
     sig = {n: "constexpr" if n in const else ptr.get(n, "fp32" if n == "qk_scale" else "i32") for n in fn.arg_names}
-    k = triton.compile(ASTSource(fn, sig, constexprs=const), target=GPUTarget("cuda", arch, 32),
+    # what a launch specializes: 16-byte aligned pointers, and [B, S, H, D] strides divisible by 16 when D is
+    strides = ["s" + t + a for t in ("q", "k", "v", "ek", "ev", "o") for a in "bsh"]
+    aligned = [n for n in fn.arg_names if n in ptr or (dim % 16 == 0 and n in strides)]
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", arch, 32),
                        options={"num_warps": warps, "num_stages": stages})
     assert k.asm["cubin"], "no cubin"
     print(f"sm{arch} {dtype} mask_mode={mode} shared={k.metadata.shared}")

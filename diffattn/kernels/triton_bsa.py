@@ -16,10 +16,12 @@ a mask-free loop. How a partial tile's mask is obtained depends on the plan:
 Padding (tiles not a multiple of ``BLOCK_M``/``BLOCK_N``, ragged tiles, head dims that are not a
 power of two) is masked on load and never read out of bounds.
 
-Runs on CUDA (and ROCm) tensors. Under ``TRITON_INTERPRET=1`` it also runs on CPU tensors, which
-is how the tests check it against ``reference.py``; the interpreter needs two concessions that are
-made only there: one autotune config, and an fp32 upcast before ``tl.dot`` (it multiplies the raw
-bits of bf16). Forward only (inference): the op has no autograd formula.
+fp16/bf16 inputs use fp32 accumulation; fp32 inputs use IEEE fp32 dots unless the user allowed TF32
+(``torch.backends.cuda.matmul.allow_tf32``). Runs on CUDA (and ROCm) tensors. Under
+``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how the tests check it against
+``reference.py``; the interpreter needs two concessions that are made only there: one autotune
+config, and an fp32 upcast before ``tl.dot`` (it multiplies the raw bits of bf16). Forward only
+(inference): the op has no autograd formula.
 
 File order follows Triton's fused-attention tutorial: jit helpers, autotuned kernel, host wrapper,
 public functions.
@@ -131,11 +133,12 @@ def _sparse_keys(
         kidx = tl.load(KV_INDEX + t * R + slot, mask=slot_ok, other=N)
         k_ok = kidx < N  # padding slots of ragged tiles point at token N
         rows = kidx.to(tl.int64)
-        kt = tl.load(K_base + rows[None, :] * sks + offs_d[:, None], mask=k_ok[None, :] & d_ok[:, None], other=0)
+        # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
+        k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
         v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
         if UPCAST:
-            kt, v = kt.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
         if MASK_MODE == 1:
             keep = k_ok[None, :] & _gna_key_mask(g0, st0, g1, st1, g2, st2, kidx, G1, G2, W0, W1, W2, D0, D1, D2)
         elif MASK_MODE == 2:
@@ -158,11 +161,11 @@ def _extra_keys(
         j = n0 + offs_n
         in_range = j < T_EXTRA
         rows = j.to(tl.int64)
-        kt = tl.load(EK_base + rows[None, :] * seks + offs_d[:, None], mask=in_range[None, :] & d_ok[:, None], other=0)
+        k = tl.load(EK_base + rows[:, None] * seks + offs_d[None, :], mask=in_range[:, None] & d_ok[None, :], other=0)
         v = tl.load(EV_base + rows[:, None] * sevs + offs_d[None, :], mask=in_range[:, None] & d_ok[None, :], other=0)
         if UPCAST:
-            kt, v = kt.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
         keep = in_range
         if HAS_EXTRA_MASK:
             keep = keep & (tl.load(EM_base + j, mask=in_range, other=0) != 0)
