@@ -1,4 +1,4 @@
-"""Test-wide settings: offline hub, deterministic threads, hypothesis profiles.
+"""Test-wide settings: offline hub, Triton's CPU interpreter, hypothesis profiles.
 
 Hypothesis profiles: ``ci`` (default; fixed seed, no example database, so every run checks the
 same cases) and ``thorough`` (10x the examples, random seeds) via ``--hypothesis-profile=thorough``.
@@ -6,6 +6,9 @@ same cases) and ``thorough`` (10x the examples, random seeds) via ``--hypothesis
 
 import os
 
+# Before anything imports a @triton.jit kernel: tests run the Triton kernel on CPU tensors through the
+# interpreter (without it, launches fail with "0 active drivers").
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

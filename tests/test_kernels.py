@@ -86,7 +86,7 @@ def test_extra_keys_with_padding_mask(backend):
 def test_auto_backend_logs_each_rejection(caplog):
     with caplog.at_level(logging.INFO, logger="diffattn.kernels"):
         assert choose_backend(torch.empty(0)) == "cpu"
-    assert "backend triton rejected: tensors are on cpu" in caplog.text
+    assert "backend triton rejected: " in caplog.text  # CPU tensors, or triton not installed
     assert "backend auto -> cpu" in caplog.text
 
 

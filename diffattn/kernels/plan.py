@@ -86,6 +86,9 @@ class BlockPlan:
     tile_axes:[T, ndim] int64, which axis tile each tile is made of.
     groups:   ``((start, end, full), ...)``: tiles are ordered so that each range shares one
               element mask (``full`` = no mask at all); kernels build one mask per group.
+    gna:      per-axis ``(window, stride, dilation)`` when the plan is exactly GNA on ``grid``
+              (NATTEN rule, see methods/gna.py), else None. Kernels that can evaluate that rule
+              (triton) compute partial-tile masks from it instead of loading ``axes[*].mask``.
     """
 
     grid: tuple[int, ...]
@@ -94,9 +97,12 @@ class BlockPlan:
     kv_index: Tensor
     tile_axes: Tensor
     groups: tuple[tuple[int, int, bool], ...]
+    gna: tuple[tuple[int, int, int], ...] | None = None
 
     @staticmethod
-    def from_axes(axes: tuple[AxisTiling, ...]) -> BlockPlan:
+    def from_axes(axes: tuple[AxisTiling, ...], gna: tuple[tuple[int, int, int], ...] | None = None) -> BlockPlan:
+        if gna is not None and len(gna) != len(axes):
+            raise ValueError(f"gna={gna} needs one (window, stride, dilation) per axis ({len(axes)} axes)")
         grid = tuple(a.length for a in axes)
         counts = [a.num_tiles for a in axes]
         tile_axes = torch.cartesian_prod(*[torch.arange(c) for c in counts]).reshape(-1, len(axes))
@@ -113,7 +119,7 @@ class BlockPlan:
         groups = tuple((s, e, int(v) == 0) for s, e, v in zip(starts, ends, values.tolist()))
         q_index = _product_index([a.q_pos for a in axes], tile_axes, grid)
         kv_index = _product_index([a.kv_pos for a in axes], tile_axes, grid)
-        return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups)
+        return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups, gna)
 
     @property
     def num_tokens(self) -> int:

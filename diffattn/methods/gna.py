@@ -173,7 +173,8 @@ def gna_plan(
 ) -> BlockPlan:
     """The `BlockPlan` of resolved (clamped) GNA parameters on ``grid``. Cached per shape."""
     q_tile = default_q_tile(len(grid)) if q_tile is None else q_tile
-    return BlockPlan.from_axes(tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile)))
+    axes = tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile))
+    return BlockPlan.from_axes(axes, gna=tuple(zip(window, stride, dilation)))
 
 
 def gna_mask(

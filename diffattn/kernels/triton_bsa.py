@@ -1,0 +1,565 @@
+"""Triton block-sparse flash attention forward over a `BlockPlan`; returns ``(out, lse)``.
+
+One program computes ``BLOCK_M`` query slots of one plan tile for one (batch, head): it gathers
+those queries through ``plan.q_index``, then runs an online softmax over the tile's key slots
+(``plan.kv_index``, ``BLOCK_N`` at a time) and finally over the dense extra keys (text tokens,
+with an optional key-padding mask) that every query attends. Both key sets share one softmax, so
+text keys cost no second pass and no merge.
+
+Element masks are evaluated only on *partial* tiles (the plan's groups say which); full tiles run
+a mask-free loop. How a partial tile's mask is obtained depends on the plan:
+  - GNA plans (``plan.gna`` set) compute it in the kernel from integer arithmetic on the grid
+    coordinates: per axis, same dilation group and key inside ``[start(query), start + window)``
+    with NATTEN's centre-leader rule (see ``methods/gna.py``). Nothing is loaded.
+  - Any other plan loads its small per-axis masks (``AxisTiling.mask``, ``[tiles, q_len, kv_len]``
+    per axis, as int8) and ANDs them; that costs three tiny gathers per partial key block.
+Padding (tiles not a multiple of ``BLOCK_M``/``BLOCK_N``, ragged tiles, head dims that are not a
+power of two) is masked on load and never read out of bounds.
+
+fp16/bf16 inputs use fp32 accumulation; fp32 inputs use IEEE fp32 dots unless the user allowed TF32
+(``torch.backends.cuda.matmul.allow_tf32``). Runs on CUDA (and ROCm) tensors. Under
+``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how the tests check it against
+``reference.py``; the interpreter needs two concessions that are made only there: one autotune
+config, and an fp32 upcast before ``tl.dot`` (it multiplies the raw bits of bf16). Forward only
+(inference): the op has no autograd formula.
+
+File order follows Triton's fused-attention tutorial: jit helpers, autotuned kernel, host wrapper,
+public functions.
+"""
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .plan import BlockPlan
+
+#: Read once at import: the interpreter must be chosen before any kernel runs anyway.
+INTERPRET = bool(getattr(getattr(triton, "knobs", None), "runtime", None) and triton.knobs.runtime.interpret) or (
+    os.environ.get("TRITON_INTERPRET", "0") == "1"
+)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+# How a partial tile's element mask is obtained (a constexpr of the kernel).
+MASK_NONE, MASK_GNA, MASK_LOADED = 0, 1, 2
+
+LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)  # read inside the kernel: must be a constexpr global
+
+
+# ----------------------------------------------------------------------------------- jit helpers
+
+
+@triton.jit
+def _coords(idx, G1, G2):
+    """Grid coordinates (frame, row, column) of flattened token indices on a ``(G0, G1, G2)`` grid."""
+    return idx // (G1 * G2), (idx // G2) % G1, idx % G2
+
+
+@triton.jit
+def _gna_query(x, L, K, S, DIL):
+    """Dilation group and window start (in group coordinates) of queries at axis coordinate ``x``.
+
+    NATTEN's rule: the leader of a stride group is its centre query (right-hand for even strides),
+    clipped to the group's sub-axis; the window of ``K`` group tokens starts at the leader minus
+    ``K // 2``, clamped inside the sub-axis. Every operand is non-negative before the clamps, so
+    truncating and flooring division agree.
+    """
+    g = x % DIL
+    xc = x // DIL
+    group_len = (L - g + DIL - 1) // DIL
+    leader = tl.minimum((xc // S) * S + S // 2, group_len - 1)
+    start = tl.minimum(tl.maximum(leader - K // 2, 0), group_len - K)
+    return g, start
+
+
+@triton.jit
+def _gna_key_mask(g0, st0, g1, st1, g2, st2, kidx, G1, G2, W0, W1, W2, D0, D1, D2):
+    """``[BLOCK_M, BLOCK_N]`` GNA mask of keys ``kidx`` for queries given per axis as (dilation
+    group, window start): per axis, same group and key inside ``[start, start + window)``."""
+    x0, x1, x2 = _coords(kidx, G1, G2)
+    ok = (g0[:, None] == (x0 % D0)[None, :]) & ((x0 // D0)[None, :] >= st0[:, None])
+    ok = ok & ((x0 // D0)[None, :] < st0[:, None] + W0)
+    ok = ok & (g1[:, None] == (x1 % D1)[None, :]) & ((x1 // D1)[None, :] >= st1[:, None])
+    ok = ok & ((x1 // D1)[None, :] < st1[:, None] + W1)
+    ok = ok & (g2[:, None] == (x2 % D2)[None, :]) & ((x2 // D2)[None, :] >= st2[:, None])
+    return ok & ((x2 // D2)[None, :] < st2[:, None] + W2)
+
+
+@triton.jit
+def _loaded_mask(M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot, ok, QA0, QA1, QA2, RA0, RA1, RA2):
+    """``[BLOCK_M, BLOCK_N]`` mask of a generic plan: the AND of its per-axis masks ``Ma [tiles_a,
+    QA_a, RA_a]`` (int8) at the tile's axis tiles ``ta_a`` and the slots' per-axis positions."""
+    r0 = slot // (RA1 * RA2)
+    r1 = (slot // RA2) % RA1
+    r2 = slot % RA2
+    m = tl.load(M0 + ta0 * (QA0 * RA0) + i0[:, None] * RA0 + r0[None, :], mask=ok, other=0) != 0
+    m = m & (tl.load(M1 + ta1 * (QA1 * RA1) + i1[:, None] * RA1 + r1[None, :], mask=ok, other=0) != 0)
+    return m & (tl.load(M2 + ta2 * (QA2 * RA2) + i2[:, None] * RA2 + r2[None, :], mask=ok, other=0) != 0)
+
+
+@triton.jit
+def _softmax_step(acc, m_i, l_i, s, v, INPUT_PRECISION: tl.constexpr):
+    """One online-softmax update with scores ``s`` (log2 units, -inf = masked) and values ``v``.
+
+    A row with every score so far masked keeps ``m = -inf``; it is shifted by 0 instead, so it
+    contributes exact zeros rather than NaN (a sliding window leaves many such rows per block).
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _sparse_keys(
+    acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
+    g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
+    M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
+    MASK_MODE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over the ``R`` key slots of tile ``t``; ``MASK_MODE`` 0 = full tile."""
+    for n0 in range(0, R, BLOCK_N):
+        slot = n0 + offs_n
+        slot_ok = slot < R
+        kidx = tl.load(KV_INDEX + t * R + slot, mask=slot_ok, other=N)
+        k_ok = kidx < N  # padding slots of ragged tiles point at token N
+        rows = kidx.to(tl.int64)
+        # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
+        k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+        v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+        if UPCAST:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        if MASK_MODE == 1:
+            keep = k_ok[None, :] & _gna_key_mask(g0, st0, g1, st1, g2, st2, kidx, G1, G2, W0, W1, W2, D0, D1, D2)
+        elif MASK_MODE == 2:
+            ok = q_ok[:, None] & slot_ok[None, :]
+            keep = _loaded_mask(M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot, ok, QA0, QA1, QA2, RA0, RA1, RA2)
+        else:
+            keep = k_ok[None, :]
+        s = tl.where(keep, s, float("-inf"))
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, s, v, INPUT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _extra_keys(
+    acc, m_i, l_i, q, EK_base, EV_base, seks, sevs, EM_base, T_EXTRA, qk_scale, offs_n, offs_d, d_ok,
+    HAS_EXTRA_MASK: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over the ``T_EXTRA`` dense extra keys (text), honouring the key-padding mask."""
+    for n0 in range(0, T_EXTRA, BLOCK_N):
+        j = n0 + offs_n
+        in_range = j < T_EXTRA
+        rows = j.to(tl.int64)
+        k = tl.load(EK_base + rows[:, None] * seks + offs_d[None, :], mask=in_range[:, None] & d_ok[None, :], other=0)
+        v = tl.load(EV_base + rows[:, None] * sevs + offs_d[None, :], mask=in_range[:, None] & d_ok[None, :], other=0)
+        if UPCAST:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        keep = in_range
+        if HAS_EXTRA_MASK:
+            keep = keep & (tl.load(EM_base + j, mask=in_range, other=0) != 0)
+        s = tl.where(keep[None, :], s, float("-inf"))
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, s, v, INPUT_PRECISION)
+    return acc, m_i, l_i
+
+
+# -------------------------------------------------------------------------------- autotuned kernel
+
+
+def _keep(cfg: triton.Config) -> bool:
+    """Drop configs that cannot be fast on any GPU: 8 warps on a 64-row block idle half the warps,
+    and a 128x128 fp32 score tile spills with 4 warps."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    if cfg.num_warps == 8 and bm < 128:
+        return False
+    return not (cfg.num_warps == 4 and bm * bn >= 128 * 128)
+
+
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm in (64, 128)
+    for bn in (64, 32, 128)
+    for w in (4, 8)
+    for s in (2, 3, 4)
+]
+_CONFIGS = list(filter(_keep, _CONFIGS))
+if INTERPRET:  # the interpreter cannot benchmark: autotune with more than one config fails there
+    _CONFIGS = _CONFIGS[:1]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    """Shape-dependent pruning: no query block larger than the plan tile needs, and for head dims
+    above 128 no 128-wide key blocks or deep pipelines (they overflow shared memory)."""
+    args = {**named_args, **kwargs}
+    tq, block_d = int(args["TQ"]), int(args["BLOCK_D"])
+    out = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(tq))]
+    if block_d > 128:
+        out = [c for c in out if c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2]
+    return out or configs[:1]
+
+
+@triton.autotune(
+    configs=_CONFIGS,
+    key=["TQ", "R", "T_EXTRA", "BLOCK_D", "MASK_MODE", "HAS_EXTRA_MASK"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _bsa_fwd_kernel(
+    Q, K, V, EK, EV, EMASK, OUT, LSE,
+    Q_INDEX, KV_INDEX, TILE_FULL, TILE_AXES, M0, M1, M2,
+    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
+    sekb, seks, sekh, sevb, sevs, sevh, semb,
+    sob, sos, soh, slb, sls, slh,
+    H, N, TQ, R, T_EXTRA, qk_scale,
+    G0, G1, G2, W0, W1, W2, S0, S1, S2, D0, D1, D2,
+    QA0, QA1, QA2, RA0, RA1, RA2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_MODE: tl.constexpr, HAS_EXTRA: tl.constexpr,
+    HAS_EXTRA_MASK: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(tiles * cdiv(TQ, BLOCK_M), B * H)``. Token rows are gathered through the plan's
+    index tensors (int32, ``N`` = padding); ``qk_scale`` is the softmax scale times log2(e)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    q_blocks = tl.cdiv(TQ, BLOCK_M)
+    t = pid // q_blocks
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+
+    offs_m = (pid % q_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    slot_q_ok = offs_m < TQ
+    qidx = tl.load(Q_INDEX + t * TQ + offs_m, mask=slot_q_ok, other=N)
+    q_ok = qidx < N
+    q_rows = qidx.to(tl.int64)
+    q = tl.load(
+        Q + b * sqb + h * sqh + q_rows[:, None] * sqs + offs_d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
+    )
+    if UPCAST:  # the interpreter's tl.dot multiplies the raw bits of bf16: compute in fp32 there
+        q = q.to(tl.float32)
+
+    # Query-side mask terms, computed once per program (placeholders where the mode needs none).
+    g0, st0, g1, st1, g2, st2 = 0, 0, 0, 0, 0, 0
+    ta0, ta1, ta2, i0, i1, i2 = 0, 0, 0, 0, 0, 0
+    if MASK_MODE == 1:
+        x0, x1, x2 = _coords(qidx, G1, G2)
+        g0, st0 = _gna_query(x0, G0, W0, S0, D0)
+        g1, st1 = _gna_query(x1, G1, W1, S1, D1)
+        g2, st2 = _gna_query(x2, G2, W2, S2, D2)
+    if MASK_MODE == 2:
+        ta0 = tl.load(TILE_AXES + t * 3)
+        ta1 = tl.load(TILE_AXES + t * 3 + 1)
+        ta2 = tl.load(TILE_AXES + t * 3 + 2)
+        i0 = offs_m // (QA1 * QA2)
+        i1 = (offs_m // QA2) % QA1
+        i2 = offs_m % QA2
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    K_base = K + b * skb + h * skh
+    V_base = V + b * svb + h * svh
+    partial = False
+    if MASK_MODE != 0:
+        partial = tl.load(TILE_FULL + t) == 0
+    # Two loops instead of a branch per key block: the full-tile loop stays mask-free.
+    if partial:
+        acc, m_i, l_i = _sparse_keys(
+            acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
+            g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
+            M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
+            MASK_MODE, BLOCK_N, UPCAST, INPUT_PRECISION,
+        )  # fmt: skip
+    else:
+        acc, m_i, l_i = _sparse_keys(
+            acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
+            g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
+            M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
+            0, BLOCK_N, UPCAST, INPUT_PRECISION,
+        )  # fmt: skip
+    if HAS_EXTRA:
+        acc, m_i, l_i = _extra_keys(
+            acc, m_i, l_i, q, EK + b * sekb + h * sekh, EV + b * sevb + h * sevh, seks, sevs, EMASK + b * semb,
+            T_EXTRA, qk_scale, offs_n, offs_d, d_ok, HAS_EXTRA_MASK, BLOCK_N, UPCAST, INPUT_PRECISION,
+        )  # fmt: skip
+
+    # A query with no live key (only possible with an all-padded extra mask and no sparse keys)
+    # gets out = 0 and lse = -inf, like the reference.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
+    tl.store(
+        OUT + b * sob + h * soh + q_rows[:, None] * sos + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=q_ok[:, None] & d_ok[None, :],
+    )
+    tl.store(LSE + b * slb + h * slh + q_rows * sls, lse, mask=q_ok)
+
+
+# ------------------------------------------------------------------------------------ host wrapper
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """A `BlockPlan` as the kernel reads it, on one device.
+
+    q_index [T, Tq] / kv_index [T, R] int32 (``N`` = padding); tile_full [T] int8 (1 = no element
+    mask); tile_axes [T, 3] int32 and masks (3 x int8 ``[tiles_a, q_len_a, kv_len_a]``) only for
+    generic masked plans; axis_shape = (q_len_0..2, kv_len_0..2); gna = grid, window, stride,
+    dilation (3 each, leading axes padded with length 1) for GNA plans, else empty.
+    """
+
+    mask_mode: int
+    q_index: Tensor
+    kv_index: Tensor
+    tile_full: Tensor
+    tile_axes: Tensor
+    masks: tuple[Tensor, ...]
+    axis_shape: tuple[int, ...]
+    gna: tuple[int, ...]
+
+    @staticmethod
+    def build(plan: BlockPlan, device: torch.device) -> "KernelPlan":
+        n_pad = 3 - len(plan.grid)
+        tile_full = torch.zeros(plan.num_tiles, dtype=torch.int8)
+        for start, end, full in plan.groups:
+            tile_full[start:end] = int(full)
+        mode = MASK_NONE if not plan.has_mask else MASK_GNA if plan.gna is not None else MASK_LOADED
+        empty = torch.zeros(0, dtype=torch.int32, device=device)
+        masks: tuple[Tensor, ...] = ()
+        tile_axes, axis_shape = empty, (1, 1, 1, 1, 1, 1)
+        if mode == MASK_LOADED:
+            per_axis = []
+            for axis in plan.axes:
+                qa, ra = axis.q_pos.shape[1], axis.kv_pos.shape[1]
+                m = axis.mask if axis.mask is not None else torch.ones((axis.num_tiles, qa, ra), dtype=torch.bool)
+                per_axis.append(m)
+            per_axis = [torch.ones((1, 1, 1), dtype=torch.bool)] * n_pad + per_axis
+            masks = tuple(m.to(device=device, dtype=torch.int8).contiguous() for m in per_axis)
+            pad = torch.zeros((plan.num_tiles, n_pad), dtype=torch.long)
+            tile_axes = torch.cat([pad, plan.tile_axes], 1).to(device=device, dtype=torch.int32).contiguous()
+            axis_shape = tuple(m.shape[1] for m in per_axis) + tuple(m.shape[2] for m in per_axis)
+        gna: tuple[int, ...] = ()
+        if mode == MASK_GNA:
+            assert plan.gna is not None
+            params = [(1, 1, 1, 1)] * n_pad + [(g, *p) for g, p in zip(plan.grid, plan.gna)]
+            gna = tuple(p[i] for i in range(4) for p in params)  # grid x3, window x3, stride x3, dilation x3
+        return KernelPlan(
+            mode,
+            plan.q_index.to(device=device, dtype=torch.int32).contiguous(),
+            plan.kv_index.to(device=device, dtype=torch.int32).contiguous(),
+            tile_full.to(device),
+            tile_axes,
+            masks,
+            axis_shape,
+            gna,
+        )
+
+    @staticmethod
+    def dense_queries(num_tokens: int, device: torch.device) -> "KernelPlan":
+        """Every query in one tile with no sparse keys: the kernel then attends the extra keys only."""
+        return KernelPlan(
+            MASK_NONE,
+            torch.arange(num_tokens, dtype=torch.int32, device=device)[None],
+            torch.zeros((1, 0), dtype=torch.int32, device=device),
+            torch.ones(1, dtype=torch.int8, device=device),
+            torch.zeros(0, dtype=torch.int32, device=device),
+            (),
+            (1, 1, 1, 1, 1, 1),
+            (),
+        )
+
+
+# Device copies of plans, dropped with the plan (plans are cached per shape by the methods).
+_KERNEL_PLANS: "weakref.WeakKeyDictionary[BlockPlan, dict[torch.device, KernelPlan]]" = weakref.WeakKeyDictionary()
+
+
+def kernel_plan(plan: BlockPlan, device: torch.device) -> KernelPlan:
+    """The `KernelPlan` of ``plan`` on ``device``, built once per (plan, device)."""
+    per_device = _KERNEL_PLANS.setdefault(plan, {})
+    if device not in per_device:
+        per_device[device] = KernelPlan.build(plan, device)
+    return per_device[device]
+
+
+def _last_dim_contiguous(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_index: Tensor,
+    kv_index: Tensor,
+    tile_full: Tensor,
+    tile_axes: Tensor,
+    masks: list[Tensor],
+    axis_shape: list[int],
+    gna: list[int],
+    mask_mode: int,
+    extra_k: Tensor | None,
+    extra_v: Tensor | None,
+    extra_mask: Tensor | None,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """Allocate outputs and launch the kernel. q, k, v ``[B, S, H, D]`` (any strides)."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    b, s, h, d = q.shape
+    out = q.new_empty((b, s, h, d))
+    lse = q.new_empty((b, s, h), dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    has_extra = extra_k is not None and extra_v is not None and extra_k.shape[1] > 0
+    if has_extra:
+        assert extra_k is not None and extra_v is not None
+        ek, ev = _last_dim_contiguous(extra_k), _last_dim_contiguous(extra_v)
+    else:
+        ek, ev = q, v  # never read
+    has_mask = has_extra and extra_mask is not None
+    em = extra_mask.to(torch.int8).contiguous() if has_mask and extra_mask is not None else tile_full
+    m0, m1, m2 = masks if masks else (tile_full, tile_full, tile_full)
+    grid_axes, window, stride, dilation = (gna[i : i + 3] for i in range(0, 12, 3)) if gna else ([1] * 3,) * 4
+    precision = "tf32" if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    tiles, tq = q_index.shape
+    r = kv_index.shape[1]
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (tiles * triton.cdiv(tq, meta["BLOCK_M"]), b * h)
+
+    _bsa_fwd_kernel[grid](
+        q, k, v, ek, ev, em, out, lse,
+        q_index, kv_index, tile_full, tile_axes, m0, m1, m2,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1), ev.stride(2),
+        em.stride(0) if has_mask else 0,
+        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+        h, s, tq, r, ek.shape[1] if has_extra else 0, scale * LOG2E,
+        *grid_axes, *window, *stride, *dilation,
+        *axis_shape,
+        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), MASK_MODE=mask_mode, HAS_EXTRA=has_extra,
+        HAS_EXTRA_MASK=has_mask, UPCAST=INTERPRET, INPUT_PRECISION=precision,
+    )  # fmt: skip
+    return out, lse
+
+
+@torch.library.custom_op("diffattn::block_sparse_attention", mutates_args=())
+def block_sparse_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_index: Tensor,
+    kv_index: Tensor,
+    tile_full: Tensor,
+    tile_axes: Tensor,
+    masks: list[Tensor],
+    axis_shape: list[int],
+    gna: list[int],
+    mask_mode: int,
+    extra_k: Tensor | None,
+    extra_v: Tensor | None,
+    extra_mask: Tensor | None,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The kernel as an opaque op, so ``torch.compile`` traces through pipelines that use it.
+
+    Inputs are a `KernelPlan`'s fields; returns ``(out [B, S, H, D], lse [B, S, H] fp32)``.
+    """
+    return _launch(
+        q, k, v, q_index, kv_index, tile_full, tile_axes, masks, axis_shape, gna, mask_mode,
+        extra_k, extra_v, extra_mask, scale,
+    )  # fmt: skip
+
+
+@block_sparse_attention_op.register_fake
+def _(q, k, v, q_index, kv_index, tile_full, tile_axes, masks, axis_shape, gna, mask_mode, extra_k, extra_v,
+      extra_mask, scale):  # fmt: skip
+    b, s, h, d = q.shape
+    return q.new_empty((b, s, h, d)), q.new_empty((b, s, h), dtype=torch.float32)
+
+
+# -------------------------------------------------------------------------------- public functions
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, extra_k: Tensor | None, extra_v: Tensor | None,
+           extra_mask: Tensor | None) -> None:  # fmt: skip
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k, v must share one [B, S, H, D] shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.dtype not in SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"triton backend needs q, k, v of one dtype in float16, bfloat16, float32; got {q.dtype}")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"triton backend supports head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    if (extra_k is None) != (extra_v is None):
+        raise ValueError("extra_k and extra_v must be given together")
+    if extra_k is not None and extra_v is not None:
+        b, _, h, d = q.shape
+        for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
+            if t.dim() != 4 or t.shape[0] != b or t.shape[2:] != (h, d) or t.shape != extra_k.shape:
+                raise ValueError(f"{name} must be [B={b}, T, H={h}, D={d}] like extra_k, got {tuple(t.shape)}")
+            if t.dtype != q.dtype:
+                raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if extra_mask is not None and tuple(extra_mask.shape) != (b, extra_k.shape[1]):
+            raise ValueError(f"extra_mask must be bool [B={b}, T={extra_k.shape[1]}], got {tuple(extra_mask.shape)}")
+
+
+def block_sparse_attention_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    plan: BlockPlan,
+    *,
+    extra_k: Tensor | None = None,
+    extra_v: Tensor | None = None,
+    extra_mask: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Block-sparse attention over ``plan`` plus dense extra keys, in one kernel.
+
+    Args:
+        q, k, v: ``[B, S, H, D]``, ``S == plan.num_tokens`` (grid order); fp16, bf16 or fp32; D <= 256.
+        plan: the tiles and keys each query attends.
+        extra_k, extra_v: ``[B, T, H, D]`` keys every query also attends (text tokens), or None.
+        extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
+        scale: softmax scale, default ``D ** -0.5``.
+    Returns:
+        ``(out [B, S, H, D] in q's dtype, lse [B, S, H] fp32)``.
+    """
+    _check(q, k, v, extra_k, extra_v, extra_mask)
+    if q.shape[1] != plan.num_tokens:
+        raise ValueError(f"sequence length {q.shape[1]} does not match the plan's grid {plan.grid} ({plan.num_tokens})")
+    kp = kernel_plan(plan, q.device)
+    return torch.ops.diffattn.block_sparse_attention(
+        q, k, v, kp.q_index, kp.kv_index, kp.tile_full, kp.tile_axes, list(kp.masks), list(kp.axis_shape),
+        list(kp.gna), kp.mask_mode, extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
+    )  # fmt: skip
+
+
+def dense_extra_attention_triton(
+    q: Tensor, extra_k: Tensor, extra_v: Tensor, extra_mask: Tensor | None = None, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Attention of every query over the extra keys only (no sparse part), e.g. for a partial merged
+    elsewhere. q ``[B, S, H, D]``, extra_k/v ``[B, T, H, D]``, extra_mask bool ``[B, T]``.
+    Returns ``(out [B, S, H, D], lse [B, S, H] fp32)``."""
+    _check(q, q, q, extra_k, extra_v, extra_mask)
+    kp = KernelPlan.dense_queries(q.shape[1], q.device)
+    return torch.ops.diffattn.block_sparse_attention(
+        q, q, q, kp.q_index, kp.kv_index, kp.tile_full, kp.tile_axes, [], list(kp.axis_shape), [], kp.mask_mode,
+        extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
+    )  # fmt: skip
