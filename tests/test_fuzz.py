@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
-from diffattn.methods.gna import GNAConfig, gna_mask
+from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
 from diffattn.methods.msw import MSWConfig
 
 from .test_msw import _window_mask
+
+try:
+    from diffattn.kernels import triton_bsa
+except ImportError:  # triton not installed: the kernel's fuzz test is skipped, saying so
+    triton_bsa = None
 
 AXIS_LENGTHS = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 17])
 FP32_TOL = dict(atol=2e-5, rtol=2e-5)
@@ -37,8 +43,8 @@ def grids(draw, max_tokens: int = 1200) -> tuple[int, ...]:
 
 
 @st.composite
-def gna_cases(draw):
-    grid = draw(grids())
+def gna_cases(draw, max_tokens: int = 1200):
+    grid = draw(grids(max_tokens))
     window, stride, dilation = [], [], []
     for length in grid:
         w = draw(st.integers(1, length + 2))  # past the axis: clamped to dense
@@ -99,3 +105,21 @@ def test_msw_matches_shifted_window_reference(data):
     mask = _window_mask(grid, cfg.resolve_window(grid), method.shift(call))
     want, _ = reference_attention(q, k, v, mask, extra_k=call.extra_k, extra_v=call.extra_v, extra_mask=call.extra_mask)
     torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
+
+
+@pytest.mark.skipif(
+    triton_bsa is None or not triton_bsa.INTERPRET, reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py)"
+)
+@settings(max_examples=max(12, settings.default.max_examples // 12))  # the interpreter is ~100x slower
+@given(data=st.data())
+def test_triton_kernel_matches_reference(data):
+    grid, window, stride, dilation = data.draw(gna_cases(max_tokens=128), label="grid/window/stride/dilation")
+    q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
+    ek, ev, emask = extra if extra else (None, None, None)
+    resolved = GNAConfig(window, stride, dilation).resolve(grid)
+    out, lse = triton_bsa.block_sparse_attention_triton(
+        q, k, v, gna_plan(grid, *resolved), extra_k=ek, extra_v=ev, extra_mask=emask
+    )
+    want, want_lse = reference_attention(q, k, v, gna_mask(grid, *resolved), extra_k=ek, extra_v=ev, extra_mask=emask)
+    torch.testing.assert_close(out, want, **FP32_TOL)
+    torch.testing.assert_close(lse, want_lse, atol=1e-4, rtol=1e-4)
