@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffattn.functional import gna
-from diffattn.methods.gna import GNAConfig, gna_plan
+# run against the checkout this script lives in, not whichever diffattn happens to be installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffattn.functional import gna  # noqa: E402
+from diffattn.methods.gna import GNAConfig, gna_plan  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 HEADS, HEAD_DIM, BATCH = 8, 64, 1
@@ -307,6 +310,111 @@ def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- proxy and agent rows (issue 4): each method side by side with dense SDPA, against its FLOP bound ---
+#   proxy: N / (window tokens + number of windows): each query scores its window and one proxy per window;
+#   agent: N / (2 n_agents): agents x keys, then queries x agents.
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    """One proxy/agent benchmark row: ``knobs`` are the method's config for this row."""
+
+    name: str
+    method: str
+    grid: tuple[int, ...]
+    knobs: tuple[tuple[str, object], ...]
+    dtype: str
+
+
+def build_method_cases(quick: bool) -> list[MethodCase]:
+    """N = 16384 (128x128), or 32x32 with ``quick``: proxy with 32x32 windows (8x8 quick), agent at 1/16."""
+    grid, window = ((32, 32), 8) if quick else ((128, 128), 32)
+    cases = []
+    for dtype in DTYPES:
+        name = f"proxy-{_fmt(grid)}-w{window}x{window}-{dtype}"
+        cases.append(MethodCase(name, "proxy", grid, (("window", window),), dtype))
+        cases.append(MethodCase(f"agent-{_fmt(grid)}-r1_16-{dtype}", "agent", grid, (("ratio", 1 / 16),), dtype))
+    return cases
+
+
+def method_bound(case: MethodCase, method: object) -> tuple[float, str]:
+    """(FLOP bound, how it was computed) of the resolved config on the case's grid."""
+    n = math.prod(case.grid)
+    if case.method == "proxy":
+        layout = method.layout(case.grid)  # type: ignore[attr-defined]
+        window = math.prod(method.config.resolve(case.grid))  # type: ignore[attr-defined]
+        return n / (window + layout.num_windows), f"N / (window {window} + windows {layout.num_windows})"
+    agents = math.prod(method.config.agent_grid(case.grid))  # type: ignore[attr-defined]
+    return n / (2 * agents), f"N / (2 x {agents} agents)"
+
+
+def run_method_case(case: MethodCase, repeats: int) -> dict:
+    """Time one proxy/agent case against dense SDPA; return its row."""
+    from diffattn.methods import AttendCall, get_method
+
+    cls = get_method(case.method)
+    method = cls(cls.make_config(**dict(case.knobs)))
+    q, k, v = make_qkv(case.grid, DTYPES[case.dtype])
+    call = AttendCall(grid=case.grid, backend="cpu")
+    bound, formula = method_bound(case, method)
+    fns = {"dense": dense_fn(q, k, v), "ours": lambda: method.attend(q, k, v, call)}
+    times = time_round_robin(fns, repeats, case.name)
+    d_min, d_med = min(times["dense"]), statistics.median(times["dense"])
+    s_min, s_med = min(times["ours"]), statistics.median(times["ours"])
+    return {
+        "case": case.name,
+        "kind": case.method,
+        "knobs": dict(case.knobs),
+        "grid": list(case.grid),
+        "dtype": case.dtype,
+        "batch": BATCH,
+        "heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "repeats": repeats,
+        "dense_min_s": d_min,
+        "dense_median_s": d_med,
+        "sparse_min_s": s_min,
+        "sparse_median_s": s_med,
+        "speedup_min": d_min / s_min,
+        "speedup_median": d_med / s_med,
+        "flop_bound": bound,
+        "bound_formula": formula,
+        "achieved_over_bound": d_min / s_min / bound,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dense_times_s": times["dense"],
+        "sparse_times_s": times["ours"],
+    }
+
+
+def method_targets(rows: list[dict]) -> list[dict]:
+    """Target (e): every proxy/agent row reaches >= 0.8 of its FLOP bound (min-based)."""
+    checks = [{"case": r["case"], "achieved_over_bound": r["achieved_over_bound"]} for r in rows]
+    for c in checks:
+        c["pass"] = c["achieved_over_bound"] >= 0.8
+    status = "N/A" if not checks else "PASS" if all(c["pass"] for c in checks) else "MISS"
+    text = "proxy and agent reach >= 0.8 of their FLOP bound"
+    return [dict(target="e", description=text, metric="achieved_over_bound", threshold=0.8, status=status, rows=checks)]
+
+
+def method_markdown(rows: list[dict], targets: list[dict]) -> str:
+    head = (
+        "| case | dtype | knobs | dense min / med (s) | sparse min / med (s) | speedup min / med "
+        "| FLOP bound | achieved / bound |"
+    )
+    lines = ["", "## proxy and agent vs dense SDPA", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["knobs"].items())
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {knobs} | {r['dense_min_s']:.3f} / {r['dense_median_s']:.3f} "
+            f"| {r['sparse_min_s']:.3f} / {r['sparse_median_s']:.3f} "
+            f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} "
+            f"| {r['flop_bound']:.2f} ({r['bound_formula']}) | {r['achieved_over_bound']:.2f} |"
+        )
+    lines += [""] + [f"- {line}" for line in target_lines(targets)]
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output directory")
@@ -327,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     natten_repeats = min(args.natten_repeats, repeats)
     warnings.filterwarnings("ignore", module=r"torch\.nn\.attention\.flex_attention")
     cases = [c for c in build_cases(args.quick) if args.cases in c.name and not (c.natten and args.no_natten)]
-    if not cases:
+    method_cases = [c for c in build_method_cases(args.quick) if args.cases in c.name]
+    if not cases and not method_cases:
         log(f"no case matches --cases {args.cases!r}")
         return 2
     start = time.perf_counter()
@@ -335,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(cases, 1):
         log(f"[{i}/{len(cases)}] {case.name} ({torch.get_num_threads()} threads)")
         rows.append(run_case(case, repeats, natten_repeats, args.natten_heads_per_call))
+    method_rows = []
+    for i, mcase in enumerate(method_cases, 1):
+        log(f"[method {i}/{len(method_cases)}] {mcase.name} ({torch.get_num_threads()} threads)")
+        method_rows.append(run_method_case(mcase, repeats))
     targets = evaluate_targets(rows)
+    mtargets = method_targets(method_rows)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
@@ -350,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "rows": rows, "targets": targets}
+    payload = {"meta": meta, "rows": rows, "targets": targets, "method_rows": method_rows, "method_targets": mtargets}
     (args.out / "speedup.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = markdown(rows, meta, targets)
+    md = markdown(rows, meta, targets) + (method_markdown(method_rows, mtargets) if method_rows else "")
     (args.out / "speedup.md").write_text(md)
     print(md)
     log(f"wrote {args.out / 'speedup.json'} and {args.out / 'speedup.md'} in {meta['runtime_s']:.0f} s")
