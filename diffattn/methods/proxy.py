@@ -112,9 +112,10 @@ class ProxyLayout:
         return self.counts.shape[0]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def proxy_layout(grid: tuple[int, ...], window: tuple[int, ...], shifted: bool) -> ProxyLayout:
-    """Windows of ``grid`` for resolved (clamped) ``window``. Cached per shape."""
+    """Windows of ``grid`` for resolved (clamped) ``window``. Cached per shape (a small cache: the
+    ``[N, W]`` bias grows as ``N^2 / window``; two layouts, plain and shifted, per UNet level)."""
     per_axis = [axis_windows(length, w, shifted) for length, w in zip(grid, window)]
     plan = BlockPlan.from_axes(
         tuple(
