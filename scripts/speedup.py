@@ -32,9 +32,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffattn.functional import gna
-from diffattn.methods.gna import gna_plan
-from diffattn.sim import plan_bound, simulate
+# run against the checkout this script lives in, not whichever diffattn happens to be installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffattn.functional import gna  # noqa: E402
+from diffattn.methods.gna import gna_plan  # noqa: E402
+from diffattn.sim import plan_bound, simulate  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 HEADS, HEAD_DIM, BATCH = 8, 64, 1
@@ -95,8 +98,6 @@ def dense_fn(q: Tensor, k: Tensor, v: Tensor) -> Callable[[], object]:
 
 
 def ours_fn(q: Tensor, k: Tensor, v: Tensor, case: Case) -> Callable[[], object]:
-    if case.role == "msw":
-        return msw_fn(q, k, v, case)
     return lambda: gna(q, k, v, case.grid, case.window, case.stride, backend="cpu")
 
 
@@ -174,7 +175,7 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
     s_min, s_med = min(sparse), statistics.median(sparse)
     row = {
         "case": case.name,
-        "kind": "natten" if case.natten else "msw" if case.role == "msw" else "gna",
+        "kind": "natten" if case.natten else "gna",
         "role": case.role,
         "grid": list(case.grid),
         "window": list(case.window),
@@ -311,55 +312,124 @@ def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- msw (HiDiffusion MSW-MSA)
-# Self-contained: msw's cases, how it is called and its target; run_case times it like the GNA rows.
+# --- msw, proxy and agent rows (issue 4): each method side by side with dense SDPA, against its FLOP bound ---
+#   msw: N / window tokens (2x2 windows: 4x); the timed call draws a half-window shift;
+#   proxy: N / (window tokens + number of windows): each query scores its window and one proxy per window;
+#   agent: N / (2 n_agents): agents x keys, then queries x agents.
 
 
-def build_msw_cases(quick: bool) -> list[Case]:
-    """msw's default 2x2 windows on a 128x128 grid (N = 16384; 32x32 with ``quick``), fp32 and bf16.
-    Token and tile bounds are both N / window = 4x (stride = window: whole tiles, no masks)."""
-    grid = (32, 32) if quick else (128, 128)
-    window = tuple(g // 2 for g in grid)
-    name = f"msw-2d-{_fmt(grid)}-w{_fmt(window)}"
-    return [Case(f"{name}-{dtype}", grid, window, window, dtype, "msw") for dtype in DTYPES]
+@dataclass(frozen=True)
+class MethodCase:
+    """One msw/proxy/agent benchmark row: ``knobs`` are the method's config for this row."""
+
+    name: str
+    method: str
+    grid: tuple[int, ...]
+    knobs: tuple[tuple[str, object], ...]
+    dtype: str
 
 
-def msw_fn(q: Tensor, k: Tensor, v: Tensor, case: Case) -> Callable[[], object]:
-    """The msw method as the patcher calls it, on a call whose seeded draw is a half-window shift, so
-    the timing includes rolling q, k, v onto the shifted grid and the output back."""
-    from diffattn.methods import AttendCall
-    from diffattn.methods.msw import MSW, MSWConfig
-
-    cfg = MSWConfig()
-    method = MSW(cfg)
-    if cfg.resolve_window(case.grid) != case.window:
-        raise AssertionError(f"msw's default window on {case.grid} is not {case.window}")
-    t = next(float(t) for t in range(1000) if cfg.shift_quarter("bench", float(t)) == 2)
-    call = AttendCall(grid=case.grid, backend="cpu", layer="bench", timestep=t)
-    return lambda: method.attend(q, k, v, call)
+def build_method_cases(quick: bool) -> list[MethodCase]:
+    """N = 16384 (128x128), or 32x32 with ``quick``: msw with its default 2x2 windows, proxy with 32x32
+    windows (8x8 quick), agent at 1/16."""
+    grid, window = ((32, 32), 8) if quick else ((128, 128), 32)
+    cases = []
+    for dtype in DTYPES:
+        cases.append(MethodCase(f"msw-{_fmt(grid)}-2x2windows-{dtype}", "msw", grid, (), dtype))
+        name = f"proxy-{_fmt(grid)}-w{window}x{window}-{dtype}"
+        cases.append(MethodCase(name, "proxy", grid, (("window", window),), dtype))
+        cases.append(MethodCase(f"agent-{_fmt(grid)}-r1_16-{dtype}", "agent", grid, (("ratio", 1 / 16),), dtype))
+    return cases
 
 
-def msw_targets(rows: list[dict]) -> list[dict]:
-    """Target (e): msw reaches >= 0.8 of its 4x FLOP bound, in both dtypes (min-based)."""
-    checks = [
-        {"case": r["case"], "achieved_over_tile_bound": r["achieved_over_tile_bound"]}
-        for r in rows
-        if r["kind"] == "msw"
-    ]
+def method_bound(case: MethodCase, method: object) -> tuple[float, str]:
+    """(FLOP bound, how it was computed) of the resolved config on the case's grid."""
+    n = math.prod(case.grid)
+    if case.method == "msw":
+        window = math.prod(method.config.resolve_window(case.grid))  # type: ignore[attr-defined]
+        return n / window, f"N / window {window}"
+    if case.method == "proxy":
+        layout = method.layout(case.grid)  # type: ignore[attr-defined]
+        window = math.prod(method.config.resolve(case.grid))  # type: ignore[attr-defined]
+        return n / (window + layout.num_windows), f"N / (window {window} + windows {layout.num_windows})"
+    agents = math.prod(method.config.agent_grid(case.grid))  # type: ignore[attr-defined]
+    return n / (2 * agents), f"N / (2 x {agents} agents)"
+
+
+def _half_shift_timestep(method: object) -> float:
+    """A timestep whose seeded msw draw (layer "bench") is a half-window shift, so the timed call
+    really permutes tokens; 0 for methods that do not shift."""
+    quarter = getattr(method.config, "shift_quarter", None)  # type: ignore[attr-defined]
+    if quarter is None:
+        return 0.0
+    return next(float(t) for t in range(1000) if quarter("bench", float(t)) == 2)
+
+
+def run_method_case(case: MethodCase, repeats: int) -> dict:
+    """Time one proxy/agent case against dense SDPA; return its row."""
+    from diffattn.methods import AttendCall, get_method
+
+    cls = get_method(case.method)
+    method = cls(cls.make_config(**dict(case.knobs)))
+    q, k, v = make_qkv(case.grid, DTYPES[case.dtype])
+    call = AttendCall(grid=case.grid, backend="cpu", layer="bench", timestep=_half_shift_timestep(method))
+    bound, formula = method_bound(case, method)
+    fns = {"dense": dense_fn(q, k, v), "ours": lambda: method.attend(q, k, v, call)}
+    times = time_round_robin(fns, repeats, case.name)
+    d_min, d_med = min(times["dense"]), statistics.median(times["dense"])
+    s_min, s_med = min(times["ours"]), statistics.median(times["ours"])
+    return {
+        "case": case.name,
+        "kind": case.method,
+        "knobs": dict(case.knobs),
+        "grid": list(case.grid),
+        "dtype": case.dtype,
+        "batch": BATCH,
+        "heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "repeats": repeats,
+        "dense_min_s": d_min,
+        "dense_median_s": d_med,
+        "sparse_min_s": s_min,
+        "sparse_median_s": s_med,
+        "speedup_min": d_min / s_min,
+        "speedup_median": d_med / s_med,
+        "flop_bound": bound,
+        "bound_formula": formula,
+        "achieved_over_bound": d_min / s_min / bound,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dense_times_s": times["dense"],
+        "sparse_times_s": times["ours"],
+    }
+
+
+def method_targets(rows: list[dict]) -> list[dict]:
+    """Target (e): every msw/proxy/agent row reaches >= 0.8 of its FLOP bound (min-based)."""
+    checks = [{"case": r["case"], "achieved_over_bound": r["achieved_over_bound"]} for r in rows]
     for c in checks:
-        c["pass"] = c["achieved_over_tile_bound"] >= 0.8
+        c["pass"] = c["achieved_over_bound"] >= 0.8
     status = "N/A" if not checks else "PASS" if all(c["pass"] for c in checks) else "MISS"
-    text = "msw (2x2 shifted windows, N=16384) reaches >= 0.8 of its 4x bound in both dtypes"
-    return [
-        {
-            "target": "e",
-            "description": text,
-            "metric": "achieved_over_tile_bound",
-            "threshold": 0.8,
-            "status": status,
-            "rows": checks,
-        }
-    ]
+    text = "msw, proxy and agent reach >= 0.8 of their FLOP bound"
+    return [dict(target="e", description=text, metric="achieved_over_bound", threshold=0.8, status=status, rows=checks)]
+
+
+def method_markdown(rows: list[dict], targets: list[dict]) -> str:
+    head = (
+        "| case | dtype | knobs | dense min / med (s) | sparse min / med (s) | speedup min / med "
+        "| FLOP bound | achieved / bound |"
+    )
+    lines = ["", "## msw, proxy and agent vs dense SDPA", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["knobs"].items())
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {knobs} | {r['dense_min_s']:.3f} / {r['dense_median_s']:.3f} "
+            f"| {r['sparse_min_s']:.3f} / {r['sparse_median_s']:.3f} "
+            f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} "
+            f"| {r['flop_bound']:.2f} ({r['bound_formula']}) | {r['achieved_over_bound']:.2f} |"
+        )
+    lines += [""] + [f"- {line}" for line in target_lines(targets)]
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -381,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 2 if args.quick else args.repeats
     natten_repeats = min(args.natten_repeats, repeats)
     warnings.filterwarnings("ignore", module=r"torch\.nn\.attention\.flex_attention")
-    all_cases = build_cases(args.quick) + build_msw_cases(args.quick)
-    cases = [c for c in all_cases if args.cases in c.name and not (c.natten and args.no_natten)]
-    if not cases:
+    cases = [c for c in build_cases(args.quick) if args.cases in c.name and not (c.natten and args.no_natten)]
+    method_cases = [c for c in build_method_cases(args.quick) if args.cases in c.name]
+    if not cases and not method_cases:
         log(f"no case matches --cases {args.cases!r}")
         return 2
     start = time.perf_counter()
@@ -391,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(cases, 1):
         log(f"[{i}/{len(cases)}] {case.name} ({torch.get_num_threads()} threads)")
         rows.append(run_case(case, repeats, natten_repeats, args.natten_heads_per_call))
-    targets = evaluate_targets(rows) + msw_targets(rows)
+    method_rows = []
+    for i, mcase in enumerate(method_cases, 1):
+        log(f"[method {i}/{len(method_cases)}] {mcase.name} ({torch.get_num_threads()} threads)")
+        method_rows.append(run_method_case(mcase, repeats))
+    targets = evaluate_targets(rows)
+    mtargets = method_targets(method_rows)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
@@ -406,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "rows": rows, "targets": targets}
+    payload = {"meta": meta, "rows": rows, "targets": targets, "method_rows": method_rows, "method_targets": mtargets}
     (args.out / "speedup.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = markdown(rows, meta, targets)
+    md = markdown(rows, meta, targets) + (method_markdown(method_rows, mtargets) if method_rows else "")
     (args.out / "speedup.md").write_text(md)
     print(md)
     log(f"wrote {args.out / 'speedup.json'} and {args.out / 'speedup.md'} in {meta['runtime_s']:.0f} s")

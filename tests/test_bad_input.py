@@ -42,7 +42,11 @@ BAD_APPLY = [
     pytest.param(("gna",), {"preset": "no"}, TypeError, r"preset='no' must be True or False", id="preset-type"),
     pytest.param(("gna",), {"window": 4, "kernel": 3}, TypeError, r"unknown knob\(s\) \['kernel'\]", id="unknown-knob"),
     pytest.param(
-        ("nope",), {}, ValueError, r"unknown attention method 'nope'; known methods: dense, gna", id="unknown-method"
+        ("nope",),
+        {},
+        ValueError,
+        r"unknown attention method 'nope'; known methods: agent, dense, gna(, \w+)*",
+        id="unknown-method",
     ),
     pytest.param(
         ("gna",), {"window": 4, "layers": "^no_such_layer"}, ValueError, r"matches no self-attention", id="layers-none"

@@ -34,7 +34,7 @@ def test_generate_bad_window_exits_with_clear_error(tmp_path, capsys):
 
 def test_list_commands(capsys):
     assert main(["methods"]) == 0
-    assert capsys.readouterr().out.split() == ["dense", "gna", "msw"]
+    assert capsys.readouterr().out.split() == ["agent", "dense", "gna", "msw", "proxy"]
     assert main(["models"]) == 0
     assert "UNet2DConditionModel" in capsys.readouterr().out
 

@@ -29,14 +29,18 @@ def test_speedup_quick(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "speedup.json").read_text())
     rows = data["rows"]
     names = [r["case"] for r in rows]
-    # GNA 2-D: 4 strides x 2 dtypes; 3-D: 2 strides x 2 dtypes; msw: 2 dtypes; no NATTEN row
-    assert len(rows) == 14, names
-    assert sum(r["grid"] == [32, 32] for r in rows) == 10
+    # GNA 2-D: 4 strides x 2 dtypes; 3-D: 2 strides x 2 dtypes; no NATTEN row
+    assert len(rows) == 12, names
+    assert sum(r["grid"] == [32, 32] for r in rows) == 8
     assert sum(r["grid"] == [4, 8, 8] for r in rows) == 4
     assert {r["dtype"] for r in rows} == {"fp32", "bf16"}
-    assert sum(r["kind"] == "gna" for r in rows) == 12
-    msw = [r for r in rows if r["kind"] == "msw"]
-    assert len(msw) == 2 and all(r["window"] == [16, 16] and r["tile_bound"] == 4.0 for r in msw)
+    assert all(r["kind"] == "gna" for r in rows)
+    # msw, proxy and agent, each in both dtypes, with their own FLOP bounds
+    method_rows = data["method_rows"]
+    assert sorted((r["kind"], r["dtype"]) for r in method_rows) == sorted(
+        (m, d) for m in ("msw", "proxy", "agent") for d in ("fp32", "bf16")
+    )
+    assert all(r["flop_bound"] == 4.0 for r in method_rows if r["kind"] == "msw")
     for r in rows:
         for key in ("dense_min_s", "dense_median_s", "sparse_min_s", "sparse_median_s", "speedup_min"):
             assert r[key] > 0, (r["case"], key)
@@ -49,9 +53,9 @@ def test_speedup_quick(tmp_path: Path) -> None:
         assert r["repeats"] == 2 and r["threads"] >= 1
     meta = data["meta"]
     assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]
-    targets = {t["target"]: t["status"] for t in data["targets"]}
+    targets = {t["target"]: t["status"] for t in data["targets"] + data["method_targets"]}
     assert set(targets) == {"a", "b", "c", "d", "e"}
     assert targets["d"] == "N/A" and all(s in ("PASS", "MISS") for k, s in targets.items() if k != "d")
     md = (tmp_path / "speedup.md").read_text()
-    assert md.count("\n| ") >= 15 and all(n in md for n in names)
+    assert md.count("\n| ") >= 20 and all(n in md for n in names + [r["case"] for r in method_rows])
     assert "Targets" in proc.stdout

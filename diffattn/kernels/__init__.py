@@ -36,6 +36,7 @@ __all__ = [
     "attend_extra",
     "block_sparse_attention",
     "choose_backend",
+    "dense_attention",
     "merge_attention",
     "reference_attention",
 ]
@@ -146,6 +147,21 @@ def attend_extra(
     if extra_mask is not None:
         bias = additive_mask(extra_mask, q.dtype)[:, None, None, :]  # [B, 1, 1, T]
     o, lse = sdpa_with_lse(q.transpose(1, 2), extra_k.transpose(1, 2), extra_v.transpose(1, 2), bias, scale)
+    return o.transpose(1, 2), lse.transpose(1, 2)
+
+
+def dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None = None, scale: float | None = None, backend: str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Attention of every query over every key, with an optional additive logit bias.
+
+    q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]``; bias fp32 broadcastable to ``[B, H, Sq, Sk]``
+    (``-inf`` drops a pair). For short key sets (proxies, agents): ``Sq x Sk`` bias, never ``Sq x Sq``.
+    Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``.
+    """
+    if backend == "reference" or q.device.type != "cpu":
+        return reference_attention(q, k, v, bias=bias, scale=scale)
+    o, lse = sdpa_with_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias, scale)
     return o.transpose(1, 2), lse.transpose(1, 2)
 
 

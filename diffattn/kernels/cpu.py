@@ -31,6 +31,8 @@ def sdpa_with_lse(
     broadcastable to ``[N, H, Lq, Lk]``.
     Returns: ``(out [N, H, Lq, D], lse [N, H, Lq] fp32)``.
     """
+    # the CPU flash op silently returns garbage when D is not the innermost (stride-1) dimension
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return _flash_cpu(q, k, v, attn_mask=attn_mask, scale=scale)
 
 

@@ -1,0 +1,212 @@
+"""Proxy-token attention: a training-free adaptation of PT-DiT (Qihoo-T2X).
+
+PT-DiT compresses each spatial(-temporal) window into one proxy token, lets the proxies carry the
+global interaction and recovers local detail with window attention. Without training, we keep the
+model's own attention and only change *which keys* each image query sees:
+
+  - the grid is cut into non-overlapping windows (``window`` per axis, clamped to the grid);
+  - each query attends exactly to the tokens of its own window,
+  - plus one proxy key/value of every OTHER window, with logit bias ``log(tokens in that window)``:
+    a proxy then stands in for its whole window's attention mass (ToMe's proportional attention;
+    with 1-token windows the method is exactly dense attention);
+  - plus every text key of joint attention (``call.extra_k``), as in every method.
+
+Windows on an axis of length ``L`` with window ``w``: ``[0, w), [w, 2w), ...``; the last window
+holds the ``L mod w`` remaining tokens when ``w`` does not divide ``L`` (windows never overlap and
+every token belongs to exactly one). With ``shift=True``, odd ``call.layer_index`` shift the
+partition by ``w // 2`` (Swin's alternation, without the cyclic roll): ``[0, w//2), [w//2,
+w//2 + w), ...``, so the first and last windows of that axis are smaller. Axes the window covers
+are never shifted.
+
+The proxy of a window is the mean of its keys and of its values (``proxy="mean"``), or the
+key/value of one token drawn uniformly inside the window (``proxy="sample"``, PT-DiT's random
+proxy), drawn from a generator seeded by ``(seed, call.layer, call.timestep)`` so reruns reproduce.
+
+Computation (no ``S x S`` tensor): the local part is block-sparse attention over a plan whose
+tiles are the windows (dense text keys merged in by the kernel); the proxy part is one dense
+attention over the ``n_windows`` proxies with an ``[S, n_windows]`` bias (``-inf`` on each query's
+own window); both are merged by log-sum-exp in `kernels.merge.merge_attention`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import zlib
+
+import torch
+from torch import Tensor
+
+from ..kernels import AxisTiling, BlockPlan, block_sparse_attention, dense_attention, merge_attention
+from .base import AttendCall, AttentionMethod
+from .gna import AXIS_NAMES, _as_tuple, _broadcast
+from .registry import register_method
+
+PROXY_KINDS = ("mean", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """Proxy-attention knobs.
+
+    window: window size per axis (int = every axis), >= 1; clamped to the grid.
+    proxy: ``"mean"`` (window mean of keys and values) or ``"sample"`` (one seeded random token).
+    shift: shift the windows by half a window on odd patched layers (``call.layer_index``).
+    seed: seed of the ``"sample"`` proxies (combined with the layer name and the timestep).
+    """
+
+    window: int | tuple[int, ...] = 16
+    proxy: str = "mean"
+    shift: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        w = _as_tuple("window", self.window)
+        object.__setattr__(self, "window", w if len(w) > 1 else w[0])
+        if self.proxy not in PROXY_KINDS:
+            raise ValueError(f"proxy={self.proxy!r} is not one of {PROXY_KINDS}")
+        if not isinstance(self.shift, bool):
+            raise TypeError(f"shift={self.shift!r} must be a bool (True or False)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an int >= 0")
+
+    @property
+    def ndim(self) -> int | None:
+        return len(self.window) if isinstance(self.window, tuple) else None
+
+    def resolve(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """Window per axis of ``grid``, clamped to the grid."""
+        w = _broadcast("window", _as_tuple("window", self.window), len(grid))
+        return tuple(min(wi, length) for wi, length in zip(w, grid))
+
+
+def axis_windows(length: int, window: int, shifted: bool) -> list[range]:
+    """The windows (token ranges) of one axis; see the module docstring for the definition."""
+    offset = window // 2 if shifted and window < length else 0
+    starts = ([0] if offset else []) + list(range(offset, length, window))
+    ends = starts[1:] + [length]
+    return [range(a, b) for a, b in zip(starts, ends)]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProxyLayout:
+    """The windows of one grid, as data.
+
+    plan: block plan whose tiles are the windows (each window attends itself).
+    window_id: ``[N]`` int64, the window of each token (grid order).
+    counts: ``[W]`` int64, tokens per window.
+    order: ``[N]`` int64, tokens sorted by window (stable), ``starts`` ``[W]`` where each window begins in it.
+    bias: ``[1, 1, N, W]`` fp32 logit bias of the proxy keys: ``log(counts)``, ``-inf`` on the own window.
+    """
+
+    plan: BlockPlan
+    window_id: Tensor
+    counts: Tensor
+    order: Tensor
+    starts: Tensor
+    bias: Tensor
+
+    @property
+    def num_windows(self) -> int:
+        return self.counts.shape[0]
+
+
+@functools.lru_cache(maxsize=16)
+def proxy_layout(grid: tuple[int, ...], window: tuple[int, ...], shifted: bool) -> ProxyLayout:
+    """Windows of ``grid`` for resolved (clamped) ``window``. Cached per shape (a small cache: the
+    ``[N, W]`` bias grows as ``N^2 / window``; two layouts, plain and shifted, per UNet level)."""
+    per_axis = [axis_windows(length, w, shifted) for length, w in zip(grid, window)]
+    plan = BlockPlan.from_axes(
+        tuple(
+            AxisTiling.from_lists(length, [(list(r), list(r), None) for r in wins])
+            for length, wins in zip(grid, per_axis)
+        )
+    )
+    window_id = torch.zeros((1,), dtype=torch.long)
+    counts = torch.ones((1,), dtype=torch.long)
+    for wins in per_axis:
+        ids = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, r in enumerate(wins)])
+        sizes = torch.tensor([len(r) for r in wins], dtype=torch.long)
+        window_id = (window_id[:, None] * len(wins) + ids[None, :]).reshape(-1)
+        counts = (counts[:, None] * sizes[None, :]).reshape(-1)
+    order = torch.argsort(window_id, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    n, w = window_id.shape[0], counts.shape[0]
+    bias = torch.log(counts.float()).expand(n, w).clone()
+    bias[torch.arange(n), window_id] = float("-inf")
+    return ProxyLayout(plan, window_id, counts, order, starts, bias[None, None])
+
+
+def sample_generator(seed: int, layer: str, timestep: float | None) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, layer, timestep)``: independent of call order or thread."""
+    key = f"{seed}|{layer}|{timestep!r}".encode()
+    return torch.Generator().manual_seed(zlib.crc32(key))
+
+
+def sampled_tokens(layout: ProxyLayout, generator: torch.Generator) -> Tensor:
+    """``[W]`` int64: one token drawn uniformly inside each window."""
+    u = torch.rand(layout.num_windows, generator=generator, dtype=torch.float64)
+    offset = (u * layout.counts).long().clamp_max(layout.counts - 1)
+    return layout.order[layout.starts + offset]
+
+
+def window_means(x: Tensor, layout: ProxyLayout) -> Tensor:
+    """``[B, W, H, D]`` mean of ``x [B, S, H, D]`` over each window (accumulated in fp32)."""
+    b, _, h, d = x.shape
+    sums = torch.zeros(b, layout.num_windows, h, d, dtype=torch.float32, device=x.device)
+    sums.index_add_(1, layout.window_id.to(x.device), x.float())
+    return (sums / layout.counts.to(x.device)[None, :, None, None]).to(x.dtype)
+
+
+@register_method
+class ProxyAttention(AttentionMethod):
+    """Own window exactly + one log-count-biased proxy per other window (+ text keys)."""
+
+    name = "proxy"
+    Config = ProxyConfig
+
+    def check_ndim(self, ndim: int) -> None:
+        cfg_ndim = self.config.ndim
+        if cfg_ndim is not None and cfg_ndim != ndim:
+            raise ValueError(
+                f"proxy window={self.config.window} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
+                f"({AXIS_NAMES[ndim]}); give an int or a {ndim}-tuple"
+            )
+
+    def layout(self, grid: tuple[int, ...], layer_index: int = 0) -> ProxyLayout:
+        """Windows used for ``grid`` at patched layer ``layer_index`` (odd layers shift if enabled)."""
+        grid = tuple(grid)
+        shifted = self.config.shift and layer_index % 2 == 1
+        return proxy_layout(grid, self.config.resolve(grid), shifted)
+
+    def proxies(self, k: Tensor, v: Tensor, layout: ProxyLayout, call: AttendCall) -> tuple[Tensor, Tensor]:
+        """Proxy keys and values ``[B, W, H, D]`` of every window."""
+        if self.config.proxy == "mean":
+            return window_means(k, layout), window_means(v, layout)
+        idx = sampled_tokens(layout, sample_generator(self.config.seed, call.layer, call.timestep)).to(k.device)
+        return k.index_select(1, idx), v.index_select(1, idx)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        layout = self.layout(call.grid, call.layer_index)
+        if q.shape[1] != math.prod(call.grid):
+            raise ValueError(f"sequence length {q.shape[1]} does not match the grid {call.grid}")
+        local = block_sparse_attention(
+            q,
+            k,
+            v,
+            layout.plan,
+            extra_k=call.extra_k,
+            extra_v=call.extra_v,
+            extra_mask=call.extra_mask,
+            scale=call.scale,
+            backend=call.backend,
+            return_lse=True,
+        )
+        assert isinstance(local, tuple)
+        if layout.num_windows == 1:  # one window covers the grid: exactly dense
+            return local[0]
+        pk, pv = self.proxies(k, v, layout, call)
+        far = dense_attention(q, pk, pv, bias=layout.bias.to(q.device), scale=call.scale, backend=call.backend)
+        out, _ = merge_attention([local, far])
+        return out
