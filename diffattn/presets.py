@@ -77,6 +77,26 @@ _MSW_SOURCE_DIT = (
 # with a 16x16 tile-aligned stride (the CPU path's fast case). Lower UNet levels clamp to dense.
 _GNA_SOURCE_OWN = "diffattn: window = half the usual {grid} token grid, stride 16 (tile-aligned); not tuned on quality"
 
+_SD_TOP = r"down_blocks\.0\.|up_blocks\.3\."  # the highest-resolution transformer blocks of SD 1.5 / 2.1
+_SDXL_TOP = r"down_blocks\.1\.|up_blocks\.1\."  # SDXL's down_blocks.0 has no attention
+_IMAGE_DITS = ("pixart", "sd3", "flux")
+_PROXY_SOURCE_UNET = (
+    "diffattn after PT-DiT: 16x16 windows with mean proxies, shifted on alternate layers, on the highest-resolution "
+    "blocks (lower levels of <= 32x32 tokens gain little); no published training-free recipe"
+)
+_PROXY_SOURCE_DIT = (
+    "diffattn after PT-DiT: 16x16 windows, mean proxies, alternate shifted windows; PT-DiT's redundancy analysis "
+    "(near-identical attention maps inside small windows) was done on PixArt-alpha"
+)
+_PROXY_SOURCE_VIDEO = "diffattn: PT-DiT's windows extended to (frames, rows, columns); not tuned on quality"
+# AgentSD: agents on steps 0-19 of 50 (then ToMe alone), at the highest-resolution level only
+_AGENT_STEPS = (0.0, 0.4)
+_AGENT_SOURCE_UNET = "AgentSD: 1/16 agents, scale power 0.3, shortcut 0.075, steps 0-19 of 50, top UNet level"
+_AGENT_SOURCE_DIT = (
+    "diffattn: AgentSD's settings on the first 40% of steps, on every block (a DiT has no lower-resolution "
+    "levels); not tuned on quality"
+)
+
 PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
     # ---- gna ----------------------------------------------------------------------------------
     ("gna", "sd"): Preset({"window": 32, "stride": 16}, None, None, _GNA_SOURCE_OWN.format(grid="SD1.5 512px 64x64")),
@@ -118,8 +138,8 @@ PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
         "diffattn: LTX-Video 768x512x121 (16x16x24 tokens), window half of each axis",
     ),
     # ---- msw ----------------------------------------------------------------------------------
-    ("msw", "sd"): Preset({}, r"down_blocks\.0\.|up_blocks\.3\.", None, _MSW_SOURCE_UNET + " (SD 1.5/2.1)"),
-    ("msw", "sdxl"): Preset({}, r"down_blocks\.1\.|up_blocks\.1\.", None, _MSW_SOURCE_UNET + " (SDXL)"),
+    ("msw", "sd"): Preset({}, _SD_TOP, None, _MSW_SOURCE_UNET + " (SD 1.5/2.1)"),
+    ("msw", "sdxl"): Preset({}, _SDXL_TOP, None, _MSW_SOURCE_UNET + " (SDXL)"),
     **{
         ("msw", fam): Preset({}, None, None, _MSW_SOURCE_DIT.format(frame=""))
         for fam in ("pixart", "sd3", "flux")
@@ -128,9 +148,25 @@ PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
         ("msw", fam): Preset({}, None, None, _MSW_SOURCE_DIT.format(frame=" per frame"))
         for fam in ("wan", "cogvideox", "hunyuanvideo", "ltx")
     },
-    # ---- proxy, agent -------------------------------------------------------------------------
-    # Entries for ("proxy", family) and ("agent", family) go here, e.g. AgentSD's default
-    # ("agent", "sd"): Preset({...}, r"down_blocks\.0\.|up_blocks\.3\.", (0.0, 0.4), "AgentSD: steps 0-19 of 50").
+    # ---- proxy --------------------------------------------------------------------------------
+    ("proxy", "sd"): Preset({"window": 16, "shift": True}, _SD_TOP, None, _PROXY_SOURCE_UNET),
+    ("proxy", "sdxl"): Preset({"window": 16, "shift": True}, _SDXL_TOP, None, _PROXY_SOURCE_UNET),
+    **{("proxy", fam): Preset({"window": 16, "shift": True}, None, None, _PROXY_SOURCE_DIT) for fam in _IMAGE_DITS},
+    **{
+        ("proxy", fam): Preset({"window": (4, 16, 16), "shift": True}, None, None, _PROXY_SOURCE_VIDEO)
+        for fam in ("wan", "cogvideox", "hunyuanvideo")
+    },
+    ("proxy", "ltx"): Preset(
+        {"window": (4, 8, 8), "shift": True}, None, None, _PROXY_SOURCE_VIDEO + "; LTX's grid is already coarse"
+    ),
+    # ---- agent --------------------------------------------------------------------------------
+    ("agent", "sd"): Preset({}, _SD_TOP, _AGENT_STEPS, _AGENT_SOURCE_UNET),
+    ("agent", "sdxl"): Preset({}, _SDXL_TOP, _AGENT_STEPS, _AGENT_SOURCE_UNET + "; SDXL's top attention level"),
+    **{("agent", fam): Preset({}, None, _AGENT_STEPS, _AGENT_SOURCE_DIT) for fam in _IMAGE_DITS},
+    **{
+        ("agent", fam): Preset({}, None, _AGENT_STEPS, _AGENT_SOURCE_DIT + "; agents also pool over frames")
+        for fam in ("wan", "cogvideox", "hunyuanvideo", "ltx")
+    },
 }
 
 

@@ -246,12 +246,26 @@ def _processors(pipe):
 
 def test_runs_on_every_family_and_changes_output(tiny):
     name, pipe, base = tiny
-    with diffattn.attention(pipe, "agent", ratio=0.25) as h:
+    with diffattn.attention(pipe, "agent", ratio=0.25, preset=False) as h:  # every layer, every step
         out = tiny_output(pipe, name)
     stats = h.stats()
     assert stats and all(s.sparse > 0 and s.fallback == 0 and s.dense == 0 for s in stats.values()), stats
     assert h.sparse_calls > 0 and h.fallback_calls == 0
     assert torch.isfinite(out).all()
+    assert not torch.allclose(out, base, atol=1e-4)
+
+
+def test_default_is_agentsds_early_steps_schedule(tiny):
+    """No knobs: the family preset runs agents on the first 40% of the steps (step 0 of the tiny
+    pipelines' 2), dense afterwards, on the preset's layers."""
+    name, pipe, base = tiny
+    with diffattn.attention(pipe, "agent") as h:
+        out = tiny_output(pipe, name)
+    assert h.preset is not None and h.preset.steps == (0.0, 0.4)
+    stats = h.stats()
+    assert stats and all(s.sparse > 0 and s.dense > 0 and s.fallback == 0 for s in stats.values()), stats
+    if name == "tiny-sd":
+        assert all(".down_blocks.0." in n for n in stats)  # the highest-resolution level only
     assert not torch.allclose(out, base, atol=1e-4)
 
 

@@ -58,7 +58,7 @@ def test_families_are_the_tiny_families():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["gna", "msw"])
+@pytest.mark.parametrize("method", ["agent", "gna", "msw", "proxy"])
 def test_table_covers_method_and_family_with_valid_presets(method, family):
     entry = PRESETS[(method, family)]
     assert isinstance(entry, Preset | Unsupported)
