@@ -1,5 +1,8 @@
 """Property-based tests: every method's kernel path against the exact reference (fp32).
 
+The independent per-method definitions (shifted-window masks, proxy brute force, agent closed form)
+live beside each method's own tests and are imported from there.
+
 Grids of 1-3 axes include primes and sizes of 1; windows, strides and dilations are drawn within
 their valid ranges (including windows past the grid, which clamp to dense); head dims, heads and
 batch sizes vary; text keys (with key padding) are sometimes present. The ``ci`` profile in
@@ -8,6 +11,7 @@ conftest.py fixes the seed; ``--hypothesis-profile=thorough`` runs 10x more case
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,8 +24,11 @@ from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
 from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
 from diffattn.methods.msw import MSWConfig
+from diffattn.methods.proxy import sample_generator, sampled_tokens
 
+from .test_agent import _closed_form, _pooled_agents
 from .test_msw import _window_mask
+from .test_proxy import _brute_force as proxy_brute_force
 
 try:
     from diffattn.kernels import triton_bsa
@@ -123,3 +130,47 @@ def test_triton_kernel_matches_reference(data):
     want, want_lse = reference_attention(q, k, v, gna_mask(grid, *resolved), extra_k=ek, extra_v=ev, extra_mask=emask)
     torch.testing.assert_close(out, want, **FP32_TOL)
     torch.testing.assert_close(lse, want_lse, atol=1e-4, rtol=1e-4)
+
+
+@given(data=st.data())
+def test_proxy_matches_brute_force(data):
+    grid = data.draw(grids(max_tokens=600), label="grid")
+    window = data.draw(st.tuples(*(st.integers(1, x + 1) for x in grid)), label="window")
+    kind = data.draw(st.sampled_from(["mean", "sample"]), label="proxy")
+    shift, seed = data.draw(st.booleans(), label="shift"), data.draw(st.integers(0, 99), label="seed")
+    cfg = dict(window=window, shift=shift, proxy=kind, seed=seed)
+    q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
+    call = dataclasses.replace(_call(grid, extra, data), layer_index=data.draw(st.integers(0, 3), label="layer_index"))
+    method = get_method("proxy")(get_method("proxy").Config(**cfg))
+    shifted = cfg["shift"] and call.layer_index % 2 == 1
+    index = None
+    if kind == "sample":
+        layout = method.layout(grid, call.layer_index)
+        index = sampled_tokens(layout, sample_generator(cfg["seed"], call.layer, call.timestep))
+    want = proxy_brute_force(q, k, v, grid, method.config.resolve(grid), shifted, index, extra)
+    torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
+
+
+@given(data=st.data())
+def test_agent_matches_closed_form(data):
+    grid = data.draw(grids(max_tokens=600), label="grid")
+    by_ratio = data.draw(st.booleans(), label="by ratio")
+    knobs = (
+        dict(ratio=data.draw(st.sampled_from([1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0]), label="ratio"))
+        if by_ratio
+        else dict(agents=data.draw(st.tuples(*(st.integers(1, x) for x in grid)), label="agent grid"))
+    )
+    knobs["dense_fallback"] = data.draw(st.booleans(), label="dense_fallback")
+    q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
+    call = _call(grid, extra, data)
+    method = get_method("agent")(get_method("agent").Config(**knobs))
+    c, agent_grid = method.config, method.config.agent_grid(grid)
+    scale = q.shape[-1] ** -0.5
+    if c.dense_fallback and 2 * math.prod(agent_grid) >= math.prod(grid):  # AgentSD's rule: plain attention
+        want, _ = reference_attention(q, k, v, extra_k=call.extra_k, extra_v=call.extra_v, extra_mask=call.extra_mask)
+    else:
+        agents = _pooled_agents(q, grid, agent_grid)
+        if extra is not None and extra[2] is None:  # the closed form takes an explicit all-valid mask
+            extra = (extra[0], extra[1], torch.ones(extra[0].shape[:2], dtype=torch.bool))
+        want = _closed_form(q, k, v, agents, scale, c.scale_power, c.shortcut, extra).to(q.dtype)
+    torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
