@@ -31,6 +31,18 @@ def _state(pipe):
 
 
 BAD_APPLY = [
+    # every method's knobs, checked through apply_attention (so the pipeline must stay unchanged)
+    pytest.param(("msw",), {"window": 0}, ValueError, r"window=0 must be >= 1", id="msw-window-0"),
+    pytest.param(("msw",), {"window": (4, 4, 4)}, ValueError, r"msw window=\(4, 4, 4\) is 3-D", id="msw-3d-on-image"),
+    pytest.param(("msw",), {"seed": "x"}, TypeError, r"seed='x' must be an int", id="msw-seed-type"),
+    pytest.param(("proxy",), {"window": -1}, ValueError, r"window=-1 must be >= 1", id="proxy-window-negative"),
+    pytest.param(("proxy",), {"proxy": "median"}, ValueError, r"proxy='median' is not one of", id="proxy-kind"),
+    pytest.param(("proxy",), {"window": (2, 2, 2)}, ValueError, r"is 3-D but this model's", id="proxy-3d-on-image"),
+    pytest.param(("agent",), {"ratio": 0}, ValueError, r"ratio=0 must be a number in \(0, 1\]", id="agent-ratio-0"),
+    pytest.param(("agent",), {"ratio": 1.5}, ValueError, r"ratio=1.5 must be a number in \(0, 1\]", id="agent-ratio"),
+    pytest.param(("agent",), {"scale_power": 3.0}, ValueError, r"scale_power=3.0 .* \(0, 2\]", id="agent-power"),
+    pytest.param(("agent",), {"shortcut": -1.0}, ValueError, r"shortcut=-1.0 must be .* >= 0", id="agent-shortcut"),
+    pytest.param(("agent",), {"agents": 0}, ValueError, r"agents=0 must be >= 1", id="agent-agents-0"),
     pytest.param(("gna",), {"window": 0}, ValueError, r"window=0 must be >= 1", id="window-0"),
     pytest.param(("gna",), {"window": -3}, ValueError, r"window=-3 must be >= 1", id="window-negative"),
     pytest.param(("gna",), {"window": 2.5}, TypeError, r"window=2.5 must hold ints", id="window-float"),
@@ -101,10 +113,11 @@ def test_failed_apply_raises_and_changes_nothing(sd, args, kwargs, exc, match):
     assert torch.equal(tiny_output(pipe, "tiny-sd"), base)
 
 
-def test_2d_window_on_video_model_is_rejected(wan):
+@pytest.mark.parametrize("method", ["gna", "msw", "proxy"])
+def test_2d_window_on_video_model_is_rejected(wan, method):
     pipe, base = wan
     with pytest.raises(ValueError, match=r"2-D but this model's token grid is 3-D \(frames, rows, columns\)"):
-        diffattn.apply_attention(pipe, "gna", window=(4, 4))
+        diffattn.apply_attention(pipe, method, window=(4, 4))
     assert torch.equal(tiny_output(pipe, "tiny-wan"), base)
 
 
