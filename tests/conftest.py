@@ -20,3 +20,16 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", max_examples=150, derandomize=True, database=None, **_COMMON)
 settings.register_profile("thorough", max_examples=1500, **_COMMON)
 settings.load_profile("ci")
+
+
+import pytest  # noqa: E402
+
+from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def tiny(request):
+    """(name, pipeline, unpatched output) per tiny family, built once per test module."""
+    pipe = build_tiny_pipeline(request.param)
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, pipe, tiny_output(pipe, request.param)

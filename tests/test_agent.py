@@ -14,23 +14,15 @@ import torch
 import diffattn
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.testing.tiny import tiny_output
+
+from .helpers import make_method, processors, random_qkv
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
 
-def _method(**knobs):
-    cls = get_method("agent")
-    return cls(cls.make_config(**knobs))
-
-
-def _qkv(n: int, dtype=torch.float32, seed: int = 0, batch: int = 2, heads: int = 2, dim: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, n, heads, dim, generator=g).to(dtype) for _ in range(3)]
-
-
 def _text(t: int, dtype=torch.float32, batch: int = 2):
-    k, v, _ = _qkv(t, dtype, seed=99, batch=batch)
+    k, v, _ = random_qkv(t, dtype, seed=99, batch=batch)
     mask = torch.ones(batch, t, dtype=torch.bool)
     mask[0, t // 2 :] = False
     return k, v, mask
@@ -80,10 +72,10 @@ def _pooled_agents(q, grid, agent_grid):
 @pytest.mark.parametrize("grid", [(5, 7), (1, 9), (3, 4, 5)], ids=["5x7", "1x9", "3x4x5"])
 def test_every_token_its_own_agent_matches_closed_form(grid, text, dtype):
     n = math.prod(grid)
-    q, k, v = _qkv(n, dtype)
+    q, k, v = random_qkv(n, dtype)
     tx = _text(text, dtype) if text else None
     call = AttendCall(grid=grid, extra_k=tx and tx[0], extra_v=tx and tx[1], extra_mask=tx and tx[2])
-    method = _method(ratio=1.0, dense_fallback=False)
+    method = make_method("agent", ratio=1.0, dense_fallback=False)
     assert method.config.agent_grid(grid) == grid
     out = method.attend(q, k, v, call)
     ref = _closed_form(q, k, v, q, 8**-0.5, 0.3, 0.075, tx)
@@ -107,9 +99,9 @@ AGENT_CASES = [
 )
 def test_typical_ratios_match_independent_implementation(grid, knobs, agent_grid, text):
     n = math.prod(grid)
-    q, k, v = _qkv(n, seed=n)
+    q, k, v = random_qkv(n, seed=n)
     tx = _text(text) if text else None
-    method = _method(**knobs)
+    method = make_method("agent", **knobs)
     assert method.config.agent_grid(grid) == agent_grid
     call = AttendCall(grid=grid, extra_k=tx and tx[0], extra_v=tx and tx[1], extra_mask=tx and tx[2], scale=0.4)
     out = method.attend(q, k, v, call)
@@ -120,8 +112,8 @@ def test_typical_ratios_match_independent_implementation(grid, knobs, agent_grid
 
 def test_bf16_typical_ratio():
     grid = (15, 17)
-    q, k, v = _qkv(math.prod(grid), torch.bfloat16)
-    out = _method().attend(q, k, v, AttendCall(grid=grid))
+    q, k, v = random_qkv(math.prod(grid), torch.bfloat16)
+    out = make_method("agent").attend(q, k, v, AttendCall(grid=grid))
     assert out.dtype == torch.bfloat16
     ref = _closed_form(q, k, v, _pooled_agents(q, grid, (4, 4)), 8**-0.5, 0.3, 0.075)
     torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)
@@ -131,13 +123,13 @@ def test_bf16_typical_ratio():
 def test_dense_fallback_when_agents_save_nothing(text):
     """AgentSD's rule: with 2 * n_agents >= N the layer runs plain softmax attention."""
     grid = (3, 4)
-    q, k, v = _qkv(12)
+    q, k, v = random_qkv(12)
     tx = _text(text) if text else (None, None, None)
-    method = _method(ratio=0.5)
+    method = make_method("agent", ratio=0.5)
     out = method.attend(q, k, v, AttendCall(grid=grid, extra_k=tx[0], extra_v=tx[1], extra_mask=tx[2]))
     ref, _ = reference_attention(q, k, v, extra_k=tx[0], extra_v=tx[1], extra_mask=tx[2])
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
-    forced = _method(ratio=0.5, dense_fallback=False).attend(q, k, v, AttendCall(grid=grid))
+    forced = make_method("agent", ratio=0.5, dense_fallback=False).attend(q, k, v, AttendCall(grid=grid))
     assert not torch.allclose(forced, reference_attention(q, k, v)[0], atol=1e-3)
 
 
@@ -155,7 +147,7 @@ def test_dense_fallback_when_agents_save_nothing(text):
     ids=["128x128", "64x96", "3d", "1-frame", "target-count", "tuple-clamped", "target-above-n"],
 )
 def test_agent_grid(grid, knobs, expected):
-    assert _method(**knobs).config.agent_grid(grid) == expected
+    assert make_method("agent", **knobs).config.agent_grid(grid) == expected
 
 
 @pytest.mark.parametrize(
@@ -179,7 +171,7 @@ def test_bad_config_is_rejected(knobs, error, match):
 
 def test_dimensionality_mismatch_is_named():
     with pytest.raises(ValueError, match=r"agent agents=\(2, 2\) is 2-D but this model's token grid is 3-D"):
-        _method(agents=(2, 2)).check_ndim(3)
+        make_method("agent", agents=(2, 2)).check_ndim(3)
 
 
 _MEMORY_PROBE = textwrap.dedent(
@@ -232,18 +224,6 @@ def test_no_dense_score_matrix_at_16k_tokens():
 # --- every tiny family --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def tiny(request):
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
-
-
-def _processors(pipe):
-    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    return {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
-
-
 def test_runs_on_every_family_and_changes_output(tiny):
     name, pipe, base = tiny
     with diffattn.attention(pipe, "agent", ratio=0.25, preset=False) as h:  # every layer, every step
@@ -271,10 +251,10 @@ def test_default_is_agentsds_early_steps_schedule(tiny):
 
 def test_apply_then_remove_is_bit_identical(tiny):
     name, pipe, base = tiny
-    before = _processors(pipe)
+    before = processors(pipe)
     handle = diffattn.apply_attention(pipe, "agent", ratio=0.25)
     tiny_output(pipe, name)
     handle.remove()
-    after = _processors(pipe)
+    after = processors(pipe)
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
     assert torch.equal(tiny_output(pipe, name), base)

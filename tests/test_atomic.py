@@ -10,6 +10,8 @@ import diffattn
 from diffattn.patch import _ACTIVE
 from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
 
+from .helpers import denoiser
+
 FAMILIES = ["tiny-sd", "tiny-flux", "tiny-wan"]  # attention_processor processors and dispatch ones
 
 
@@ -20,13 +22,9 @@ def tiny(request):
     return request.param, pipe, tiny_output(pipe, request.param)
 
 
-def _denoiser(pipe):
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-
-
 def _snapshot(pipe) -> dict:
     """Everything patching may touch, by identity where identity matters."""
-    den = _denoiser(pipe)
+    den = denoiser(pipe)
     modules = [(n, m) for n, m in den.named_modules() if hasattr(m, "set_processor")]
     return {
         "processors": [(n, id(m.processor)) for n, m in modules],
@@ -43,7 +41,7 @@ def _self_attention(pipe) -> list[torch.nn.Module]:
     names = set(handle.modules)
     handle.remove()
     prefix = "unet." if hasattr(pipe, "unet") else "transformer."
-    return [m for n, m in _denoiser(pipe).named_modules() if prefix + n in names]
+    return [m for n, m in denoiser(pipe).named_modules() if prefix + n in names]
 
 
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
@@ -74,7 +72,7 @@ def test_failing_hook_registration_rolls_back(tiny, monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("injected hook failure")
 
-    monkeypatch.setattr(_denoiser(pipe), "register_forward_pre_hook", failing)
+    monkeypatch.setattr(denoiser(pipe), "register_forward_pre_hook", failing)
     with pytest.raises(RuntimeError, match="injected hook failure"):
         diffattn.apply_attention(pipe, "gna", window=3)
     monkeypatch.undo()
@@ -113,5 +111,5 @@ def test_failed_reapply_keeps_previous_patch_intact(tiny, monkeypatch):
 def _self_attention_while_patched(pipe, handle) -> torch.nn.Module:
     names = handle.modules
     prefix = "unet." if hasattr(pipe, "unet") else "transformer."
-    modules = dict(_denoiser(pipe).named_modules())
+    modules = dict(denoiser(pipe).named_modules())
     return modules[names[len(names) // 2][len(prefix) :]]

@@ -15,6 +15,8 @@ import torch
 import diffattn
 from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
 
+from .helpers import denoiser, processors, same_objects
+
 HUGE = 10**6  # a window covering every tiny grid (clamped per axis: exactly dense)
 SD = "tiny-sd"
 
@@ -23,14 +25,6 @@ def _pipe(name: str = SD, seed: int = 0):
     pipe = build_tiny_pipeline(name, seed=seed)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _processors(denoiser: torch.nn.Module) -> dict[str, object]:
-    return {n: m.processor for n, m in denoiser.named_modules() if hasattr(m, "set_processor")}
-
-
-def _same_objects(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
 class _GainProcessor(torch.nn.Module):
@@ -53,7 +47,7 @@ def test_user_module_processors_with_weights_survive():
     unet = pipe.unet
     for i, (_, module) in enumerate((n, m) for n, m in unet.named_modules() if hasattr(m, "set_processor")):
         module.set_processor(_GainProcessor(module.to_out[0].out_features, 1.0 + 0.01 * i))
-    before = _processors(unet)
+    before = processors(pipe)
     weights = {k: v.clone() for k, v in unet.state_dict().items()}
     base = tiny_output(pipe, SD)
     with diffattn.attention(pipe, "gna", window=HUGE) as h:
@@ -64,7 +58,7 @@ def test_user_module_processors_with_weights_survive():
     with diffattn.attention(pipe, "gna", window=3) as h:
         sparse = tiny_output(pipe, SD)
     assert not torch.allclose(sparse, base, atol=1e-4)
-    assert _same_objects(before, _processors(unet))
+    assert same_objects(before, processors(pipe))
     assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
     assert torch.equal(tiny_output(pipe, SD), base)
 
@@ -245,7 +239,7 @@ def test_two_pipelines_patched_differently_and_in_threads():
 def test_remove_after_exception_inside_generation():
     pipe = _pipe()
     base = tiny_output(pipe, SD)
-    before = _processors(pipe.unet)
+    before = processors(pipe)
 
     def explode(pipe, step, timestep, kwargs):
         raise RuntimeError(f"user callback failed at step {step}")
@@ -254,7 +248,7 @@ def test_remove_after_exception_inside_generation():
     with pytest.raises(RuntimeError, match="user callback failed"):
         tiny_output(pipe, SD, callback_on_step_end=explode)
     handle.remove()
-    assert _same_objects(before, _processors(pipe.unet))
+    assert same_objects(before, processors(pipe))
     assert not pipe.unet._forward_pre_hooks
     assert torch.equal(tiny_output(pipe, SD), base)
 
@@ -269,7 +263,7 @@ def test_pickle_and_deepcopy_give_the_unpatched_pipeline(name):
     assert b"diffattn" not in blob  # loading needs no diffattn and carries no patch
     for clone in (pickle.loads(blob), copy.deepcopy(pipe)):
         assert torch.equal(tiny_output(clone, name), base)
-        den = clone.unet if hasattr(clone, "unet") else clone.transformer
+        den = denoiser(clone)
         assert not den._forward_pre_hooks and "__reduce_ex__" not in den.__dict__
     assert torch.equal(tiny_output(pipe, name), patched)  # the original stays patched
     handle.remove()

@@ -6,23 +6,13 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+
+from .helpers import processors
 
 # window large enough to cover every tiny grid (clamped per axis, so it is exactly dense)
 HUGE = 10**6
 
-
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def tiny(request):
-    """(name, pipeline, unpatched output) per family, built once per module."""
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
-
-
-def _processors(pipe):
-    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    return {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
 
 
 def test_dense_method_is_bit_identical(tiny):
@@ -43,11 +33,11 @@ def test_window_covering_grid_equals_unpatched(tiny):
 
 def test_apply_then_remove_is_bit_identical(tiny):
     name, pipe, base = tiny
-    before = _processors(pipe)
+    before = processors(pipe)
     handle = diffattn.apply_attention(pipe, "gna", window=3)
     tiny_output(pipe, name)
     handle.remove()
-    after = _processors(pipe)
+    after = processors(pipe)
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
     assert torch.equal(tiny_output(pipe, name), base)
 

@@ -15,7 +15,9 @@ from diffattn.functional import gna
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
 from diffattn.methods.msw import MSWConfig
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+
+from .helpers import processors
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 MSW = get_method("msw")
@@ -207,23 +209,12 @@ def test_3d_window_on_image_model_is_rejected():
 # --------------------------------------------------------------------------- families
 
 
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def tiny(request):
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
-
-
-def _processors(pipe):
-    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    return {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
-
 
 @pytest.mark.slow
 def test_msw_without_knobs_runs_on_every_family(tiny):
     """No family raises: video runs as 2x2 windows per frame (DESIGN 3), so every family is supported."""
     name, pipe, base = tiny
-    before = _processors(pipe)
+    before = processors(pipe)
     handle = diffattn.apply_attention(pipe, "msw")
     try:
         out = tiny_output(pipe, name)
@@ -236,7 +227,7 @@ def test_msw_without_knobs_runs_on_every_family(tiny):
     assert not torch.allclose(out, base, atol=1e-4)
     assert torch.isfinite(out).all()
     assert torch.equal(out, again)  # seeded shifts: a rerun reproduces
-    after = _processors(pipe)
+    after = processors(pipe)
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
     assert torch.equal(tiny_output(pipe, name), base)
 

@@ -12,23 +12,15 @@ import diffattn
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
 from diffattn.methods.proxy import axis_windows, sample_generator, sampled_tokens
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.testing.tiny import tiny_output
+
+from .helpers import make_method, processors, random_qkv
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
 
-def _method(**knobs):
-    cls = get_method("proxy")
-    return cls(cls.make_config(**knobs))
-
-
-def _qkv(n: int, dtype=torch.float32, seed: int = 0, batch: int = 2, heads: int = 2, dim: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, n, heads, dim, generator=g).to(dtype) for _ in range(3)]
-
-
 def _text(t: int, dtype=torch.float32, seed: int = 1, batch: int = 2, padded: bool = True):
-    k, v, _ = _qkv(t, dtype, seed, batch)
+    k, v, _ = random_qkv(t, dtype, seed, batch)
     mask = torch.ones(batch, t, dtype=torch.bool)
     if padded:
         mask[0, t // 2 :] = False  # batch 0 has padded text keys
@@ -115,10 +107,10 @@ def _config_id(c):
 @pytest.mark.parametrize("grid", [(5, 7), (1, 8), (3, 4, 5)], ids=["5x7", "1x8", "3x4x5"])
 def test_one_token_windows_equal_dense(grid, text, dtype):
     n = math.prod(grid)
-    q, k, v = _qkv(n, dtype)
+    q, k, v = random_qkv(n, dtype)
     tk, tv, tm = _text(text, dtype) if text else (None, None, None)
     call = AttendCall(grid=grid, extra_k=tk, extra_v=tv, extra_mask=tm)
-    out = _method(window=1).attend(q, k, v, call)
+    out = make_method("proxy", window=1).attend(q, k, v, call)
     ref, _ = reference_attention(q, k, v, extra_k=tk, extra_v=tv, extra_mask=tm)
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
@@ -126,9 +118,9 @@ def test_one_token_windows_equal_dense(grid, text, dtype):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_config_id)
 def test_matches_brute_force_reference(cfg):
     grid, n = cfg["grid"], math.prod(cfg["grid"])
-    q, k, v = _qkv(n, seed=cfg["seed"])
+    q, k, v = random_qkv(n, seed=cfg["seed"])
     text = _text(cfg["text"], seed=cfg["seed"] + 100) if cfg["text"] else None
-    method = _method(window=cfg["window"], shift=cfg["shift"], proxy=cfg["proxy"], seed=cfg["seed"])
+    method = make_method("proxy", window=cfg["window"], shift=cfg["shift"], proxy=cfg["proxy"], seed=cfg["seed"])
     tk, tv, tm = text if text is not None else (None, None, None)
     call = AttendCall(
         grid=grid, extra_k=tk, extra_v=tv, extra_mask=tm, layer="blk.attn1", layer_index=cfg["layer_index"],
@@ -149,9 +141,9 @@ def test_matches_brute_force_reference(cfg):
 @pytest.mark.parametrize("proxy", ["mean", "sample"])
 def test_bf16_matches_brute_force(proxy):
     grid, window = (9, 11), (4, 4)
-    q, k, v = _qkv(math.prod(grid), torch.bfloat16)
+    q, k, v = random_qkv(math.prod(grid), torch.bfloat16)
     text = _text(6, torch.bfloat16)
-    method = _method(window=window, proxy=proxy, shift=True)
+    method = make_method("proxy", window=window, proxy=proxy, shift=True)
     call = AttendCall(grid=grid, extra_k=text[0], extra_v=text[1], extra_mask=text[2], layer="a", layer_index=1)
     index = sampled_tokens(method.layout(grid, 1), sample_generator(0, "a", None)) if proxy == "sample" else None
     ref = _brute_force(q, k, v, grid, window, True, index, text)
@@ -161,7 +153,7 @@ def test_bf16_matches_brute_force(proxy):
 
 
 def test_sampling_is_seeded_by_seed_layer_and_timestep():
-    method = _method(window=2, proxy="sample", seed=7)
+    method = make_method("proxy", window=2, proxy="sample", seed=7)
     layout = method.layout((16, 16))
     draws = {
         key: sampled_tokens(layout, sample_generator(*key))
@@ -190,11 +182,11 @@ def test_axis_windows(length, window, shifted, expected):
 
 
 def test_shift_alternates_with_layer_index():
-    method = _method(window=4, shift=True)
+    method = make_method("proxy", window=4, shift=True)
     even, odd = method.layout((8, 8), 0), method.layout((8, 8), 1)
     assert even.counts.tolist() == [16] * 4
     assert odd.counts.tolist() == [4, 8, 4, 8, 16, 8, 4, 8, 4]
-    assert _method(window=4).layout((8, 8), 1).counts.tolist() == [16] * 4
+    assert make_method("proxy", window=4).layout((8, 8), 1).counts.tolist() == [16] * 4
 
 
 @pytest.mark.parametrize(
@@ -217,22 +209,10 @@ def test_bad_config_is_rejected(knobs, error, match):
 
 def test_dimensionality_mismatch_is_named():
     with pytest.raises(ValueError, match=r"proxy window=\(2, 2\) is 2-D but this model's token grid is 3-D"):
-        _method(window=(2, 2)).check_ndim(3)
+        make_method("proxy", window=(2, 2)).check_ndim(3)
 
 
 # --- every tiny family --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def tiny(request):
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
-
-
-def _processors(pipe):
-    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    return {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
 
 
 @pytest.mark.parametrize("proxy", ["mean", "sample"])
@@ -248,10 +228,10 @@ def test_runs_on_every_family_and_changes_output(tiny, proxy):
 
 def test_apply_then_remove_is_bit_identical(tiny):
     name, pipe, base = tiny
-    before = _processors(pipe)
+    before = processors(pipe)
     handle = diffattn.apply_attention(pipe, "proxy", window=2, shift=True)
     tiny_output(pipe, name)
     handle.remove()
-    after = _processors(pipe)
+    after = processors(pipe)
     assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
     assert torch.equal(tiny_output(pipe, name), base)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..kernels import attend_extra, dense_attention, merge_attention
 from .base import AttendCall, AttentionMethod
-from .gna import AXIS_NAMES, _as_tuple, _broadcast
+from .gna import _as_tuple, _broadcast
 from .registry import register_method
 
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -112,13 +112,6 @@ class AgentAttention(AttentionMethod):
     name = "agent"
     Config = AgentConfig
 
-    def check_ndim(self, ndim: int) -> None:
-        cfg_ndim = self.config.ndim
-        if cfg_ndim is not None and cfg_ndim != ndim:
-            raise ValueError(
-                f"agent agents={self.config.agents} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
-                f"({AXIS_NAMES[ndim]}); give an int or a {ndim}-tuple"
-            )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         grid = tuple(call.grid)

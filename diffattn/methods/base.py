@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
+
 
 @dataclasses.dataclass(frozen=True)
 class AttendCall:
@@ -74,7 +76,17 @@ class AttentionMethod:
         return cls.Config(**kwargs)
 
     def check_ndim(self, ndim: int) -> None:
-        """Raise a ValueError if the config cannot serve a token grid of ``ndim`` dimensions."""
+        """Raise a ValueError if the config's per-axis knobs (its ``ndim``, None = any) do not fit a
+        token grid of ``ndim`` axes, naming those knobs."""
+        cfg_ndim = getattr(self.config, "ndim", None)
+        if cfg_ndim is None or cfg_ndim == ndim:
+            return
+        values = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        knobs = ", ".join(f"{name}={value}" for name, value in values.items() if isinstance(value, tuple))
+        raise ValueError(
+            f"{self.name} {knobs} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
+            f"({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
+        )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""

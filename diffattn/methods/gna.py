@@ -22,11 +22,10 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
-from .base import AttendCall, AttentionMethod
+from .base import AXIS_NAMES, AttendCall, AttentionMethod
 from .registry import register_method
 
 IntOrTuple = int | tuple[int, ...]
-AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
 
 def _as_tuple(name: str, value: object) -> tuple[int, ...]:
@@ -202,14 +201,6 @@ class GNA(AttentionMethod):
     name = "gna"
     Config = GNAConfig
 
-    def check_ndim(self, ndim: int) -> None:
-        cfg_ndim = self.config.ndim
-        if cfg_ndim is not None and cfg_ndim != ndim:
-            c = self.config
-            raise ValueError(
-                f"gna window={c.window}, stride={c.stride}, dilation={c.dilation} is {cfg_ndim}-D but this "
-                f"model's token grid is {ndim}-D ({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
-            )
 
     def plan(self, grid: tuple[int, ...]) -> BlockPlan:
         return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
 from ..kernels.plan import PAD
 from .base import AttendCall, AttentionMethod
-from .gna import AXIS_NAMES, GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
+from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
 from .registry import register_method
 
 #: HiDiffusion's shift choices as quarters of the window
@@ -130,13 +130,6 @@ class MSW(AttentionMethod):
     name = "msw"
     Config = MSWConfig
 
-    def check_ndim(self, ndim: int) -> None:
-        cfg_ndim = self.config.ndim
-        if cfg_ndim is not None and cfg_ndim != ndim:
-            raise ValueError(
-                f"msw window={self.config.window} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
-                f"({AXIS_NAMES[ndim]}); give an int, a {ndim}-tuple or window=None (2x2 windows)"
-            )
 
     def plan(self, grid: tuple[int, ...], shift: tuple[int, ...] | None = None) -> BlockPlan:
         """The windows of ``grid`` shifted by ``shift`` per axis (None = unshifted)."""

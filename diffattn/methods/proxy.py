@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, block_sparse_attention, dense_attention, merge_attention
 from .base import AttendCall, AttentionMethod
-from .gna import AXIS_NAMES, _as_tuple, _broadcast
+from .gna import _as_tuple, _broadcast
 from .registry import register_method
 
 PROXY_KINDS = ("mean", "sample")
@@ -170,13 +170,6 @@ class ProxyAttention(AttentionMethod):
     name = "proxy"
     Config = ProxyConfig
 
-    def check_ndim(self, ndim: int) -> None:
-        cfg_ndim = self.config.ndim
-        if cfg_ndim is not None and cfg_ndim != ndim:
-            raise ValueError(
-                f"proxy window={self.config.window} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
-                f"({AXIS_NAMES[ndim]}); give an int or a {ndim}-tuple"
-            )
 
     def layout(self, grid: tuple[int, ...], layer_index: int = 0) -> ProxyLayout:
         """Windows used for ``grid`` at patched layer ``layer_index`` (odd layers shift if enabled)."""
