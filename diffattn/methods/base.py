@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from ..kernels import BlockPlan, block_sparse_attention
+
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
 
@@ -86,6 +88,25 @@ class AttentionMethod:
         raise ValueError(
             f"{self.name} {knobs} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
             f"({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
+        )
+
+    @staticmethod
+    def plan_attention(
+        q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, call: AttendCall, return_lse: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Block-sparse attention of ``q [B, S, H, D]`` over ``plan`` plus the call's extra (text)
+        keys, on the call's backend; ``(out, lse [B, S, H])`` if ``return_lse``."""
+        return block_sparse_attention(
+            q,
+            k,
+            v,
+            plan,
+            extra_k=call.extra_k,
+            extra_v=call.extra_v,
+            extra_mask=call.extra_mask,
+            scale=call.scale,
+            backend=call.backend,
+            return_lse=return_lse,
         )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
+from ..kernels import AxisTiling, BlockPlan
 from .base import AXIS_NAMES, AttendCall, AttentionMethod
 from .registry import register_method
 
@@ -206,16 +206,6 @@ class GNA(AttentionMethod):
         return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
-        out = block_sparse_attention(
-            q,
-            k,
-            v,
-            self.plan(call.grid),
-            extra_k=call.extra_k,
-            extra_v=call.extra_v,
-            extra_mask=call.extra_mask,
-            scale=call.scale,
-            backend=call.backend,
-        )
+        out = self.plan_attention(q, k, v, self.plan(call.grid), call)
         assert isinstance(out, Tensor)
         return out

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..kernels import AxisTiling, BlockPlan, block_sparse_attention
+from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
 from .base import AttendCall, AttentionMethod
 from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
@@ -142,16 +142,6 @@ class MSW(AttentionMethod):
         return msw_shift(self.config.resolve_window(grid), grid, self.config.shift_quarter(call.layer, call.timestep))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
-        out = block_sparse_attention(
-            q,
-            k,
-            v,
-            self.plan(call.grid, self.shift(call)),
-            extra_k=call.extra_k,
-            extra_v=call.extra_v,
-            extra_mask=call.extra_mask,
-            scale=call.scale,
-            backend=call.backend,
-        )
+        out = self.plan_attention(q, k, v, self.plan(call.grid, self.shift(call)), call)
         assert isinstance(out, Tensor)
         return out

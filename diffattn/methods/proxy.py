@@ -38,7 +38,7 @@ import zlib
 import torch
 from torch import Tensor
 
-from ..kernels import AxisTiling, BlockPlan, block_sparse_attention, dense_attention, merge_attention
+from ..kernels import AxisTiling, BlockPlan, dense_attention, merge_attention
 from .base import AttendCall, AttentionMethod
 from .gna import _as_tuple, _broadcast
 from .registry import register_method
@@ -188,18 +188,7 @@ class ProxyAttention(AttentionMethod):
         layout = self.layout(call.grid, call.layer_index)
         if q.shape[1] != math.prod(call.grid):
             raise ValueError(f"sequence length {q.shape[1]} does not match the grid {call.grid}")
-        local = block_sparse_attention(
-            q,
-            k,
-            v,
-            layout.plan,
-            extra_k=call.extra_k,
-            extra_v=call.extra_v,
-            extra_mask=call.extra_mask,
-            scale=call.scale,
-            backend=call.backend,
-            return_lse=True,
-        )
+        local = self.plan_attention(q, k, v, layout.plan, call, return_lse=True)
         assert isinstance(local, tuple)
         if layout.num_windows == 1:  # one window covers the grid: exactly dense
             return local[0]
