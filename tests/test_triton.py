@@ -201,6 +201,17 @@ def test_dense_extra_attention(text_mask: bool) -> None:
         assert torch.all(out[1] == 0) and torch.all(lse[1] == float("-inf"))
 
 
+def test_dense_attention_without_bias_runs_the_kernel() -> None:
+    """What agent attention calls on the triton backend (agents x keys, queries x agents, and the
+    dense fallback): the kernel with no sparse keys, never a materialized score matrix."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, n, 2, 16, generator=g) for n in (40, 23, 23))
+    out, lse = kernels.dense_attention(q, k, v, scale=0.3, backend="triton")
+    ref, ref_lse = reference_attention(q, k, v, scale=0.3)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=LSE_TOL, rtol=LSE_TOL)
+
+
 def test_strided_inputs_and_custom_scale() -> None:
     """q/k/v as diffusers hands them ([B, H, S, D] transposed to [B, S, H, D]) and a non-default scale."""
     grid, window = (9, 11), (4, 5)

@@ -157,8 +157,11 @@ def dense_attention(
 
     q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]``; bias fp32 broadcastable to ``[B, H, Sq, Sk]``
     (``-inf`` drops a pair). For short key sets (proxies, agents): ``Sq x Sk`` bias, never ``Sq x Sq``.
-    Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``.
+    Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``. Without a bias it is `attend_extra`, so
+    on triton it never materializes scores; with a bias off the CPU it is the exact ``Sq x Sk`` reference.
     """
+    if bias is None and backend == "triton":
+        return attend_extra(q, k, v, None, scale, backend)
     if backend == "reference" or q.device.type != "cpu":
         return reference_attention(q, k, v, bias=bias, scale=scale)
     o, lse = sdpa_with_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias, scale)
