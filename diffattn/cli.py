@@ -31,15 +31,39 @@ def _ints(text: str) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def _knob(text: str) -> tuple[str, Any]:
+    """``"window=8,8"`` -> ("window", (8, 8)); ints, floats, true/false and comma lists; else a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    if raw.lower() in ("true", "false"):
+        return name, raw.lower() == "true"
+    for parse in (_ints, float):
+        try:
+            return name, parse(raw)
+        except (argparse.ArgumentTypeError, ValueError):
+            pass
+    return name, raw
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate once dense and once accelerated with the same seed; time both")
     g.add_argument("--model", default="tiny-sd", help=f"{', '.join(TINY_MODELS)} (offline), a hub id or a local path")
     g.add_argument("--method", default="gna", help="attention method (see `diffattn methods`)")
-    g.add_argument("--window", type=_ints, default=16, help="GNA window per axis, e.g. 16 or 16,16 or 4,16,16")
+    g.add_argument("--window", type=_ints, default=None, help="GNA window per axis, e.g. 16 or 16,16 or 4,16,16")
     g.add_argument("--stride", type=_ints, default=None, help="GNA stride per axis (default: = window, blocked)")
     g.add_argument("--dilation", type=_ints, default=1, help="GNA dilation per axis")
+    g.add_argument(
+        "--knob",
+        type=_knob,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a knob of any method, repeatable: e.g. --knob window=8,8 --knob shift=false --knob ratio=0.1 "
+        "(without knobs msw/proxy/agent use the model family's preset, see `diffattn presets`)",
+    )
     g.add_argument("--layers", default=None, help="regex on module names to patch (default: all self-attention)")
     g.add_argument("--height", type=int, default=None, help="image height (tiny-sd default 256)")
     g.add_argument("--width", type=int, default=None, help="image width (tiny-sd default 256)")
@@ -121,9 +145,12 @@ def _save(out: Any, path: Path) -> Path:
 
 def generate(args: argparse.Namespace) -> int:
     pipe, kw = _load(args)
-    knobs: dict[str, Any] = {}
-    if args.method == "gna":
-        knobs = {"window": args.window, "stride": args.stride or args.window, "dilation": args.dilation}
+    knobs: dict[str, Any] = dict(args.knob)
+    if args.method == "gna" and not knobs:
+        window = 16 if args.window is None else args.window  # the offline default: blocked 16x16
+        knobs = {"window": window, "stride": args.stride or window, "dilation": args.dilation}
+    elif args.window is not None or args.stride is not None:
+        raise ValueError("--window/--stride/--dilation are GNA's knobs; give other knobs as --knob NAME=VALUE")
     args.out.mkdir(parents=True, exist_ok=True)
     dense_time = None
     if not args.no_dense:
@@ -135,7 +162,11 @@ def generate(args: argparse.Namespace) -> int:
         print(f"{args.method} run ({handle.config}):", file=sys.stderr)
         out, fast_time = _run(pipe, kw, args.seed)
         print(f"wrote {_save(out, args.out / args.method)}")
-        stats = f"{handle.sparse_calls} sparse / {handle.fallback_calls} dense-fallback attention calls"
+        outside = sum(st.dense for st in handle.stats().values())
+        stats = (
+            f"{handle.sparse_calls} sparse / {handle.fallback_calls} dense-fallback / {outside} dense outside "
+            f"steps attention calls on {len(handle.modules)} modules"
+        )
     finally:
         handle.remove()
     print(f"model {args.model}  method {args.method}  backend {handle.backend}  {stats}")
