@@ -159,6 +159,28 @@ def bounds(case: Case) -> tuple[float, float, bool]:
     return sim.token_bound, plan_bound(plan), plan.has_mask
 
 
+def timing_fields(dense: list[float], sparse: list[float], repeats: int) -> dict:
+    """The row fields every benchmark row shares: shape, timings (min/median) and speedups."""
+    d_min, d_med = min(dense), statistics.median(dense)
+    s_min, s_med = min(sparse), statistics.median(sparse)
+    return {
+        "batch": BATCH,
+        "heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "repeats": repeats,
+        "dense_min_s": d_min,
+        "dense_median_s": d_med,
+        "sparse_min_s": s_min,
+        "sparse_median_s": s_med,
+        "speedup_min": d_min / s_min,
+        "speedup_median": d_med / s_med,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dense_times_s": dense,
+        "sparse_times_s": sparse,
+    }
+
+
 def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -> dict:
     """Time one case against dense SDPA; return its row."""
     q, k, v = make_qkv(case.grid, DTYPES[case.dtype])
@@ -170,9 +192,8 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
         repeats = natten_repeats
     fns["ours"] = ours_fn(q, k, v, case)
     times = time_round_robin(fns, repeats, case.name)
-    sparse = times["natten" if case.natten else "ours"]
-    d_min, d_med = min(times["dense"]), statistics.median(times["dense"])
-    s_min, s_med = min(sparse), statistics.median(sparse)
+    timing = timing_fields(times["dense"], times["natten" if case.natten else "ours"], repeats)
+    speedup = timing["speedup_min"]
     row = {
         "case": case.name,
         "kind": "natten" if case.natten else "gna",
@@ -181,31 +202,19 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
         "window": list(case.window),
         "stride": list(case.stride),
         "dtype": case.dtype,
-        "batch": BATCH,
-        "heads": HEADS,
-        "head_dim": HEAD_DIM,
-        "repeats": repeats,
-        "dense_min_s": d_min,
-        "dense_median_s": d_med,
-        "sparse_min_s": s_min,
-        "sparse_median_s": s_med,
-        "speedup_min": d_min / s_min,
-        "speedup_median": d_med / s_med,
+        **timing,
         "token_bound": token_bound,
         "tile_bound": tile_bound,
-        "achieved_over_tile_bound": d_min / s_min / tile_bound,
-        "achieved_over_token_bound": d_min / s_min / token_bound,
+        "achieved_over_tile_bound": speedup / tile_bound,
+        "achieved_over_token_bound": speedup / token_bound,
         "plan_has_masked_tiles": masked,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "dense_times_s": times["dense"],
-        "sparse_times_s": sparse,
         "note": "",
     }
     if case.natten:
         import natten
 
         o_min, o_med = min(times["ours"]), statistics.median(times["ours"])
+        s_min, s_med = timing["sparse_min_s"], timing["sparse_median_s"]  # NATTEN's
         row.update(
             natten_version=natten.__version__,
             natten_heads_per_call=natten_heads,
@@ -376,31 +385,17 @@ def run_method_case(case: MethodCase, repeats: int) -> dict:
     bound, formula = method_bound(case, method)
     fns = {"dense": dense_fn(q, k, v), "ours": lambda: method.attend(q, k, v, call)}
     times = time_round_robin(fns, repeats, case.name)
-    d_min, d_med = min(times["dense"]), statistics.median(times["dense"])
-    s_min, s_med = min(times["ours"]), statistics.median(times["ours"])
+    timing = timing_fields(times["dense"], times["ours"], repeats)
     return {
         "case": case.name,
         "kind": case.method,
         "knobs": dict(case.knobs),
         "grid": list(case.grid),
         "dtype": case.dtype,
-        "batch": BATCH,
-        "heads": HEADS,
-        "head_dim": HEAD_DIM,
-        "repeats": repeats,
-        "dense_min_s": d_min,
-        "dense_median_s": d_med,
-        "sparse_min_s": s_min,
-        "sparse_median_s": s_med,
-        "speedup_min": d_min / s_min,
-        "speedup_median": d_med / s_med,
+        **timing,
         "flop_bound": bound,
         "bound_formula": formula,
-        "achieved_over_bound": d_min / s_min / bound,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "dense_times_s": times["dense"],
-        "sparse_times_s": times["ours"],
+        "achieved_over_bound": timing["speedup_min"] / bound,
     }
 
 
