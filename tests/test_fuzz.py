@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
+from diffattn.methods.base import call_generator
 from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
 from diffattn.methods.msw import MSWConfig
-from diffattn.methods.proxy import sample_generator, sampled_tokens
+from diffattn.methods.proxy import sampled_tokens
 
 from .test_agent import _closed_form, _pooled_agents
 from .test_msw import _window_mask
@@ -146,7 +147,7 @@ def test_proxy_matches_brute_force(data):
     index = None
     if kind == "sample":
         layout = method.layout(grid, call.layer_index)
-        index = sampled_tokens(layout, sample_generator(cfg["seed"], call.layer, call.timestep))
+        index = sampled_tokens(layout, call_generator(cfg["seed"], call.layer, call.timestep))
     want = proxy_brute_force(q, k, v, grid, method.config.resolve(grid), shifted, index, extra)
     torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
 

@@ -11,7 +11,8 @@ import torch
 import diffattn
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
-from diffattn.methods.proxy import axis_windows, sample_generator, sampled_tokens
+from diffattn.methods.base import call_generator
+from diffattn.methods.proxy import axis_windows, sampled_tokens
 from diffattn.testing.tiny import tiny_output
 
 from .helpers import make_method, processors, random_qkv
@@ -131,7 +132,7 @@ def test_matches_brute_force_reference(cfg):
     index = None
     if cfg["proxy"] == "sample":
         layout = method.layout(grid, cfg["layer_index"])
-        index = sampled_tokens(layout, sample_generator(cfg["seed"], "blk.attn1", 999.0))
+        index = sampled_tokens(layout, call_generator(cfg["seed"], "blk.attn1", 999.0))
         ids, _ = _window_ids(grid, cfg["window"], shifted)
         assert torch.equal(ids[index], torch.arange(index.numel())), "a sampled proxy lies outside its window"
     ref = _brute_force(q, k, v, grid, cfg["window"], shifted, index, text, scale=0.3)
@@ -145,7 +146,7 @@ def test_bf16_matches_brute_force(proxy):
     text = _text(6, torch.bfloat16)
     method = make_method("proxy", window=window, proxy=proxy, shift=True)
     call = AttendCall(grid=grid, extra_k=text[0], extra_v=text[1], extra_mask=text[2], layer="a", layer_index=1)
-    index = sampled_tokens(method.layout(grid, 1), sample_generator(0, "a", None)) if proxy == "sample" else None
+    index = sampled_tokens(method.layout(grid, 1), call_generator(0, "a", None)) if proxy == "sample" else None
     ref = _brute_force(q, k, v, grid, window, True, index, text)
     out = method.attend(q, k, v, call)
     assert out.dtype == torch.bfloat16
@@ -156,10 +157,10 @@ def test_sampling_is_seeded_by_seed_layer_and_timestep():
     method = make_method("proxy", window=2, proxy="sample", seed=7)
     layout = method.layout((16, 16))
     draws = {
-        key: sampled_tokens(layout, sample_generator(*key))
+        key: sampled_tokens(layout, call_generator(*key))
         for key in [(7, "a", 1.0), (7, "a", 2.0), (7, "b", 1.0), (8, "a", 1.0)]
     }
-    assert torch.equal(draws[(7, "a", 1.0)], sampled_tokens(layout, sample_generator(7, "a", 1.0)))
+    assert torch.equal(draws[(7, "a", 1.0)], sampled_tokens(layout, call_generator(7, "a", 1.0)))
     first = draws.pop((7, "a", 1.0))
     assert all(not torch.equal(first, other) for other in draws.values())
 

@@ -8,13 +8,24 @@ optional extra keys every query must also attend (text tokens of joint attention
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..kernels import BlockPlan, block_sparse_attention
 
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
+
+
+def call_generator(seed: int, layer: str, timestep: float | None) -> torch.Generator:
+    """A fresh CPU generator seeded by ``(seed, layer, timestep)``: draws that depend only on the
+    call, not on call order or thread, so reruns with the same seed reproduce."""
+    key = f"{seed}|{layer}|{'none' if timestep is None else repr(float(timestep))}"
+    # a stable hash (Python's str hash is salted per process)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 
 import torch
@@ -38,7 +37,7 @@ from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
-from .base import AttendCall, AttentionMethod
+from .base import AttendCall, AttentionMethod, call_generator
 from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
 from .registry import register_method
 
@@ -89,10 +88,7 @@ class MSWConfig:
         """The shift ``k`` (in quarters of the window) of one call, from (seed, layer, timestep)."""
         if not self.shift:
             return 0
-        key = f"{self.seed}|{layer}|{'none' if timestep is None else repr(float(timestep))}"
-        # a stable hash (Python's str hash is salted per process) seeds a fresh generator
-        seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
-        gen = torch.Generator().manual_seed(seed)
+        gen = call_generator(self.seed, layer, timestep)
         return SHIFT_QUARTERS[int(torch.randint(len(SHIFT_QUARTERS), (1,), generator=gen))]
 
 

@@ -33,13 +33,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import zlib
 
 import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod
+from .base import AttendCall, AttentionMethod, call_generator
 from .gna import _as_tuple, _broadcast
 from .registry import register_method
 
@@ -138,12 +137,6 @@ def proxy_layout(grid: tuple[int, ...], window: tuple[int, ...], shifted: bool) 
     return ProxyLayout(plan, window_id, counts, order, starts, bias[None, None])
 
 
-def sample_generator(seed: int, layer: str, timestep: float | None) -> torch.Generator:
-    """A CPU generator seeded by ``(seed, layer, timestep)``: independent of call order or thread."""
-    key = f"{seed}|{layer}|{timestep!r}".encode()
-    return torch.Generator().manual_seed(zlib.crc32(key))
-
-
 def sampled_tokens(layout: ProxyLayout, generator: torch.Generator) -> Tensor:
     """``[W]`` int64: one token drawn uniformly inside each window."""
     u = torch.rand(layout.num_windows, generator=generator, dtype=torch.float64)
@@ -181,7 +174,7 @@ class ProxyAttention(AttentionMethod):
         """Proxy keys and values ``[B, W, H, D]`` of every window."""
         if self.config.proxy == "mean":
             return window_means(k, layout), window_means(v, layout)
-        idx = sampled_tokens(layout, sample_generator(self.config.seed, call.layer, call.timestep)).to(k.device)
+        idx = sampled_tokens(layout, call_generator(self.config.seed, call.layer, call.timestep)).to(k.device)
         return k.index_select(1, idx), v.index_select(1, idx)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
