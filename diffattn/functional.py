@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .kernels import block_sparse_attention
+from .methods.base import AttendCall
 from .methods.gna import GNA, GNAConfig
 
 
@@ -99,19 +99,9 @@ def gna(
             f"window={window}, stride={stride}, dilation={dilation} do not match the {len(grid)}-D grid {grid}"
         )
     _warn_non_finite(q, k, v)
-    plan = GNA(cfg).plan(grid)
-    return block_sparse_attention(
-        q,
-        k,
-        v,
-        plan,
-        extra_k=extra_k,
-        extra_v=extra_v,
-        extra_mask=extra_mask,
-        scale=scale,
-        backend=backend,
-        return_lse=return_lse,
-    )
+    method = GNA(cfg)
+    call = AttendCall(grid=grid, extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, scale=scale, backend=backend)
+    return method.plan_attention(q, k, v, method.plan(grid), call, return_lse=return_lse)
 
 
 def _warn_non_finite(*tensors: Tensor) -> None:
