@@ -51,9 +51,15 @@ def _import_triton_bsa() -> tuple[ModuleType | None, str]:
         return None, f"{type(e).__name__}: {e}"
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_installed() -> bool:
+    # cached: the check runs on every block-sparse call and a find_spec costs ~45 us
+    return importlib.util.find_spec("triton") is not None
+
+
 def can_run_triton(q: Tensor) -> tuple[bool, str]:
     """Whether the Triton kernel can run on tensors like ``q``; the reason when it cannot."""
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return False, "triton is not importable (not installed); pip install triton (Linux x86_64/aarch64)"
     if q.device.type != "cuda":
         return False, f"tensors are on {q.device.type}, triton needs CUDA tensors"
