@@ -323,8 +323,7 @@ def test_cuda_checks(monkeypatch, caplog, dtype, dim, capability, expected) -> N
 def _op_args(plan, q, extra=None):
     kp = triton_bsa.kernel_plan(plan, q.device)
     ek, ev, em = extra or (None, None, None)
-    return (q, q, q, kp.q_index, kp.kv_index, kp.tile_full, kp.tile_axes, list(kp.masks), list(kp.axis_shape),
-            list(kp.gna), kp.mask_mode, ek, ev, em, 0.25)  # fmt: skip
+    return (q, q, q, *kp.op_args(), ek, ev, em, 0.25)
 
 
 def test_custom_op_fake_shapes() -> None:
@@ -368,23 +367,107 @@ def test_torch_compile_traces_through_the_op() -> None:
 
 
 def test_autotune_configs() -> None:
-    """keep() drops configs that cannot be fast; the interpreter uses exactly one; _prune bounds
-    BLOCK_M by the plan tile and key blocks by the head dim."""
-    full = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (64, 128)
-        for bn in (64, 32, 128)
-        for w in (4, 8)
-        for s in (2, 3, 4)
-    ]
-    kept = [c for c in full if triton_bsa._keep(c)]
-    assert kept and len(kept) < len(full)
-    assert all(c.num_warps == 4 for c in kept if c.kwargs["BLOCK_M"] == 64)
+    """The interpreter uses exactly one config; kept_configs drops what cannot launch or spills
+    (ptxas figures in triton_bsa) and gives fp32 its own small tiles."""
     assert len(triton_bsa._CONFIGS) == 1  # interpreting
-    small_tile = triton_bsa._prune(kept, {"TQ": 36}, BLOCK_D=64)
-    assert small_tile and all(c.kwargs["BLOCK_M"] == 64 for c in small_tile)
-    wide = triton_bsa._prune(kept, {"TQ": 256}, BLOCK_D=256)
-    assert wide and all(c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2 for c in wide)
+    full = triton_bsa._HALF_CONFIGS + triton_bsa._FP32_CONFIGS
+    assert not any(c.kwargs["BLOCK_N"] == 128 and c.num_stages >= 4 for c in triton_bsa._HALF_CONFIGS)
+
+    def kept(**kw):
+        args = dict(fp32=False, block_d=128, partial=False, tq=256, capability=(9, 0)) | kw
+        out = triton_bsa.kept_configs(full, **args)
+        assert out, f"no config kept for {args}"
+        return out
+
+    for cap in ((8, 0), (9, 0)):
+        d128 = kept(capability=cap)
+        assert not any(c.kwargs["BLOCK_M"] == 128 and c.num_warps == 4 for c in d128)
+        assert all(c.num_warps == 4 for c in d128 if c.kwargs["BLOCK_M"] == 64)
+        assert all(c in triton_bsa._HALF_CONFIGS for c in d128)
+        limit = triton_bsa.SMEM_LIMIT[cap]
+        assert all(triton_bsa.smem_estimate(c, 128, 2) <= limit for c in d128)
+    assert any(c.kwargs["BLOCK_M"] == 128 and c.num_warps == 4 for c in kept(block_d=64))
+    assert not any(c.kwargs["BLOCK_N"] == 128 for c in kept(partial=True))
+    assert all(c.kwargs["BLOCK_M"] == 64 for c in kept(tq=36))
+    assert all(c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2 for c in kept(block_d=256))
+    fp32 = kept(fp32=True)
+    assert fp32 and all(c in triton_bsa._FP32_CONFIGS for c in fp32)
+    assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32 for c in fp32)
+
+
+@pytest.mark.parametrize(
+    "grid,window,stride,dilation",
+    [
+        ((37,), (7,), (1,), (1,)),
+        ((61,), (6,), (3,), (2,)),
+        ((13, 19), (6, 8), (3, 4), (1, 1)),
+        ((17, 18), (5, 4), (2, 3), (3, 2)),
+        ((5, 6, 8), (3, 3, 3), (1, 1, 1), (1, 2, 2)),
+        ((3, 7, 6), (2, 4, 3), (1, 2, 1), (1, 1, 1)),
+        ((16, 16), (8, 8), (8, 8), (1, 1)),
+    ],
+    ids=["1d-sliding", "1d-strided-dilated", "2d-odd-strided", "2d-dilated", "3d-dilated", "3d-strided", "2d-blocked"],
+)
+def test_computed_key_indices_equal_the_plan(grid, window, stride, dilation) -> None:
+    """The kernel's arithmetic key index (per axis start + dilation * r, from kv_box) gives exactly
+    plan.kv_index, padding included; full tiles come first and num_full counts them."""
+    plan = gna_plan(grid, window, stride, dilation)
+    kp = triton_bsa.KernelPlan.build(plan, torch.device("cpu"))
+    assert kp.kv_box.shape == (plan.num_tiles, 6) and kp.kv_box.dtype == torch.int32
+    g, steps = kp.geometry[:3], kp.geometry[3:]
+    ra = kp.axis_shape[3:]
+    slot = torch.arange(plan.kv_index.shape[1])
+    r = (slot // (ra[1] * ra[2]), (slot // ra[2]) % ra[1], slot % ra[2])
+    box = kp.kv_box.long()
+    ok = torch.ones(plan.num_tiles, len(slot), dtype=torch.bool)
+    pos = []
+    for a in range(3):
+        ok &= r[a][None, :] < box[:, 3 + a, None]
+        pos.append(box[:, a, None] + steps[a] * r[a][None, :])
+    kidx = torch.where(ok, (pos[0] * g[1] + pos[1]) * g[2] + pos[2], plan.num_tokens)
+    torch.testing.assert_close(kidx, plan.kv_index, rtol=0, atol=0)
+    full = [(s, e) for s, e, f in plan.groups if f]
+    assert kp.num_full == (sum(e - s for s, e in full) if plan.has_mask else plan.num_tiles)
+    assert torch.all(kp.tile_full[: kp.num_full] == 1) and torch.all(kp.tile_full[kp.num_full :] == 0)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _fast(Case((15, 17), (5, 7), text=7)),
+        _fast(Case((13, 19), (6, 8), (3, 4), dtype=BF16)),
+        _fast(Case((61,), (6,), (3,), (2,), dim=16, text=5, text_mask=True, batch=2, heads=1)),
+        _fast(Case((3, 7, 6), (2, 4, 3), (1, 2, 1), dtype=BF16, text=6)),
+        _fast(Case((16, 16), (8, 8), (8, 8), text=3)),
+    ],
+)
+@pytest.mark.parametrize("index_mode", ["computed", "loaded"])
+def test_computed_and_loaded_key_indices_agree(case: Case, index_mode: str) -> None:
+    """The same GNA plan with computed key indices (kv_box) and with gathered ones (kv_index):
+    both exact, over full and partial launches, text keys and padding masks, fp32 and bf16."""
+    plan = gna_plan(case.grid, *case.resolved())
+    kp = triton_bsa.kernel_plan(plan, torch.device("cpu"))
+    if index_mode == "loaded":
+        kp = dataclasses.replace(kp, kv_box=kp.kv_box[:0])
+    assert (kp.kv_box.numel() > 0) == (index_mode == "computed")
+    t = _inputs(case)
+    out, lse = torch.ops.diffattn.block_sparse_attention(
+        t["q"], t["k"], t["v"], *kp.op_args(), t["extra_k"], t["extra_v"], t["extra_mask"], case.dim**-0.5
+    )
+    ref, ref_lse = reference_attention(
+        t["q"], t["k"], t["v"], gna_mask(case.grid, *case.resolved()),
+        extra_k=t["extra_k"], extra_v=t["extra_v"], extra_mask=t["extra_mask"],
+    )  # fmt: skip
+    tol = TOL[case.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(lse, ref_lse, atol=LSE_TOL, rtol=LSE_TOL)
+
+
+def test_generic_plans_gather_key_indices() -> None:
+    plan = dataclasses.replace(gna_plan((15, 17), (5, 7), (1, 1), (1, 1)), gna=None)
+    kp = triton_bsa.KernelPlan.build(plan, torch.device("cpu"))
+    assert kp.kv_box.numel() == 0 and kp.mask_mode == triton_bsa.MASK_LOADED
+    assert kp.tile_axes.shape == (plan.num_tiles, 3)
 
 
 # ------------------------------------------------------------------------------------- real GPUs
