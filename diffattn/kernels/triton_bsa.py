@@ -48,6 +48,9 @@ from .plan import BlockPlan
 INTERPRET = bool(getattr(getattr(triton, "knobs", None), "runtime", None) and triton.knobs.runtime.interpret) or (
     os.environ.get("TRITON_INTERPRET", "0") == "1"
 )
+#: Read once at import: autotune only the first kept config per launch (GPU test runs, where
+#: benchmarking every config of every test shape would take many minutes).
+QUICK_TUNE = os.environ.get("DIFFATTN_TRITON_QUICK_TUNE", "0") == "1"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -223,9 +226,9 @@ def _keep(cfg: triton.Config) -> bool:
 _HALF_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm in (128, 64)
-    for bn in (64, 32, 128)
+    for bn in (64, 128, 32)
     for w in (8, 4)
-    for s in (3, 2, 4)
+    for s in (3, 4, 2)
 ]
 _HALF_CONFIGS = list(filter(_keep, _HALF_CONFIGS))
 # fp32 runs IEEE dots on CUDA cores (no tensor cores): large tiles spill 1.8-38 KB per thread, so
@@ -254,8 +257,10 @@ def kept_configs(
 
     fp32 (without TF32) gets the small-tile set. 16-bit: no query block larger than the plan tile
     needs; at D >= 128 no BLOCK_M=128 with 4 warps (spills 88-652 B on sm80, 300-364 B on sm90); in
-    partial-tile launches no BLOCK_N=128 (the mask spills 0.4-5.3 KB on sm80); for D > 128 no
-    BLOCK_N=128 and at most 2 stages; nothing over the GPU's shared memory.
+    partial-tile launches no BLOCK_N=128 (the mask spills 0.4-5.3 KB on sm80); BLOCK_N=32 only for
+    D > 128, where larger key blocks do not fit; for D > 128 no BLOCK_N=128 and at most 2 stages;
+    on sm90+ at least 3 stages (a 2-deep K/V ring cannot hide the load latency there); nothing over
+    the GPU's shared memory.
     """
     fp32_ids = {id(c) for c in _FP32_CONFIGS}
     out = [c for c in configs if (id(c) in fp32_ids) == fp32]
@@ -267,6 +272,10 @@ def kept_configs(
             out = [c for c in out if c.kwargs["BLOCK_N"] < 128]
         if block_d > 128:
             out = [c for c in out if c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2]
+        else:
+            out = [c for c in out if c.kwargs["BLOCK_N"] > 32]
+            if capability >= (9, 0):
+                out = [c for c in out if c.num_stages >= 3]
         limit = SMEM_LIMIT.get(capability, DEFAULT_SMEM_LIMIT)
         out = [c for c in out if smem_estimate(c, block_d, 2) <= limit]
     return out or [c for c in configs if (id(c) in fp32_ids) == fp32][-1:] or configs[:1]
@@ -281,10 +290,11 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     if getattr(q, "is_cuda", False) and torch.version.hip is None:
         capability = torch.cuda.get_device_capability(q.device)
     fp32 = q.dtype == torch.float32 and args["INPUT_PRECISION"] == "ieee"
-    return kept_configs(
+    kept = kept_configs(
         configs, fp32=fp32, block_d=int(args["BLOCK_D"]), partial=int(args["MASK_MODE"]) != 0, tq=int(args["TQ"]),
         capability=capability,
     )  # fmt: skip
+    return kept[:1] if QUICK_TUNE else kept
 
 
 @triton.autotune(
