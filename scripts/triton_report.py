@@ -28,6 +28,7 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("triton_report compiles for real GPUs: unset TRITON_INTERPRET")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -44,6 +45,7 @@ PRESETS = [
     ("hunyuan-720p s16x8x8", (30, 48, 80), (18, 24, 24), (16, 8, 8)),
 ]
 MIN_BUFFERS = {80: 2, 90: 3}
+INDEX_NAMES = {0: "loaded", 1: "computed", 2: "block-major"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
@@ -52,7 +54,7 @@ DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 class Row:
     preset: str
     arch: int
-    launch: str  # "full" or "partial"
+    launch: str  # "full" or "partial", "/" how key rows are found: loaded, computed, block-major
     tq: int
     block_m: int
     block_n: int
@@ -64,6 +66,7 @@ class Row:
     shared_bytes: int
     shared_limit: int
     kv_buffers: int
+    tma: bool
 
     def problems(self) -> list[str]:
         out = []
@@ -102,10 +105,13 @@ def kv_buffers(ttgir: str) -> int:
 
 def compile_one(arch: int, dtype: str, dim: int, mode: int, index_mode: int, cfg: triton.Config) -> dict:
     """Compile one kernel variant for ``sm<arch>`` (text keys with a padding mask, as the presets
-    have) and read its resources: registers, local/stack bytes, shared bytes, K/V buffers."""
+    have) and read its resources: registers, local/stack bytes, shared bytes, K/V buffers, and
+    whether its K/V loads are TMA (``cp.async.bulk.tensor``; block-major launches on sm90+)."""
     fn = tb._bsa_fwd_kernel.fn
+    tma = index_mode == 2 and arch >= 90
     const = dict(HEAD_DIM=dim, BLOCK_D=max(16, triton.next_power_of_2(dim)), MASK_MODE=mode, INDEX_MODE=index_mode,
-                 HAS_EXTRA=True, HAS_EXTRA_MASK=True, UPCAST=False, INPUT_PRECISION="ieee", **cfg.kwargs)  # fmt: skip
+                 USE_TMA=tma, HAS_EXTRA=True, HAS_EXTRA_MASK=True, UPCAST=False, INPUT_PRECISION="ieee",
+                 **cfg.kwargs)  # fmt: skip
     sig, attrs = _signature(fn, dtype, dim, const)
     k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", arch, 32),
                        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
@@ -115,18 +121,19 @@ def compile_one(arch: int, dtype: str, dim: int, mode: int, index_mode: int, cfg
         res = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True)
     usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res.stdout))
     return dict(registers=int(usage["REG"]), local_bytes=int(usage["LOCAL"]), stack_bytes=int(usage["STACK"]),
-                shared_bytes=int(k.metadata.shared), kv_buffers=kv_buffers(k.asm["ttgir"]))  # fmt: skip
+                shared_bytes=int(k.metadata.shared), kv_buffers=kv_buffers(k.asm["ttgir"]),
+                tma="cp.async.bulk.tensor" in k.asm["ptx"])  # fmt: skip
 
 
-def launches(grid, window, stride) -> list[tuple[str, int, int, int]]:
-    """``(launch, tq, mask_mode, index_mode)`` of the plan's launches (full tiles, partial tiles)."""
+def launches(grid, window, stride) -> list[tuple[str, int, int, int, int]]:
+    """``(launch, tq, mask_mode, index_mode, kv_block)`` of the plan's launches (full tiles, partial tiles)."""
     plan = gna_plan(grid, *GNAConfig(window=window, stride=stride, dilation=(1,) * len(grid)).resolve(grid))
-    kp = tb.KernelPlan.build(plan, __import__("torch").device("cpu"))
-    index_mode = 1 if kp.kv_box.numel() else 0
+    kp = tb.KernelPlan.build(plan, torch.device("cpu"))
+    index_mode = 2 if kp.kv_block else 1 if kp.kv_box.numel() else 0
     tq = kp.q_index.shape[1]
-    out = [("full", tq, tb.MASK_NONE, index_mode)] if kp.num_full else []
+    out = [("full", tq, tb.MASK_NONE, index_mode, kp.kv_block)] if kp.num_full else []
     if kp.num_full < plan.num_tiles:
-        out.append(("partial", tq, kp.mask_mode, index_mode))
+        out.append(("partial", tq, kp.mask_mode, index_mode, 0))
     return out
 
 
@@ -136,23 +143,24 @@ def report(archs: list[int], dtype: str, dim: int, quick: bool = False) -> list[
     rows, cache = [], {}
     block_d = max(16, triton.next_power_of_2(dim))
     for name, grid, window, stride in PRESETS:
-        for launch, tq, mode, index_mode in launches(grid, window, stride):
+        for launch, tq, mode, index_mode, kv_block in launches(grid, window, stride):
             for arch in archs:
                 cap = (arch // 10, arch % 10)
                 limit = tb.SMEM_LIMIT.get(cap, tb.DEFAULT_SMEM_LIMIT)
                 configs = tb.kept_configs(tb._CONFIGS, fp32=dtype == "fp32", block_d=block_d, partial=mode != 0, tq=tq,
-                                          capability=cap)  # fmt: skip
+                                          capability=cap, kv_block=kv_block)  # fmt: skip
                 for c in configs[:1] if quick else configs:
                     key = (arch, mode, index_mode, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                     if key not in cache:
                         cache[key] = compile_one(arch, dtype, dim, mode, index_mode, c)
-                    rows.append(Row(name, arch, launch, tq, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
-                                    c.num_stages, shared_limit=limit, **cache[key]))  # fmt: skip
+                    rows.append(Row(name, arch, f"{launch}/{INDEX_NAMES[index_mode]}", tq, c.kwargs["BLOCK_M"],
+                                    c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, shared_limit=limit,
+                                    **cache[key]))  # fmt: skip
     return rows
 
 
-HEAD = ("preset", "sm", "launch", "Tq", "BMxBN", "warps", "stages", "regs", "spill B", "smem KB", "limit KB",
-        "K/V buf", "ok")  # fmt: skip
+HEAD = ("preset", "sm", "launch/keys", "Tq", "BMxBN", "warps", "stages", "regs", "spill B", "smem KB", "limit KB",
+        "K/V buf", "TMA", "ok")  # fmt: skip
 
 
 def format_rows(rows: list[Row]) -> str:
@@ -163,7 +171,8 @@ def format_rows(rows: list[Row]) -> str:
         lines.append((
             r.preset, str(r.arch), r.launch, str(r.tq), f"{r.block_m}x{r.block_n}", str(r.warps), str(r.stages),
             str(r.registers), str(r.local_bytes + r.stack_bytes), f"{r.shared_bytes / 1024:.0f}",
-            f"{r.shared_limit / 1024:.0f}", str(r.kv_buffers), "yes" if not bad else "; ".join(bad),
+            f"{r.shared_limit / 1024:.0f}", str(r.kv_buffers), "yes" if r.tma else "no",
+            "yes" if not bad else "; ".join(bad),
         ))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]

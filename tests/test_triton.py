@@ -398,6 +398,8 @@ def test_autotune_configs() -> None:
     assert not any(c.kwargs["BLOCK_N"] == 128 for c in kept(partial=True))
     assert all(c.kwargs["BLOCK_M"] == 64 for c in kept(tq=36))
     assert all(c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2 for c in kept(block_d=256))
+    assert all(c.num_stages >= 3 for c in kept()) and all(c.num_stages >= 3 for c in kept(capability=(8, 0)))
+    assert all(384 % c.kwargs["BLOCK_N"] == 0 for c in kept(kv_block=384))
     fp32 = kept(fp32=True)
     assert fp32 and all(c in triton_bsa._FP32_CONFIGS for c in fp32)
     assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32 for c in fp32)
@@ -419,9 +421,9 @@ def test_autotune_configs() -> None:
 def test_computed_key_indices_equal_the_plan(grid, window, stride, dilation) -> None:
     """The kernel's arithmetic key index (per axis start + dilation * r, from kv_box) gives exactly
     plan.kv_index, padding included; full tiles come first and num_full counts them."""
-    plan = gna_plan(grid, window, stride, dilation)
+    plan = dataclasses.replace(gna_plan(grid, window, stride, dilation), kv_block=None)  # grid order
     kp = triton_bsa.KernelPlan.build(plan, torch.device("cpu"))
-    assert kp.kv_box.shape == (plan.num_tiles, 6) and kp.kv_box.dtype == torch.int32
+    assert kp.kv_block == 0 and kp.kv_box.shape == (plan.num_tiles, 6) and kp.kv_box.dtype == torch.int32
     g, steps = kp.geometry[:3], kp.geometry[3:]
     ra = kp.axis_shape[3:]
     slot = torch.arange(plan.kv_index.shape[1])
@@ -453,7 +455,7 @@ def test_computed_key_indices_equal_the_plan(grid, window, stride, dilation) -> 
 def test_computed_and_loaded_key_indices_agree(case: Case, index_mode: str) -> None:
     """The same GNA plan with computed key indices (kv_box) and with gathered ones (kv_index):
     both exact, over full and partial launches, text keys and padding masks, fp32 and bf16."""
-    plan = gna_plan(case.grid, *case.resolved())
+    plan = dataclasses.replace(gna_plan(case.grid, *case.resolved()), kv_block=None)  # grid order
     kp = triton_bsa.kernel_plan(plan, DEV)
     if index_mode == "loaded":
         kp = dataclasses.replace(kp, kv_box=kp.kv_box[:0])
@@ -469,6 +471,53 @@ def test_computed_and_loaded_key_indices_agree(case: Case, index_mode: str) -> N
     tol = TOL[case.dtype]
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(lse, ref_lse, atol=LSE_TOL, rtol=LSE_TOL)
+
+
+BLOCK_MAJOR = [
+    pytest.param(Case((32, 32), (16, 16), (16, 16), text=6), id="2d-32x32-w16-s16-fp32-text"),
+    pytest.param(Case((3, 16, 24), (2, 8, 8), (1, 8, 8), dtype=BF16, text=5, text_mask=True, batch=2, heads=1),
+                 id="3d-3x16x24-w2x8x8-s1x8x8-bf16-text-padmask"),
+    pytest.param(Case((5, 16, 16), (2, 8, 8), (2, 8, 8), dim=24), id="3d-5x16x16-ragged-frames-hd24"),
+]
+
+
+def _block_major_plan(case: Case):
+    plan = gna_plan(case.grid, *case.resolved())
+    kp = triton_bsa.kernel_plan(plan, DEV)
+    assert plan.kv_block is not None and kp.kv_block == math.prod(plan.kv_block) and kp.kv_block % 64 == 0
+    return plan, kp
+
+
+@pytest.mark.parametrize("case", BLOCK_MAJOR)
+def test_block_major_keys_equal_the_plan(case: Case) -> None:
+    """Block-major order: the kernel's key rows (whole blocks of kv_block tokens from a box in block
+    units) are, through the permutation, exactly the plan's keys; queries map back to themselves."""
+    plan, kp = _block_major_plan(case)
+    perm, inv = (t.cpu() for t in kp.perm)
+    n = plan.num_tokens
+    assert torch.equal(perm[inv], torch.arange(n)) and torch.equal(torch.sort(perm).values, torch.arange(n))
+    nb, ra = kp.geometry[:3], kp.axis_shape[3:]
+    slot = torch.arange(plan.kv_index.shape[1])
+    blk, w = slot // kp.kv_block, slot % kp.kv_block
+    r = (blk // (ra[1] * ra[2]), (blk // ra[2]) % ra[1], blk % ra[2])
+    box = kp.kv_box.cpu().long()
+    ok = torch.ones(plan.num_tiles, len(slot), dtype=torch.bool)
+    for a in range(3):
+        ok &= r[a][None, :] < box[:, 3 + a, None]
+    c = [box[:, a, None] + r[a][None, :] for a in range(3)]
+    rows = ((c[0] * nb[1] + c[1]) * nb[2] + c[2]) * kp.kv_block + w[None, :]
+    keys = torch.where(ok, perm[rows.clamp(max=n - 1)], n)
+    torch.testing.assert_close(keys, plan.kv_index, rtol=0, atol=0)
+    q_rows = kp.q_index.cpu().long()
+    torch.testing.assert_close(torch.where(q_rows < n, perm[q_rows.clamp(max=n - 1)], n), plan.q_index, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", BLOCK_MAJOR)
+def test_block_major_kernel_matches_reference(case: Case) -> None:
+    """The permuted-layout kernel path (q, k, v gathered block-major, outputs gathered back) is exact,
+    with text keys, padding masks, ragged query tiles, fp32 and bf16."""
+    plan, kp = _block_major_plan(case)
+    _check(case, plan)
 
 
 def test_generic_plans_gather_key_indices() -> None:
@@ -528,9 +577,11 @@ def test_compile_report_must_haves(tmp_path: Path) -> None:
                          env=_gpu_compile_env(), capture_output=True, text=True, timeout=900, cwd=REPO)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert {(r["arch"], r["launch"]) for r in rows} == {(a, k) for a in (80, 90) for k in ("full", "partial")}
+    launches = {(r["arch"], r["launch"]) for r in rows}
+    assert launches == {(a, k) for a in (80, 90) for k in ("full/computed", "partial/computed", "full/block-major")}
     for r in rows:
         assert r["local_bytes"] == 0 and r["stack_bytes"] == 0, r
         assert r["shared_bytes"] <= r["shared_limit"], r
         assert r["kv_buffers"] >= (3 if r["arch"] == 90 else 2), r
         assert r["block_m"] == 128, r  # every preset's plan tile keeps a full 128-row query block
+        assert r["tma"] == (r["arch"] == 90 and r["launch"] == "full/block-major"), r

@@ -33,6 +33,7 @@ public functions.
 """
 
 import contextlib
+import math
 import os
 import weakref
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ MAX_HEAD_DIM = 256
 
 # How a partial tile's element mask is obtained (a constexpr of the kernel).
 MASK_NONE, MASK_GNA, MASK_LOADED = 0, 1, 2
+#: Block-major order needs key blocks of a multiple of this many tokens (the smallest BLOCK_N kept).
+BLOCK_TOKENS = 64
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)  # read inside the kernel: must be a constexpr global
@@ -142,28 +145,55 @@ def _box_keys(slot, R, N, box, G1, G2, KS0, KS1, KS2, RA1, RA2):
 
 
 @triton.jit
+def _block_keys(slot, R, N, box, NB1, NB2, RA1, RA2, KBLOCK):
+    """Key token indices in *block-major* token order (tokens permuted so that each block of
+    ``KBLOCK`` tokens is contiguous): the tile's keys are whole blocks, per axis ``len_a`` blocks
+    from ``start_a`` on a ``(NB0, NB1, NB2)`` block grid (``box`` in block units)."""
+    s0, s1, s2, l0, l1, l2 = box
+    blk = slot // KBLOCK
+    r0 = blk // (RA1 * RA2)
+    r1 = (blk // RA2) % RA1
+    r2 = blk % RA2
+    ok = (slot < R) & (r0 < l0) & (r1 < l1) & (r2 < l2)
+    return tl.where(ok, (((s0 + r0) * NB1 + (s1 + r1)) * NB2 + (s2 + r2)) * KBLOCK + slot % KBLOCK, N)
+
+
+@triton.jit
 def _sparse_keys(
     acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
     g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
     M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
-    box, KS0, KS1, KS2,
-    MASK_MODE: tl.constexpr, INDEX_MODE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    box, KS0, KS1, KS2, KBLOCK, HEAD_DIM,
+    MASK_MODE: tl.constexpr, INDEX_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Online softmax over the ``R`` key slots of tile ``t``; ``MASK_MODE`` 0 = full tile (no
-    element mask code at all); ``INDEX_MODE`` 1 = key indices computed from ``box``, 0 = loaded."""
+    element mask code at all). ``INDEX_MODE``: 0 = key indices gathered from ``KV_INDEX``, 1 =
+    computed from ``box`` (grid order), 2 = block-major order, where each ``BLOCK_N`` keys are
+    contiguous rows (``USE_TMA``: loaded as one tensor-memory-access box, sm90+)."""
+    if USE_TMA:
+        k_desc = tl.make_tensor_descriptor(K_base, [N, HEAD_DIM], [sks, 1], [BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V_base, [N, HEAD_DIM], [svs, 1], [BLOCK_N, BLOCK_D])
     for n0 in range(0, R, BLOCK_N):
         slot = n0 + offs_n
         slot_ok = slot < R
-        if INDEX_MODE == 1:
+        if INDEX_MODE == 2:
+            kidx = _block_keys(slot, R, N, box, G1, G2, RA1, RA2, KBLOCK)
+        elif INDEX_MODE == 1:
             kidx = _box_keys(slot, R, N, box, G1, G2, KS0, KS1, KS2, RA1, RA2)
         else:
             kidx = tl.load(KV_INDEX + t * R + slot, mask=slot_ok, other=N)
         k_ok = kidx < N  # padding slots of ragged tiles point at token N
-        rows = kidx.to(tl.int64)
-        # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
-        k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
-        v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+        if USE_TMA:  # BLOCK_N divides KBLOCK: slot n0 starts a run of BLOCK_N rows, all live or all padding
+            row0 = _block_keys(n0, R, N, box, G1, G2, RA1, RA2, KBLOCK)
+            row0 = tl.where(row0 < N, row0, 0)
+            k = k_desc.load([row0, 0])
+            v = v_desc.load([row0, 0])
+        else:
+            rows = kidx.to(tl.int64)
+            # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
+            k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+            v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
@@ -251,31 +281,44 @@ def smem_estimate(cfg: triton.Config, block_d: int, elem_bytes: int) -> int:
 
 
 def kept_configs(
-    configs: list[triton.Config], *, fp32: bool, block_d: int, partial: bool, tq: int, capability: tuple[int, int]
+    configs: list[triton.Config],
+    *,
+    fp32: bool,
+    block_d: int,
+    partial: bool,
+    tq: int,
+    capability: tuple[int, int],
+    kv_block: int = 0,
 ) -> list[triton.Config]:
     """The configs worth benchmarking for one launch (what autotune prunes to; the report compiles these).
 
-    fp32 (without TF32) gets the small-tile set. 16-bit: no query block larger than the plan tile
-    needs; at D >= 128 no BLOCK_M=128 with 4 warps (spills 88-652 B on sm80, 300-364 B on sm90); in
-    partial-tile launches no BLOCK_N=128 (the mask spills 0.4-5.3 KB on sm80); BLOCK_N=32 only for
-    D > 128, where larger key blocks do not fit; for D > 128 no BLOCK_N=128 and at most 2 stages;
-    on sm90+ at least 3 stages (a 2-deep K/V ring cannot hide the load latency there); nothing over
-    the GPU's shared memory.
+    fp32 (without TF32) gets the small-tile set. 16-bit, from ptxas on sm80/sm90 (scripts/triton_report.py):
+      - no query block larger than the plan tile needs;
+      - at D >= 128: no BLOCK_N=128 (spills 16-128 B, 224 KB of shared memory at 3 stages), no BLOCK_M=128
+        with 4 warps (spills 88-652 B), and in partial-tile launches no BLOCK_M=64 (the mask spills 40-56 B);
+      - in partial-tile launches no BLOCK_N=128 (the mask spills 0.4-5.3 KB on sm80);
+      - BLOCK_N=32 only for D > 128, where larger key blocks do not fit; there no BLOCK_N=128, <= 2 stages;
+      - otherwise at least 3 stages: 2 stages leave a single K/V buffer in the sparse loop (no overlap);
+      - nothing over the GPU's shared memory;
+      - block-major launches (``kv_block`` tokens per key block): BLOCK_N divides ``kv_block``.
     """
     fp32_ids = {id(c) for c in _FP32_CONFIGS}
     out = [c for c in configs if (id(c) in fp32_ids) == fp32]
     out = [c for c in out if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(tq))]
+    if kv_block:
+        out = [c for c in out if kv_block % c.kwargs["BLOCK_N"] == 0]
     if not fp32:
         if block_d >= 128:
+            out = [c for c in out if c.kwargs["BLOCK_N"] < 128]
             out = [c for c in out if not (c.kwargs["BLOCK_M"] == 128 and c.num_warps == 4)]
+            if partial:
+                out = [c for c in out if c.kwargs["BLOCK_M"] == 128]
         if partial:
             out = [c for c in out if c.kwargs["BLOCK_N"] < 128]
         if block_d > 128:
             out = [c for c in out if c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2]
         else:
-            out = [c for c in out if c.kwargs["BLOCK_N"] > 32]
-            if capability >= (9, 0):
-                out = [c for c in out if c.num_stages >= 3]
+            out = [c for c in out if c.kwargs["BLOCK_N"] > 32 and c.num_stages >= 3]
         limit = SMEM_LIMIT.get(capability, DEFAULT_SMEM_LIMIT)
         out = [c for c in out if smem_estimate(c, block_d, 2) <= limit]
     return out or [c for c in configs if (id(c) in fp32_ids) == fp32][-1:] or configs[:1]
@@ -292,14 +335,15 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     fp32 = q.dtype == torch.float32 and args["INPUT_PRECISION"] == "ieee"
     kept = kept_configs(
         configs, fp32=fp32, block_d=int(args["BLOCK_D"]), partial=int(args["MASK_MODE"]) != 0, tq=int(args["TQ"]),
-        capability=capability,
+        capability=capability, kv_block=int(args["KBLOCK"]) if int(args["INDEX_MODE"]) == 2 else 0,
     )  # fmt: skip
     return kept[:1] if QUICK_TUNE else kept
 
 
 @triton.autotune(
     configs=_CONFIGS,
-    key=["TQ", "R", "T_EXTRA", "BLOCK_D", "MASK_MODE", "INDEX_MODE", "HAS_EXTRA_MASK", "INPUT_PRECISION"],
+    key=["TQ", "R", "T_EXTRA", "KBLOCK", "BLOCK_D", "MASK_MODE", "INDEX_MODE", "USE_TMA", "HAS_EXTRA_MASK",
+         "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -309,12 +353,12 @@ def _bsa_fwd_kernel(
     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
     sekb, seks, sekh, sevb, sevs, sevh, semb,
     sob, sos, soh, slb, sls, slh,
-    H, N, TQ, R, T_EXTRA, qk_scale, TILE0,
+    H, N, TQ, R, T_EXTRA, qk_scale, TILE0, KBLOCK,
     G0, G1, G2, W0, W1, W2, S0, S1, S2, D0, D1, D2, KS0, KS1, KS2,
     QA0, QA1, QA2, RA0, RA1, RA2,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_MODE: tl.constexpr, INDEX_MODE: tl.constexpr,
-    HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_TMA: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(tiles * cdiv(TQ, BLOCK_M), B * H)`` over plan tiles ``TILE0 ..``, all of one kind:
     full (``MASK_MODE`` 0) or partial. Query rows are gathered through ``Q_INDEX`` (int32, ``N`` =
@@ -364,7 +408,7 @@ def _bsa_fwd_kernel(
     K_base = K + b * skb + h * skh
     V_base = V + b * svb + h * svh
     box = (0, 0, 0, 0, 0, 0)
-    if INDEX_MODE == 1:  # six scalars per program, loaded before the loop
+    if INDEX_MODE != 0:  # six scalars per program, loaded before the loop
         box = (
             tl.load(KV_BOX + t * 6), tl.load(KV_BOX + t * 6 + 1), tl.load(KV_BOX + t * 6 + 2),
             tl.load(KV_BOX + t * 6 + 3), tl.load(KV_BOX + t * 6 + 4), tl.load(KV_BOX + t * 6 + 5),
@@ -373,8 +417,8 @@ def _bsa_fwd_kernel(
         acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
         g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
         M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
-        box, KS0, KS1, KS2,
-        MASK_MODE, INDEX_MODE, BLOCK_N, UPCAST, INPUT_PRECISION,
+        box, KS0, KS1, KS2, KBLOCK, HEAD_DIM,
+        MASK_MODE, INDEX_MODE, USE_TMA, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION,
     )  # fmt: skip
     if HAS_EXTRA:
         acc, m_i, l_i = _extra_keys(
@@ -398,6 +442,13 @@ def _bsa_fwd_kernel(
 # ------------------------------------------------------------------------------------ host wrapper
 
 
+def _key_box(plan: BlockPlan) -> tuple[Tensor, Tensor]:
+    """``(start, len)`` per tile and axis of a plan whose keys are consecutive per axis (``kv_block`` set)."""
+    starts = [a.kv_pos[:, 0][plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
+    lens = [torch.full((plan.num_tiles,), a.kv_pos.shape[1], dtype=torch.long) for a in plan.axes]
+    return torch.stack(starts, 1), torch.stack(lens, 1)
+
+
 def _gna_key_box(plan: BlockPlan) -> tuple[Tensor, Tensor]:
     """``(start, len)``, each ``[T, ndim]``: a GNA tile's keys per axis are ``len`` positions
     ``start + dilation * r`` (one dilation group, a contiguous window range; see
@@ -415,7 +466,10 @@ class KernelPlan:
     mask), with the full tiles first (``num_full`` of them: they run as their own launch, with no
     mask code); kv_box [T, 6] int32 (key start and length per axis, leading axes padded) for GNA
     plans, else empty: the kernel then computes key indices instead of loading them; geometry =
-    grid (3) and key steps (3, the dilation);
+    grid (3) and key steps (3, the dilation); for fully block-sparse plans (``plan.kv_block``, a
+    multiple of `BLOCK_TOKENS` tokens) ``kv_block`` > 0 selects block-major order: ``perm`` = (perm,
+    inverse) permutes the tokens, q_index is in permuted positions, kv_box and the key lengths of
+    axis_shape are in blocks and geometry is the block grid;
     tile_axes [T, 3] int32 and masks (3 x int8 ``[tiles_a, q_len_a, kv_len_a]``) only for generic
     masked plans; axis_shape = (q_len_0..2, kv_len_0..2); gna = grid, window, stride, dilation
     (3 each, leading axes padded with length 1) for GNA plans with partial tiles, else empty.
@@ -432,6 +486,8 @@ class KernelPlan:
     kv_box: Tensor
     geometry: tuple[int, ...]
     num_full: int
+    perm: tuple[Tensor, ...] = ()
+    kv_block: int = 0
 
     @staticmethod
     def build(plan: BlockPlan, device: torch.device) -> "KernelPlan":
@@ -466,6 +522,8 @@ class KernelPlan:
             params = [(1, 1, 1, 1)] * n_pad + [(g, *p) for g, p in zip(plan.grid, plan.gna)]
             gna = tuple(p[i] for i in range(4) for p in params)  # grid x3, window x3, stride x3, dilation x3
         grid3 = (1,) * n_pad + tuple(plan.grid)
+        if plan.kv_block is not None and num_full == plan.num_tiles and math.prod(plan.kv_block) % BLOCK_TOKENS == 0:
+            return KernelPlan._block_major(plan, device, mode, axis_shape, tile_full)
         kv_box, steps = empty, (1, 1, 1)
         if plan.gna is not None and plan.kv_index.shape[1] > 0:
             starts, lens = _gna_key_box(plan)
@@ -488,6 +546,48 @@ class KernelPlan:
         )
 
     @staticmethod
+    def _block_major(plan: BlockPlan, device: torch.device, mode: int, axis_shape: tuple[int, ...],
+                     tile_full: Tensor) -> "KernelPlan":  # fmt: skip
+        """Block-major token order for fully block-sparse plans: tokens are permuted so that each
+        ``plan.kv_block`` block is ``prod(kv_block)`` consecutive rows; a tile's keys are then whole
+        blocks, given as a box in block units. Queries are still gathered (through a remapped
+        ``q_index``); ``perm`` = (perm, inverse): permuted row ``p`` is token ``perm[p]``."""
+        assert plan.kv_block is not None
+        n_pad = 3 - len(plan.grid)
+        kb = (1,) * n_pad + plan.kv_block
+        grid3 = (1,) * n_pad + tuple(plan.grid)
+        nb = tuple(g // b for g, b in zip(grid3, kb))
+        coords = torch.cartesian_prod(*[torch.arange(n) for n in nb + kb]).reshape(-1, 6)  # block, then inside
+        x = [coords[:, a] * kb[a] + coords[:, 3 + a] for a in range(3)]
+        perm = (x[0] * grid3[1] + x[1]) * grid3[2] + x[2]
+        n = plan.num_tokens
+        inv = torch.empty(n + 1, dtype=torch.long)
+        inv[perm] = torch.arange(n)
+        inv[n] = n  # padding stays padding
+        starts, lens = _gna_key_box(plan) if plan.gna is not None else _key_box(plan)
+        t = plan.num_tiles
+        kbt = torch.tensor(plan.kv_block)
+        zeros, ones = torch.zeros((t, n_pad), dtype=torch.long), torch.ones((t, n_pad), dtype=torch.long)
+        box = torch.cat([zeros, starts // kbt, ones, lens // kbt], 1)
+        blocks = tuple(r // b for r, b in zip(axis_shape[3:], kb))
+        empty = torch.zeros(0, dtype=torch.int32, device=device)
+        return KernelPlan(
+            MASK_NONE,
+            inv[plan.q_index].to(device=device, dtype=torch.int32).contiguous(),
+            plan.kv_index.to(device=device, dtype=torch.int32).contiguous(),  # grid order: reference only
+            tile_full.to(device),
+            empty,
+            (),
+            axis_shape[:3] + blocks,
+            (),
+            box.to(device=device, dtype=torch.int32).contiguous(),
+            nb + (1, 1, 1),
+            plan.num_tiles,
+            (perm.to(device), inv[:n].to(device)),
+            math.prod(kb),
+        )
+
+    @staticmethod
     def dense_queries(num_tokens: int, device: torch.device) -> "KernelPlan":
         """Every query in one tile with no sparse keys: the kernel then attends the extra keys only."""
         return KernelPlan(
@@ -507,7 +607,8 @@ class KernelPlan:
     def op_args(self) -> tuple:
         """The plan fields of `block_sparse_attention_op`, in its order (after q, k, v)."""
         return (self.q_index, self.kv_index, self.kv_box, self.tile_axes, list(self.masks), list(self.axis_shape),
-                list(self.gna), list(self.geometry), self.mask_mode, self.num_full)  # fmt: skip
+                list(self.gna), list(self.geometry), self.mask_mode, self.num_full, list(self.perm),
+                self.kv_block)  # fmt: skip
 
 
 # Device copies of plans, dropped with the plan (plans are cached per shape by the methods).
@@ -520,6 +621,11 @@ def kernel_plan(plan: BlockPlan, device: torch.device) -> KernelPlan:
     if device not in per_device:
         per_device[device] = KernelPlan.build(plan, device)
     return per_device[device]
+
+
+def _tma_scratch(size: int, alignment: int, stream: int | None) -> Tensor:
+    """Global scratch for the kernel's on-device TMA descriptors (triton asks through set_allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
@@ -540,6 +646,8 @@ def _launch(
     geometry: list[int],
     mask_mode: int,
     num_full: int,
+    perm: list[Tensor],
+    kv_block: int,
     extra_k: Tensor | None,
     extra_v: Tensor | None,
     extra_mask: Tensor | None,
@@ -547,7 +655,11 @@ def _launch(
     allow_tf32: bool,
 ) -> tuple[Tensor, Tensor]:
     """Allocate outputs and launch the kernel: once over the full tiles (no mask code), once over
-    the partial ones. q, k, v ``[B, S, H, D]`` (any strides)."""
+    the partial ones. q, k, v ``[B, S, H, D]`` (any strides). Block-major plans permute q, k, v
+    into block-major order first and the outputs back (four gathers of ``[B, S, H, D]``)."""
+    block_major = kv_block > 0
+    if block_major:  # one gather per tensor into block-major order; the outputs are gathered back
+        q, k, v = (t.index_select(1, perm[0]) for t in (q, k, v))
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     b, s, h, d = q.shape
     out = q.new_empty((b, s, h, d))
@@ -567,7 +679,15 @@ def _launch(
     precision = "tf32" if q.dtype == torch.float32 and allow_tf32 else "ieee"
     tiles, tq = q_index.shape
     r = kv_index.shape[1]
-    index_mode = 1 if kv_box.numel() else 0
+    index_mode = 2 if block_major else 1 if kv_box.numel() else 0
+    use_tma = False
+    if block_major and q.is_cuda and torch.version.hip is None and not INTERPRET:
+        # TMA (sm90+) needs 16-byte aligned row strides and bases; the pointer path serves the rest
+        aligned = all(t.stride(1) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
+        aligned = aligned and (k.stride(2) * k.element_size()) % 16 == 0 and (v.stride(2) * v.element_size()) % 16 == 0
+        use_tma = aligned and d * q.element_size() >= 16 and torch.cuda.get_device_capability(q.device)[0] >= 9
+        if use_tma:
+            triton.set_allocator(_tma_scratch)
     launches = [(0, num_full, MASK_NONE), (num_full, tiles - num_full, mask_mode)]
     # the launch runs on the tensors' GPU, not on whichever device is current
     guard = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
@@ -588,12 +708,15 @@ def _launch(
                 ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1), ev.stride(2),
                 em.stride(0) if has_mask else 0,
                 out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-                h, s, tq, r, ek.shape[1] if has_extra else 0, scale * LOG2E, tile0,
+                h, s, tq, r, ek.shape[1] if has_extra else 0, scale * LOG2E, tile0, kv_block if block_major else 1,
                 *geometry[:3], *window, *stride, *dilation, *geometry[3:],
                 *axis_shape,
                 HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), MASK_MODE=mode, INDEX_MODE=index_mode,
-                HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, UPCAST=INTERPRET, INPUT_PRECISION=precision,
+                USE_TMA=use_tma, HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, UPCAST=INTERPRET,
+                INPUT_PRECISION=precision,
             )  # fmt: skip
+    if block_major:
+        return out.index_select(1, perm[1]), lse.index_select(1, perm[1])
     return out, lse
 
 
@@ -612,6 +735,8 @@ def block_sparse_attention_op(
     geometry: list[int],
     mask_mode: int,
     num_full: int,
+    perm: list[Tensor],
+    kv_block: int,
     extra_k: Tensor | None,
     extra_v: Tensor | None,
     extra_mask: Tensor | None,
@@ -624,13 +749,13 @@ def block_sparse_attention_op(
     """
     return _launch(
         q, k, v, q_index, kv_index, kv_box, tile_axes, masks, axis_shape, gna, geometry, mask_mode, num_full,
-        extra_k, extra_v, extra_mask, scale, allow_tf32,
+        perm, kv_block, extra_k, extra_v, extra_mask, scale, allow_tf32,
     )  # fmt: skip
 
 
 @block_sparse_attention_op.register_fake
-def _(q, k, v, q_index, kv_index, kv_box, tile_axes, masks, axis_shape, gna, geometry, mask_mode, num_full, extra_k,
-      extra_v, extra_mask, scale, allow_tf32=False):  # fmt: skip
+def _(q, k, v, q_index, kv_index, kv_box, tile_axes, masks, axis_shape, gna, geometry, mask_mode, num_full, perm,
+      kv_block, extra_k, extra_v, extra_mask, scale, allow_tf32=False):  # fmt: skip
     b, s, h, d = q.shape
     return q.new_empty((b, s, h, d)), q.new_empty((b, s, h), dtype=torch.float32)
 
