@@ -520,6 +520,17 @@ def test_block_major_kernel_matches_reference(case: Case) -> None:
     _check(case, plan)
 
 
+def test_block_major_tma_path_in_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TMA branch (tensor descriptors, one box per BLOCK_N keys) as the interpreter runs it: on a
+    GPU it is chosen for sm90+ only, so this is its one exactness check without a Hopper machine."""
+    if not triton_bsa.INTERPRET:
+        pytest.skip("on a GPU the TMA choice follows the device; the GPU tests cover it there")
+    monkeypatch.setattr(triton_bsa, "_can_use_tma", lambda k, v: True)
+    case = Case((3, 16, 24), (2, 8, 8), (1, 8, 8), dtype=BF16, text=5, text_mask=True, batch=2, heads=1)
+    plan, _ = _block_major_plan(case)
+    _check(case, plan)
+
+
 def test_generic_plans_gather_key_indices() -> None:
     plan = dataclasses.replace(gna_plan((15, 17), (5, 7), (1, 1), (1, 1)), gna=None)
     kp = triton_bsa.KernelPlan.build(plan, torch.device("cpu"))

@@ -625,7 +625,21 @@ def kernel_plan(plan: BlockPlan, device: torch.device) -> KernelPlan:
 
 def _tma_scratch(size: int, alignment: int, stream: int | None) -> Tensor:
     """Global scratch for the kernel's on-device TMA descriptors (triton asks through set_allocator)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
+    return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
+
+
+def _can_use_tma(k: Tensor, v: Tensor) -> bool:
+    """Whether block-major K/V rows can be loaded with TMA (sm90+, CUDA): it needs 16-byte aligned
+    bases and row/head strides and rows of >= 16 bytes. The pointer path serves every other case."""
+    if not k.is_cuda or torch.version.hip is not None or INTERPRET:
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    return all(
+        t.data_ptr() % 16 == 0 and (t.stride(1) * t.element_size()) % 16 == 0
+        and (t.stride(2) * t.element_size()) % 16 == 0 and t.shape[-1] * t.element_size() >= 16
+        for t in (k, v)
+    )  # fmt: skip
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
@@ -680,14 +694,9 @@ def _launch(
     tiles, tq = q_index.shape
     r = kv_index.shape[1]
     index_mode = 2 if block_major else 1 if kv_box.numel() else 0
-    use_tma = False
-    if block_major and q.is_cuda and torch.version.hip is None and not INTERPRET:
-        # TMA (sm90+) needs 16-byte aligned row strides and bases; the pointer path serves the rest
-        aligned = all(t.stride(1) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
-        aligned = aligned and (k.stride(2) * k.element_size()) % 16 == 0 and (v.stride(2) * v.element_size()) % 16 == 0
-        use_tma = aligned and d * q.element_size() >= 16 and torch.cuda.get_device_capability(q.device)[0] >= 9
-        if use_tma:
-            triton.set_allocator(_tma_scratch)
+    use_tma = block_major and _can_use_tma(k, v)
+    if use_tma:
+        triton.set_allocator(_tma_scratch)
     launches = [(0, num_full, MASK_NONE), (num_full, tiles - num_full, mask_mode)]
     # the launch runs on the tensors' GPU, not on whichever device is current
     guard = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
