@@ -18,6 +18,13 @@ a window start and the dilation), the kernel computes each key's token index fro
 scalars; nothing is loaded before a K/V load, which lets the compiler pipeline K/V 3-4 deep (a
 gathered index defeats that: 1-2 buffers, see ``scripts/triton_report.py``). Other plans gather
 ``plan.kv_index``.
+Block-major order: when every tile is full and its keys are whole aligned blocks (``plan.kv_block``,
+GNA at tile-aligned strides: 16x16 blocks at FLUX-4K stride 16x16, 6x8x8 at HunyuanVideo stride
+16x8x8), q, k, v are permuted once per call so that each block is consecutive rows; every
+``BLOCK_N`` keys are then one contiguous box, loaded by TMA (``tl.make_tensor_descriptor``, sm90+)
+or by plain pointers (older GPUs), and the outputs are permuted back. Cost: four extra gathers of
+``[B, S, H, D]`` (q, k, v, out) plus lse, i.e. about 8 x 0.4 GB of memory traffic at FLUX-4K with
+24 heads of 128 in bf16 (an estimate: ~1 ms at H100 bandwidth, not measured).
 Padding (tiles not a multiple of ``BLOCK_M``/``BLOCK_N``, ragged tiles, head dims that are not a
 power of two) is masked on load and never read out of bounds.
 
