@@ -520,6 +520,15 @@ def test_block_major_kernel_matches_reference(case: Case) -> None:
     _check(case, plan)
 
 
+def test_block_major_generic_plan() -> None:
+    """A fully block-sparse plan without GNA parameters also runs block-major (key box from kv_pos)."""
+    case = Case((5, 16, 16), (2, 8, 8), (2, 8, 8), dim=16, text=3)
+    plan = dataclasses.replace(gna_plan(case.grid, *case.resolved()), gna=None)
+    kp = triton_bsa.KernelPlan.build(plan, DEV)
+    assert kp.kv_block == 64 and kp.num_full == plan.num_tiles
+    _check(case, plan)
+
+
 def test_block_major_tma_path_in_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     """The TMA branch (tensor descriptors, one box per BLOCK_N keys) as the interpreter runs it: on a
     GPU it is chosen for sm90+ only, so this is its one exactness check without a Hopper machine."""
