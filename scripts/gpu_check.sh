@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the Triton block-sparse kernel, for a CUDA machine (about 5-8 minutes on one H100/H200).
+# GPU check of the Triton block-sparse kernel, for a CUDA machine (under 8 minutes: each step has a hard timeout).
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default gpu_check_out/<UTC time>; PYTHON=... to pick python)
 #
@@ -26,16 +26,18 @@ EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
 
 echo "== 1/3 tests/test_triton.py on the GPU"
-DIFFATTN_TRITON_QUICK_TUNE=1 timeout 300 "$PY" -m pytest tests/test_triton.py -q -x -p no:cacheprovider \
-    > "$OUT_DIR/pytest.log" 2>&1 || status=1
+# (the two CUBIN-compile tests need no GPU and run in CI; step 3 covers them here)
+DIFFATTN_TRITON_QUICK_TUNE=1 timeout 210 "$PY" -m pytest tests/test_triton.py -q -x -p no:cacheprovider \
+    -k "not compiles_for_real_gpus and not compile_report" > "$OUT_DIR/pytest.log" 2>&1 || status=1
 tail -3 "$OUT_DIR/pytest.log"
 
 echo "== 2/3 real sizes: correctness and timing"
-timeout 330 "$PY" - "$OUT_DIR" > "$OUT_DIR/bench.log" 2>&1 <<'EOF' || status=1
+timeout 200 "$PY" - "$OUT_DIR" > "$OUT_DIR/bench.log" 2>&1 <<'EOF' || status=1
 """Correctness on sampled rows and timing of the triton backend on the two presets."""
 import json
 import math
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -84,6 +86,8 @@ def sampled_reference(q, k, v, grid, window, stride, rows):
 
 
 rows_out = []
+t_start = time.time()
+NATTEN_BUDGET_S = 120  # NATTEN's flex backend compiles per shape: skip it once the step is this far in
 for name, grid, window, stride in PRESETS:
     n = math.prod(grid)
     g = torch.Generator(device="cuda").manual_seed(n)
@@ -107,7 +111,9 @@ for name, grid, window, stride in PRESETS:
         row["triton_error"] = traceback.format_exc()[-2000:]
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     row["dense_ms"] = do_bench(lambda: F.scaled_dot_product_attention(qt, kt, vt), warmup=25, rep=200)
-    if natten is not None:
+    if natten is not None and time.time() - t_start > NATTEN_BUDGET_S:
+        row["natten_skipped"] = f"time budget ({NATTEN_BUDGET_S} s) spent"
+    elif natten is not None:
         fn = {2: natten.na2d, 3: natten.na3d}[len(grid)]
         shaped = [t.view(B, *grid, H, D) for t in (q, k, v)]
         for backend, kw in ((None, {}), ("flex-fna", {"torch_compile": True})):
@@ -144,7 +150,7 @@ EOF
 tail -8 "$OUT_DIR/bench.log"
 
 echo "== 3/3 compile report (registers, spills, shared memory, K/V buffers)"
-timeout 240 "$PY" scripts/triton_report.py --quick > "$OUT_DIR/report.md" 2>&1 || status=1
+timeout 60 "$PY" scripts/triton_report.py --quick > "$OUT_DIR/report.md" 2>&1 || status=1
 tail -12 "$OUT_DIR/report.md"
 echo "results in $OUT_DIR (status $status)"
 exit $status
