@@ -369,8 +369,9 @@ def _bsa_fwd_kernel(
 ):  # fmt: skip
     """Grid ``(tiles * cdiv(TQ, BLOCK_M), B * H)`` over plan tiles ``TILE0 ..``, all of one kind:
     full (``MASK_MODE`` 0) or partial. Query rows are gathered through ``Q_INDEX`` (int32, ``N`` =
-    padding); key rows are computed from ``KV_BOX [T, 6]`` (``INDEX_MODE`` 1) or gathered through
-    ``KV_INDEX``; ``qk_scale`` is the softmax scale times log2(e)."""
+    padding); key rows are gathered through ``KV_INDEX`` (``INDEX_MODE`` 0) or computed from
+    ``KV_BOX [T, 6]``: in grid order (1) or, with q/k/v permuted block-major, as whole blocks of
+    ``KBLOCK`` rows (2); ``qk_scale`` is the softmax scale times log2(e)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     q_blocks = tl.cdiv(TQ, BLOCK_M)
@@ -450,16 +451,9 @@ def _bsa_fwd_kernel(
 
 
 def _key_box(plan: BlockPlan) -> tuple[Tensor, Tensor]:
-    """``(start, len)`` per tile and axis of a plan whose keys are consecutive per axis (``kv_block`` set)."""
-    starts = [a.kv_pos[:, 0][plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
-    lens = [torch.full((plan.num_tiles,), a.kv_pos.shape[1], dtype=torch.long) for a in plan.axes]
-    return torch.stack(starts, 1), torch.stack(lens, 1)
-
-
-def _gna_key_box(plan: BlockPlan) -> tuple[Tensor, Tensor]:
-    """``(start, len)``, each ``[T, ndim]``: a GNA tile's keys per axis are ``len`` positions
-    ``start + dilation * r`` (one dilation group, a contiguous window range; see
-    ``methods/gna.gna_axis_tiling``), followed by padding."""
+    """``(start, len)``, each ``[T, ndim]``, for plans whose tile keys per axis are ``len`` positions
+    ``start + step * r`` followed by padding: GNA (step = dilation: one dilation group, a contiguous
+    window range; see ``methods/gna.gna_axis_tiling``) and ``kv_block`` plans (step 1, no padding)."""
     starts = [a.kv_pos[:, 0][plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
     lens = [(a.kv_pos >= 0).sum(1)[plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
     return torch.stack(starts, 1), torch.stack(lens, 1)
@@ -533,7 +527,7 @@ class KernelPlan:
             return KernelPlan._block_major(plan, device, mode, axis_shape, tile_full)
         kv_box, steps = empty, (1, 1, 1)
         if plan.gna is not None and plan.kv_index.shape[1] > 0:
-            starts, lens = _gna_key_box(plan)
+            starts, lens = _key_box(plan)
             t = plan.num_tiles
             zeros, ones = torch.zeros((t, n_pad), dtype=torch.long), torch.ones((t, n_pad), dtype=torch.long)
             kv_box = torch.cat([zeros, starts, ones, lens], 1).to(device=device, dtype=torch.int32).contiguous()
@@ -571,7 +565,7 @@ class KernelPlan:
         inv = torch.empty(n + 1, dtype=torch.long)
         inv[perm] = torch.arange(n)
         inv[n] = n  # padding stays padding
-        starts, lens = _gna_key_box(plan) if plan.gna is not None else _key_box(plan)
+        starts, lens = _key_box(plan)
         t = plan.num_tiles
         kbt = torch.tensor(plan.kv_block)
         zeros, ones = torch.zeros((t, n_pad), dtype=torch.long), torch.ones((t, n_pad), dtype=torch.long)
