@@ -9,6 +9,7 @@ diffattn methods | diffattn models | diffattn presets
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from . import apply_attention, list_methods, supported_models
+from .methods import get_method
 from .testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
@@ -143,14 +145,28 @@ def _save(out: Any, path: Path) -> Path:
     return target
 
 
-def generate(args: argparse.Namespace) -> int:
-    pipe, kw = _load(args)
+def _knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's knobs from the command line; a ValueError/TypeError for an unknown method or knob
+    name (checked before any model is loaded)."""
     knobs: dict[str, Any] = dict(args.knob)
     if args.method == "gna" and not knobs:
         window = 16 if args.window is None else args.window  # the offline default: blocked 16x16
         knobs = {"window": window, "stride": args.stride or window, "dilation": args.dilation}
     elif args.window is not None or args.stride is not None:
         raise ValueError("--window/--stride/--dilation are GNA's knobs; give other knobs as --knob NAME=VALUE")
+    known = [f.name for f in dataclasses.fields(get_method(args.method).Config)]
+    unknown = sorted(set(knobs) - set(known))
+    if unknown:
+        raise TypeError(f"unknown knob(s) {unknown} for method {args.method!r}; accepted knobs: {known}")
+    return knobs
+
+
+def generate(args: argparse.Namespace) -> int:
+    knobs = _knobs(args)
+    pipe, kw = _load(args)
+    # Validate knob values, preset, layers and backend on this pipeline before any generation: a
+    # trial install that is removed at once (apply/remove is bit-exact).
+    apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs).remove()
     args.out.mkdir(parents=True, exist_ok=True)
     dense_time = None
     if not args.no_dense:
