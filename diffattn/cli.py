@@ -3,6 +3,8 @@
 diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
+diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
+diffattn eval --prompts prompts.txt --inception pt_inception.pth --config msw   # FID / CLIP, torchrun-ready
 diffattn methods | diffattn models | diffattn presets
 """
 
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, default=128, help="head dim for the roofline estimate, >= 1")
     s.add_argument("--batch", type=int, default=1, help="batch for the roofline estimate, >= 1")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    from .report.cli import add_commands
+
+    add_commands(sub, TINY_MODELS)
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
     sub.add_parser("presets", help="list the default knobs, layers and steps per (method, model family)")
@@ -242,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(presets_table())
         return 0
     try:
+        if args.command in ("compare", "eval"):
+            from .report.cli import run
+
+            return run(args)
         return simulate(args) if args.command == "simulate" else generate(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"diffattn: error: {e}", file=sys.stderr)
         return 2
 

@@ -148,30 +148,38 @@ def resolve_module(pipe: Any, qualified: str) -> nn.Module:
 
 
 class StepTimer:
-    """Per-step wall time from ``callback_on_step_end``: step k lasts from the end of step k-1 (or the
-    first denoiser call) to the end of step k."""
+    """Per-step wall time from denoiser forward hooks: a step starts at the first denoiser call with a
+    new timestep and lasts until the next step starts (the last one until its last call returns), so
+    it includes the scheduler update and works on pipelines without ``callback_on_step_end``."""
 
     def __init__(self, denoiser: nn.Module, sync: Any) -> None:
         self.sync = sync
-        self.start: float | None = None
-        self.ends: list[float] = []
-        self._hook = denoiser.register_forward_pre_hook(self._pre)
+        self.starts: list[float] = []
+        self.end: float | None = None
+        self._timestep: object = None
+        self._hooks = [
+            denoiser.register_forward_pre_hook(self._pre, with_kwargs=True),
+            denoiser.register_forward_hook(self._post),
+        ]
 
-    def _pre(self, module: nn.Module, args: tuple) -> None:
-        if self.start is None:
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        key = float(t.flatten()[0]) if isinstance(t, Tensor) and t.numel() else t
+        if not self.starts or key != self._timestep:
             self.sync()
-            self.start = time.perf_counter()
+            self.starts.append(time.perf_counter())
+            self._timestep = key
 
-    def callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, module: nn.Module, args: tuple, out: Any) -> None:
         self.sync()
-        self.ends.append(time.perf_counter())
-        return {}
+        self.end = time.perf_counter()
 
     def close(self) -> list[float]:
-        self._hook.remove()
-        if self.start is None:
+        for h in self._hooks:
+            h.remove()
+        if self.end is None:
             return []
-        marks = [self.start, *self.ends]
+        marks = [*self.starts, self.end]
         return [b - a for a, b in zip(marks, marks[1:])]
 
 
