@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from PIL import Image
 
 from diffattn.cli import main
 from diffattn.methods import list_methods
-from diffattn.report.compare import REFERENCE, compare
+from diffattn.report import compare
+from diffattn.report.compare import REFERENCE
 from diffattn.report.quality import PSNR_CAP_DB
 from diffattn.report.runner import RunConfig
 from diffattn.testing.tiny import build_tiny_pipeline, tiny_call_kwargs
@@ -85,7 +87,7 @@ def test_compare_every_method(tmp_path: Path):
 
 
 def test_bad_config_value_leaves_pipeline_unpatched(monkeypatch):
-    import diffattn.report.compare as cmp
+    cmp = sys.modules["diffattn.report.compare"]  # the attribute diffattn.report.compare is the function
 
     pipe, kw = _pipe()
     before = _processors(pipe)

@@ -71,11 +71,9 @@ class _Run:
 
 def _measure(
     pipe: Any, call_kwargs: dict[str, Any], prompts: Sequence[str], seeds: Sequence[int], modules: dict[str, nn.Module],
-    device: torch.device, bar: Any, warmup: bool,
+    device: torch.device, bar: Any,
 ) -> _Run:
     sync = synchronizer(device)
-    if warmup:
-        render(pipe, call_kwargs, prompts[0], seeds[0])
     run = _Run(attention_s=dict.fromkeys(modules, 0.0))
     for prompt, seed in zip(prompts, seeds):
         steps = StepTimer(denoiser_of(pipe), sync)
@@ -187,7 +185,9 @@ def compare(
 
     bar = tqdm(total=(1 + len(configs)) * len(prompts), desc="compare", disable=not progress)
     try:
-        dense = _measure(pipe, kw, prompts, seeds, all_modules, dev, bar, warmup)
+        if warmup:  # first calls pay one-off costs (allocations, plan caches): keep them out of the timings
+            render(pipe, kw, prompts[0], seeds[0])
+        dense = _measure(pipe, kw, prompts, seeds, all_modules, dev, bar)
         rows = [_row(REFERENCE, dense, dense, None, {}, prompts, lpips_fn, clip_fn, scorer, extractor)]
         for config in configs:
             bar.set_postfix_str(config.label)
@@ -195,17 +195,17 @@ def compare(
             try:
                 recorder = GridRecorder(handle)
                 try:
+                    if warmup:
+                        render(pipe, kw, prompts[0], seeds[0])
+                    before = _counts(handle.stats())
                     modules = {m: all_modules[m] for m in handle.modules}
-                    run = _measure(pipe, kw, prompts, seeds, modules, dev, bar, warmup)
+                    run = _measure(pipe, kw, prompts, seeds, modules, dev, bar)
                 finally:
                     grids = recorder.close()
                 bounds = _bounds(handle, grids, dense, list(handle.modules))
-                counts = {
-                    "sparse_calls": handle.sparse_calls,
-                    "fallback_calls": handle.fallback_calls,
-                    "dense_calls": sum(s.dense for s in handle.stats().values()),
-                    "modules": len(handle.modules),
-                }
+                after = _counts(handle.stats())
+                counts = dict(zip(("sparse_calls", "fallback_calls", "dense_calls"), after - before))
+                counts = {k: int(v) for k, v in counts.items()} | {"modules": len(handle.modules)}
             finally:
                 handle.remove()
             rows.append(_row(config.label, run, dense, bounds, counts, prompts, lpips_fn, clip_fn, scorer, extractor))
@@ -265,6 +265,11 @@ def _row(
         ref_feats = torch.cat([extract_features(extractor, as_batch(img)) for img in dense.images])
         row["fid_vs_dense"] = fid_from_features(ref_feats, feats)
     return row
+
+
+def _counts(stats: dict[str, Any]) -> Any:
+    """Total (sparse, fallback, dense) calls of a handle's stats, as an int64 tensor."""
+    return torch.tensor([[s.sparse, s.fallback, s.dense] for s in stats.values()], dtype=torch.long).sum(0)
 
 
 def _mean(values: list[Any]) -> float:

@@ -96,7 +96,7 @@ def _to_pil(image: Tensor, size: int) -> Any:
         image = image[0]
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     pil = Image.fromarray(array)
-    scale = max(1, size // max(pil.size))
+    scale = max(1, -(-size // max(pil.size)))  # nearest-neighbour upscale to at least `size` pixels
     return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
 
 
