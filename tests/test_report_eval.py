@@ -148,3 +148,22 @@ def test_bad_input_before_any_generation():
     with pytest.raises(ValueError, match="FID needs >= 2 images per config, got 1"):
         evaluate(Pipe(), [], ["one"], {}, feature_extractor=TinyFeatures())
     assert calls == []
+
+
+@pytest.mark.slow
+def test_eval_cli_writes_json(tmp_path: Path):
+    import json
+
+    from diffattn.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\ntwo cats\n")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", MODEL, "--prompts", str(prompts), "--config", "msw", "--no-fid", "--no-progress"]
+    assert main([*argv, "--num-images", "3", "--seed", "5", "--out", str(out)]) == 0
+    data = json.loads((out / "eval.json").read_text())
+    assert data["processes"] == 1 and [c["config"] for c in data["configs"]] == ["dense", "msw"]
+    assert [(s["config"], s["index"], s["seed"]) for s in data["samples"]] == [
+        (c, i, 5 + i) for c in range(2) for i in range(3)
+    ]
+    assert [s["digest"] for s in data["samples"][:3]] != [s["digest"] for s in data["samples"][3:]]

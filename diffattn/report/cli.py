@@ -59,12 +59,12 @@ def _samples(args: argparse.Namespace) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def _pipeline(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
     from ..cli import _load
 
     load_args = argparse.Namespace(**vars(args), prompt="")
     pipe, kw = _load(load_args)
-    pipe.to(args.device)
+    pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     kw = {k: v for k, v in kw.items() if k not in ("prompt", "generator", "output_type")}
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         from .quality import load_lpips
 
         lpips = load_lpips(args.lpips)
-        pipe, kw = _pipeline(args)
+        pipe, kw = _pipeline(args, args.device)
         seeds = [args.seed + i for i in range(len(prompts))]
         report = compare(
             pipe, configs, prompts, seeds, call_kwargs=kw, backend=args.backend, device=args.device, lpips=lpips,
@@ -102,15 +102,18 @@ def run(args: argparse.Namespace) -> int:
         print((args.out / "report.md").read_text())
         print(f"wrote {args.out}/report.json, report.md, speedup_quality.png, grid.png", file=sys.stderr)
         return 0 if report else 1
-    from .evaluate import evaluate
-
-    pipe, kw = _pipeline(args)
-    result = evaluate(
-        pipe, configs, prompts, kw, seed=args.seed, backend=args.backend, feature_extractor=extractor, clip=clip
-    )
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    from .evaluate import evaluate
+
+    # under torchrun each process takes its own GPU (state.device); on CPU, gloo
+    state = PartialState(cpu=check_device(args.device).type == "cpu")
+    pipe, kw = _pipeline(args, state.device if state.device.type == "cuda" else args.device)
+    result = evaluate(
+        pipe, configs, prompts, kw, seed=args.seed, backend=args.backend, feature_extractor=extractor, clip=clip,
+        state=state,
+    )
+    if state.is_main_process:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         for s in result["configs"]:
