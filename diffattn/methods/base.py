@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +54,26 @@ class AttendCall:
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopBound:
+    """Speedup bound of a method over dense attention from score FLOPs: dense (query, key) pairs over
+    the pairs the method computes. ``formula`` says how it was counted, e.g. ``"N / window 64"``."""
+
+    value: float
+    formula: str
+
+
+def pairs_bound(grid: tuple[int, ...], extra_tokens: int, method_pairs: float, formula: str) -> FlopBound:
+    """`FlopBound` of a method computing ``method_pairs`` (query, key) pairs on ``grid`` where dense
+    attention computes ``N x (N + extra_tokens)`` (image queries over image + text keys)."""
+    if isinstance(extra_tokens, bool) or not isinstance(extra_tokens, int) or extra_tokens < 0:
+        raise ValueError(f"extra_tokens={extra_tokens!r} must be an int >= 0")
+    n = math.prod(grid)
+    if extra_tokens:
+        formula += f", each query also attends {extra_tokens} text keys"
+    return FlopBound(n * (n + extra_tokens) / method_pairs, formula)
 
 
 class AttentionMethod:
@@ -119,6 +140,11 @@ class AttentionMethod:
             backend=call.backend,
             return_lse=return_lse,
         )
+
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """FLOP bound of this config on a token ``grid`` with ``extra_tokens`` text keys every query
+        also attends: the most a kernel doing only the method's score FLOPs can gain over dense."""
+        raise NotImplementedError(f"method {self.name!r} does not state its FLOP bound")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
