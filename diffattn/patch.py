@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .kernels import choose_backend
+from .kernels import Backend, choose_backend
 from .layout import TokenLayout
 from .methods import AttendCall, AttentionMethod, get_method
 from .models import FamilyAdapter, family_key, find_adapter
@@ -70,7 +70,7 @@ class _Runtime:
 
     adapter: FamilyAdapter
     method: AttentionMethod
-    backend: str
+    backend: Backend
     steps: range | StepFraction | None
     scheduler: Any
     stats: dict[str, CallStats] = field(default_factory=dict)
@@ -324,7 +324,7 @@ class _Installed:
 class AttentionHandle:
     """An installed patch. ``remove()`` restores every original processor; usable as a context manager."""
 
-    def __init__(self, method: AttentionMethod, backend: str, runtimes: dict[nn.Module, _Runtime]) -> None:
+    def __init__(self, method: AttentionMethod, backend: Backend, runtimes: dict[nn.Module, _Runtime]) -> None:
         self.method = method
         self.backend = backend
         self._runtimes = runtimes
@@ -419,7 +419,7 @@ class AttentionHandle:
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self._installed)} modules"
-        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend!r}, {state})"
+        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend.name!r}, {state})"
 
 
 def _native_backend() -> Any:
@@ -561,7 +561,7 @@ def apply_attention(
 
     plan: list[tuple[nn.Module, str, nn.Module]] = []
     runtimes: dict[nn.Module, _Runtime] = {}
-    chosen = None
+    chosen: Backend | None = None
     for attr, denoiser in denoisers_of(target):
         adapter = find_adapter(denoiser)
         impl.check_ndim(adapter.ndim)
@@ -582,7 +582,8 @@ def apply_attention(
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()
-    handle = AttentionHandle(impl, chosen or backend, runtimes)
+    assert chosen is not None  # denoisers_of found at least one denoiser
+    handle = AttentionHandle(impl, chosen, runtimes)
     handle.preset = entry
     try:
         handle._install(plan)
