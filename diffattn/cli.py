@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import apply_attention, list_methods, supported_models
-from .testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
+from .tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
 def _ints(text: str) -> int | tuple[int, ...]:
