@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..kernels import BlockPlan, block_sparse_attention
+from ..kernels import Backend, BlockPlan, block_sparse_attention, get_backend
 
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
@@ -36,7 +36,7 @@ class AttendCall:
     extra_k, extra_v: ``[B, T, H, D]`` keys every query attends (text), or None.
     extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
     scale: softmax scale (None = ``D ** -0.5``).
-    backend: resolved kernel backend name.
+    backend: the kernel `Backend`, resolved once by `choose_backend` (a name is looked up, unchecked).
     layer: qualified name of the patched attention module (e.g. ``unet.down_blocks.0...attn1``).
     layer_index: position of that module among the patched modules of its denoiser (0, 1, ...).
     timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
@@ -49,19 +49,35 @@ class AttendCall:
     extra_v: Tensor | None = None
     extra_mask: Tensor | None = None
     scale: float | None = None
-    backend: str = "cpu"
+    backend: Backend = get_backend("cpu")
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.backend, str):
+            object.__setattr__(self, "backend", get_backend(self.backend))
+
+
+#: ``(knobs, exception type, message regex)``: knobs a config must reject, and the error it raises
+BadKnobs = tuple[dict[str, Any], type[Exception], str]
+
 
 class AttentionMethod:
-    """Base class of registered methods. Subclasses set ``name`` and ``Config``."""
+    """Base class of registered methods. Subclasses set ``name`` and ``Config``.
+
+    The method-contract suite (``tests/test_method_contract.py``) runs every registered method on
+    what the class declares: ``example_knobs``, `oracle`, `dense_limit` and ``invalid_knobs``.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     #: True when the method keeps the model's own attention call (the ``dense`` proof method).
     passthrough: ClassVar[bool] = False
+    #: knobs under which the method differs from dense attention on every supported model
+    example_knobs: ClassVar[dict[str, Any]] = {}
+    #: examples of knobs the config rejects, with the error each raises
+    invalid_knobs: ClassVar[tuple[BadKnobs, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -123,3 +139,13 @@ class AttentionMethod:
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
         raise NotImplementedError
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        """What `attend` must return, from the method's exact, slow definition (`methods.naive`):
+        ``[B, S, H, D]`` in fp32 or fp64. Small shapes only (``O(S^2)`` memory)."""
+        raise NotImplementedError(f"method {self.name!r} has no oracle: add its exact definition to methods/naive.py")
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> Any | None:
+        """A config under which the method is exactly dense attention on ``grid``; None if it has no such limit."""
+        return None
