@@ -112,7 +112,7 @@ def test_equals_its_oracle(method, grid, text):
 
 @pytest.mark.parametrize("text", [0, 5], ids=["no-text", "text5"])
 @pytest.mark.parametrize("grid", GRIDS, ids=_grid_id)
-@pytest.mark.parametrize("method", [m for m in METHODS if get_method(m).dense_limit((1,)) is not None])
+@pytest.mark.parametrize("method", [m for m in METHODS if get_method(m).dense_limit(GRIDS[0]) is not None])
 def test_dense_at_its_dense_limit(method, grid, text):
     impl = _make(method, get_method(method).dense_limit(grid))
     q, k, v = random_qkv(math.prod(grid), seed=len(grid) + 10)

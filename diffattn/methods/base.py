@@ -74,7 +74,7 @@ class AttentionMethod:
     Config: ClassVar[type]
     #: True when the method keeps the model's own attention call (the ``dense`` proof method).
     passthrough: ClassVar[bool] = False
-    #: knobs under which the method differs from dense attention on every supported model
+    #: knobs the contract suite applies on every tiny family; a non-passthrough method must run sparse there
     example_knobs: ClassVar[dict[str, Any]] = {}
     #: examples of knobs the config rejects, with the error each raises
     invalid_knobs: ClassVar[tuple[BadKnobs, ...]] = ()
