@@ -509,9 +509,10 @@ def report_markdown(payload: dict[str, Any]) -> str:
                   f"At this scale: {case['shape']}; {case['parameters'] / 1e6:.0f} M parameters "
                   f"({case['weights_bytes'] / 2**30:.2f} GiB). Dense step {dense['step_median_s']:.3f} s (median), "
                   f"attention share {dense['attention_share']:.2f}, "
-                  f"peak memory {_mib(dense['peak_memory_bytes'])}.", ""]
+                  f"peak memory {_mib(dense['peak_memory_bytes'])} over the weights.", ""]
         head = ("| config | backend | layers | step min / med (s) | speedup min / med | dense attn share "
-                "| attn speedup / FLOP bound | Amdahl bound | fraction of Amdahl | peak mem | sparse/fallback calls |")
+                "| attn speedup / FLOP bound | Amdahl bound | fraction of Amdahl | peak mem over weights "
+                "| sparse/fallback calls |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in case["rows"][1:]:
             b = r["bounds"]
