@@ -551,8 +551,8 @@ def report_markdown(payload: dict[str, Any]) -> str:
             )
         lines += ["", memory_growth(payload["memory_rows"]),
                   "", "Dense SDPA is PyTorch's fused kernel (flash / memory-efficient), so it holds no N² matrix "
-                  "either: its extra memory is O(N). The N² column is what an unfused attention holds; GNA's "
-                  "extra memory is bounded by its window (per-tile key/value gathers and scores), at any N."]
+                  "either: its extra memory is O(N). The N² column is what an unfused attention holds. GNA's "
+                  "extra memory is O(N·window) (per-tile key/value gathers and scores), never an N² matrix."]
     return "\n".join(lines) + "\n"
 
 
