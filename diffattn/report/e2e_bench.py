@@ -87,7 +87,7 @@ def _make(device: torch.device, dtype: torch.dtype, fn: Callable[[], nn.Module])
     torch.manual_seed(0)
     with torch.device(device):
         model = fn()
-    return model.to(dtype=dtype).eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)  # any buffer made off-device too
 
 
 def build_flux(scale: float, device: torch.device, dtype: torch.dtype) -> Workload:
