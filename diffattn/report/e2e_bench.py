@@ -549,6 +549,9 @@ def report_markdown(payload: dict[str, Any]) -> str:
                 f"| {r['dense_s']:.2f} | {r['gna_s']:.2f} | {_mib(r['scores_n2_fp32_bytes'])} "
                 f"| {_mib(r['scores_window_fp32_bytes'])} |"
             )
+        if max(r["tokens"] for r in payload["memory_rows"]) < 65536:
+            lines += ["", "The 65,536-token row (256x256, `--memory-sides 128,256`, the default) is not in this run; "
+                      "`scripts/gpu_check.sh` runs it on a GPU."]
         lines += ["", memory_growth(payload["memory_rows"]),
                   "", "Dense SDPA is PyTorch's fused kernel (flash / memory-efficient), so it holds no N² matrix "
                   "either: its extra memory is O(N). The N² column is what an unfused attention holds. GNA's "
