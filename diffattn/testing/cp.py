@@ -1,0 +1,238 @@
+"""diffusers context parallelism on CPU processes, for tests: gloo over a file store, tiny transformers.
+
+`run_cases` spawns ``world`` CPU processes (one thread each, no ports: a `torch.distributed.FileStore`
+in a temporary directory, a 60 s collective timeout so a rank that skips a collective fails instead
+of hanging). Each rank builds the tiny Wan or FLUX transformer from seed 0, the same seeded inputs,
+turns on Ulysses with ``enable_parallelism`` and applies diffattn before or after it (`CPCase.order`);
+rank 0 saves the output and diffattn's call counts. `single_process` computes the same case in the
+calling process without parallelism, the reference every CP output must equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import tempfile
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["CPCase", "CPResult", "cpu_parallelism", "run_cases", "single_process"]
+
+Order = Literal["none", "before", "after"]
+
+# per family: default token grid and text length (both split evenly over 2 ranks)
+_GRID = {"wan": (3, 6, 8), "flux": (8, 12)}
+_TEXT = {"wan": 16, "flux": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class CPCase:
+    """One forward pass of a tiny transformer under context parallelism.
+
+    family: ``"wan"`` (image-only self-attention) or ``"flux"`` (joint ``[txt, img]`` attention).
+    method: a diffattn method name, or None for no diffattn (diffusers' dense CP).
+    knobs: the method's config fields, as sorted ``(name, value)`` pairs (hashable).
+    order: ``"before"``/``"after"``: `apply_attention` before or after ``enable_parallelism``;
+        ``"none"``: no parallelism (a plain run inside the worker, for sanity checks).
+    ulysses_anything: diffusers' uneven split (``tensor_split``) instead of equal chunks.
+    ring: ring degree (1 = Ulysses only); ``ring * ulysses == world``.
+    grid: image token grid (``(F, H, W)`` for Wan, ``(H, W)`` for FLUX); None = the family's default.
+    text_len: text tokens; None = the family's default.
+    remove: remove diffattn after the forward and record the processors' state (`CPResult.restored`).
+    """
+
+    family: str
+    method: str | None = "gna"
+    knobs: tuple[tuple[str, Any], ...] = ()
+    order: Order = "after"
+    ulysses_anything: bool = False
+    ring: int = 1
+    grid: tuple[int, ...] | None = None
+    text_len: int | None = None
+    remove: bool = False
+
+    @property
+    def id(self) -> str:
+        knobs = ",".join(f"{k}={v}" for k, v in self.knobs)
+        parts = [self.family, self.method or "dense", knobs, self.order, "x".join(map(str, self.token_grid))]
+        parts += [f"t{self.text}"] + (["anything"] if self.ulysses_anything else [])
+        parts += ([f"ring{self.ring}"] if self.ring > 1 else []) + (["remove"] if self.remove else [])
+        return "-".join(p.replace(" ", "") for p in parts if p)
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        return self.grid or _GRID[self.family]
+
+    @property
+    def text(self) -> int:
+        return _TEXT[self.family] if self.text_len is None else self.text_len
+
+
+@dataclasses.dataclass
+class CPResult:
+    """What rank 0 of a case saw. ``error`` is the formatted exception if the case raised."""
+
+    output: torch.Tensor | None = None
+    sparse: int = 0
+    fallback: int = 0
+    modules: int = 0
+    error: str | None = None
+    #: with ``CPCase.remove``: whether every processor and its ``_parallel_config`` are exactly the
+    #: objects diffusers alone would have left (see `_worker`)
+    restored: bool | None = None
+
+
+@contextlib.contextmanager
+def cpu_parallelism() -> Iterator[None]:
+    """Let ``enable_parallelism`` run on a CPU-only torch build: it computes ``rank %
+    torch.accelerator.device_count()``, which is 0 there (diffusers 0.42.1)."""
+    original = torch.accelerator.device_count
+    if original() > 0:
+        yield
+        return
+    torch.accelerator.device_count = lambda: 1  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.accelerator.device_count = original  # type: ignore[assignment]
+
+
+def _transformer(family: str) -> nn.Module:
+    from .tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(f"tiny-{family}", seed=0).transformer.eval()
+
+
+def _inputs(case: CPCase) -> dict[str, Any]:
+    """Seeded forward kwargs of the tiny transformer (identical on every rank)."""
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(1, case.text, 32, generator=g)
+    if case.family == "wan":
+        f, h, w = case.token_grid
+        latents = torch.randn(1, 16, f, 2 * h, 2 * w, generator=g)  # patch (1, 2, 2)
+        return dict(hidden_states=latents, timestep=torch.tensor([500.0]), encoder_hidden_states=text)
+    h, w = case.token_grid
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
+    return dict(
+        hidden_states=torch.randn(1, h * w, 16, generator=g),
+        encoder_hidden_states=text,
+        pooled_projections=torch.randn(1, 32, generator=g),
+        timestep=torch.tensor([0.5]),
+        img_ids=img_ids,
+        txt_ids=torch.zeros(case.text, 3),
+        guidance=torch.tensor([3.5]),
+    )
+
+
+def _forward(model: nn.Module, case: CPCase) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**_inputs(case), return_dict=False)[0]
+
+
+def _apply(model: nn.Module, case: CPCase) -> Any:
+    from .. import apply_attention
+
+    return apply_attention(model, case.method, preset=False, **dict(case.knobs))
+
+
+def _counts(handle: Any) -> dict[str, int]:
+    if handle is None:
+        return {}
+    return dict(sparse=handle.sparse_calls, fallback=handle.fallback_calls, modules=len(handle.modules))
+
+
+def single_process(case: CPCase) -> CPResult:
+    """The case without parallelism, in this process: the reference output and counts."""
+    model = _transformer(case.family)
+    handle = _apply(model, case) if case.method else None
+    try:
+        out = _forward(model, case)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return CPResult(output=out, **_counts(handle))
+
+
+def _processor_state(model: nn.Module) -> list[tuple[str, Any, Any]]:
+    return [
+        (name, m.processor, getattr(m.processor, "_parallel_config", None))
+        for name, m in model.named_modules()
+        if hasattr(m, "set_processor")
+    ]
+
+
+def _run_case(case: CPCase, mesh: Any) -> CPResult:
+    from diffusers import ContextParallelConfig
+
+    model = _transformer(case.family)
+    world = torch.distributed.get_world_size()
+    config = ContextParallelConfig(
+        ulysses_degree=world // case.ring,
+        ring_degree=case.ring,
+        ulysses_anything=case.ulysses_anything,
+        mesh=mesh if case.ring == 1 else None,
+    )
+    handle = None
+    before = _processor_state(model)
+    if case.method and case.order == "before":
+        handle = _apply(model, case)
+    if case.order != "none":
+        with cpu_parallelism():
+            model.enable_parallelism(config=config)
+    expected = _processor_state(model) if handle is None else None  # diffusers' own state after enable
+    if case.method and case.order != "before":
+        handle = _apply(model, case)
+    out = _forward(model, case)
+    result = CPResult(output=out, **_counts(handle))
+    if case.remove and handle is not None:
+        handle.remove()
+        after = _processor_state(model)
+        if expected is None:  # applied before enable: the same processors, now carrying diffusers' config
+            config_set = model._parallel_config if case.order != "none" else None
+            expected = [(n, p, config_set if hasattr(p, "_parallel_config") else None) for n, p, _ in before]
+        result.restored = len(after) == len(expected) and all(
+            a[0] == e[0] and a[1] is e[1] and a[2] is e[2] for a, e in zip(after, expected)
+        )
+    return result
+
+
+def _worker(rank: int, world: int, store_path: str, cases: list[CPCase], out_dir: str) -> None:
+    """One rank: every case in order; rank 0 saves ``{case.id: CPResult}``."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch.distributed as dist
+
+    store = dist.FileStore(store_path, world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (1, world), mesh_dim_names=("ring", "ulysses"))
+        results = {}
+        for case in cases:
+            try:
+                results[case.id] = _run_case(case, mesh)
+            except Exception:  # recorded per case; every rank raises alike, so no collective is left waiting
+                results[case.id] = CPResult(error=traceback.format_exc())
+        if rank == 0:
+            torch.save(results, Path(out_dir) / "results.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_cases(cases: list[CPCase], world: int = 2) -> dict[str, CPResult]:
+    """Run ``cases`` under context parallelism on ``world`` spawned CPU processes; rank 0's results."""
+    import torch.multiprocessing as mp
+
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    with tempfile.TemporaryDirectory(prefix="diffattn-cp-") as tmp:
+        mp.spawn(_worker, args=(world, os.path.join(tmp, "store"), cases, tmp), nprocs=world, join=True)
+        return torch.load(Path(tmp) / "results.pt", weights_only=False)
