@@ -30,6 +30,7 @@ from .kernels import choose_backend
 from .layout import TokenLayout
 from .methods import AttendCall, AttentionMethod, get_method
 from .models import FamilyAdapter, family_key, find_adapter
+from .parallel import gathered_order, splits_input, ulysses_of
 from .presets import Preset, resolve_preset
 
 logger = logging.getLogger("diffattn")
@@ -83,6 +84,11 @@ class _Runtime:
         t = self.adapter.read_timestep(call)
         self.local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_divisor
         self.local.active = self.steps is None or self._in_steps(self.local.timestep)
+        # under context parallelism: whether diffusers splits the text per rank (joint calls then
+        # see [txt_0, img_0, txt_1, img_1, ...]); read only when parallelism is on
+        self.local.text_split = getattr(module, "_parallel_config", None) is not None and splits_input(
+            module, "encoder_hidden_states"
+        )
 
     def _in_steps(self, timestep: float | None) -> bool:
         """Whether the step of ``timestep`` (scheduler units) is in ``steps``: the nearest entry of
@@ -115,6 +121,10 @@ class _Runtime:
     def timestep(self) -> float | None:
         return getattr(self.local, "timestep", None)
 
+    @property
+    def text_split(self) -> bool:
+        return getattr(self.local, "text_split", False)
+
 
 class _Interceptor(TorchFunctionMode):
     """Routes the one SDPA call of a wrapped processor to the method."""
@@ -144,6 +154,7 @@ class _PatchedAttention:
         runtime.stats.setdefault(name, CallStats())
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        ulysses_of(getattr(self.original, "_parallel_config", None))  # ring: a clear error before any collective
         with _Interceptor(self):
             return self.original(*args, **kwargs)
 
@@ -184,6 +195,26 @@ class _PatchedAttention:
                 f"nor it plus {layout.text_len} text tokens",
             )
         grid, start, text_len = split
+        perm = None
+        ulysses = ulysses_of(getattr(self.original, "_parallel_config", None))
+        if ulysses is not None and text_len:
+            if not rt.text_split:
+                return self._fallback(
+                    func, args, kwargs, "under context parallelism the text is not split per rank along its sequence; "
+                    "the order of the gathered joint sequence is unknown"
+                )
+            perm = gathered_order(text_len, seq - text_len, start > 0, ulysses)
+            if perm is None:
+                return self._fallback(
+                    func, args, kwargs, f"{text_len} text and {seq - text_len} image tokens cannot be split into "
+                    f"{ulysses.degree} chunks as diffusers does"
+                )
+            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order
+            perm = perm.to(q.device)
+            q, k, v = (t.index_select(2, perm) for t in (q, k, v))
+            mask = p.get("attn_mask")
+            if mask is not None and mask.shape[-1] == seq:
+                p["attn_mask"] = mask.index_select(-1, perm)
         key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
         if key_valid is False:
             return self._fallback(
@@ -214,7 +245,8 @@ class _PatchedAttention:
         text_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
         out_txt = func(q[:, :, txt], k, v, **text_kwargs)
         parts = (out_txt, out_img) if start else (out_img, out_txt)
-        return torch.cat(parts, dim=2)
+        out = torch.cat(parts, dim=2)
+        return out if perm is None else out.index_select(2, torch.argsort(perm))  # back to the gathered order
 
 
 def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:
@@ -250,10 +282,24 @@ def _make_wrapper(patched: _PatchedAttention) -> Any:
         wrapper = _PlainWrapper()
     object.__setattr__(wrapper, "__call__", call)  # what inspect.signature(processor.__call__) finds
     object.__setattr__(wrapper, "diffattn_patch", patched)
-    for attr in ("_attention_backend", "_parallel_config"):
-        if hasattr(original, attr):
-            object.__setattr__(wrapper, attr, getattr(original, attr))
+    if hasattr(original, "_attention_backend"):
+        object.__setattr__(wrapper, "_attention_backend", original._attention_backend)
     return wrapper
+
+
+class _ParallelConfigThrough:
+    """``_parallel_config`` of a wrapper is the original processor's (absent if it has none):
+    ``enable_parallelism`` writes it onto whatever processor is installed, and the original's
+    ``__call__`` reads it from itself, so apply and enable work in either order and remove leaves
+    the original with the config diffusers gave it."""
+
+    @property
+    def _parallel_config(self) -> Any:
+        return self.__dict__["diffattn_patch"].original._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.__dict__["diffattn_patch"].original._parallel_config = value
 
 
 def _reduce_to_original(wrapper: Any) -> tuple:
@@ -263,7 +309,7 @@ def _reduce_to_original(wrapper: Any) -> tuple:
     return operator.itemgetter(0), ((wrapper.diffattn_patch.original,),)
 
 
-class _PlainWrapper:
+class _PlainWrapper(_ParallelConfigThrough):
     """Shell for plain-object processors; ``__call__`` is set per instance."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -276,7 +322,7 @@ class _PlainWrapper:
         return f"diffattn({self.__dict__['diffattn_patch'].original!r})"
 
 
-class _ModuleWrapper(nn.Module):
+class _ModuleWrapper(_ParallelConfigThrough, nn.Module):
     """Shell for ``nn.Module`` processors: shares the original's parameter, buffer and child dicts."""
 
     def __init__(self, original: nn.Module, call: Callable[..., Any]) -> None:
@@ -579,6 +625,8 @@ def apply_attention(
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
         raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
 
+    for _, _, module in plan:  # ring: refuse before touching anything
+        ulysses_of(getattr(module.processor, "_parallel_config", None))
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()

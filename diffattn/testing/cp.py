@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["CPCase", "CPResult", "cpu_parallelism", "run_cases", "single_process"]
+__all__ = ["CPCase", "CPResult", "SpawnedCases", "cpu_parallelism", "run_cases", "single_process"]
 
 Order = Literal["none", "before", "after"]
 
@@ -46,6 +46,7 @@ class CPCase:
     grid: image token grid (``(F, H, W)`` for Wan, ``(H, W)`` for FLUX); None = the family's default.
     text_len: text tokens; None = the family's default.
     remove: remove diffattn after the forward and record the processors' state (`CPResult.restored`).
+    split_text: False = a custom ``cp_plan`` that keeps the whole text on every rank (FLUX only).
     """
 
     family: str
@@ -57,6 +58,7 @@ class CPCase:
     grid: tuple[int, ...] | None = None
     text_len: int | None = None
     remove: bool = False
+    split_text: bool = True
 
     @property
     def id(self) -> str:
@@ -64,6 +66,7 @@ class CPCase:
         parts = [self.family, self.method or "dense", knobs, self.order, "x".join(map(str, self.token_grid))]
         parts += [f"t{self.text}"] + (["anything"] if self.ulysses_anything else [])
         parts += ([f"ring{self.ring}"] if self.ring > 1 else []) + (["remove"] if self.remove else [])
+        parts += [] if self.split_text else ["text-whole"]
         return "-".join(p.replace(" ", "") for p in parts if p)
 
     @property
@@ -102,6 +105,34 @@ def cpu_parallelism() -> Iterator[None]:
         yield
     finally:
         torch.accelerator.device_count = original  # type: ignore[assignment]
+
+
+def _gloo_all_gather_anything(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+    """diffusers' uneven all-gather (``ulysses_anything``) for gloo, whose all_gather needs equal
+    sizes: pad every rank's part to the longest, gather, trim, concatenate in rank order."""
+    import torch.distributed as dist
+    from diffusers.models._modeling_parallel import gather_size_by_comm
+
+    sizes = gather_size_by_comm(tensor.shape[dim], group)
+    pad = list(tensor.shape)
+    pad[dim] = max(sizes) - tensor.shape[dim]
+    x = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim).contiguous()
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes)], dim=dim)
+
+
+@contextlib.contextmanager
+def gloo_uneven_gather() -> Iterator[None]:
+    """Route diffusers' ``_all_gather_anything`` through `_gloo_all_gather_anything` (gloo only)."""
+    from diffusers.hooks import context_parallel
+
+    original = context_parallel._all_gather_anything
+    context_parallel._all_gather_anything = _gloo_all_gather_anything
+    try:
+        yield
+    finally:
+        context_parallel._all_gather_anything = original
 
 
 def _transformer(family: str) -> nn.Module:
@@ -169,6 +200,15 @@ def _processor_state(model: nn.Module) -> list[tuple[str, Any, Any]]:
     ]
 
 
+def _cp_plan(model: nn.Module, case: CPCase) -> dict | None:
+    """The model's own plan, or (``split_text=False``) one that leaves the text whole on every rank."""
+    if case.split_text:
+        return None
+    plan = dict(model._cp_plan)
+    plan[""] = {k: v for k, v in plan[""].items() if k not in ("encoder_hidden_states", "txt_ids")}
+    return plan
+
+
 def _run_case(case: CPCase, mesh: Any) -> CPResult:
     from diffusers import ContextParallelConfig
 
@@ -181,23 +221,23 @@ def _run_case(case: CPCase, mesh: Any) -> CPResult:
         mesh=mesh if case.ring == 1 else None,
     )
     handle = None
-    before = _processor_state(model)
+    processors = _processor_state(model)
     if case.method and case.order == "before":
         handle = _apply(model, case)
     if case.order != "none":
         with cpu_parallelism():
-            model.enable_parallelism(config=config)
-    expected = _processor_state(model) if handle is None else None  # diffusers' own state after enable
+            model.enable_parallelism(config=config, cp_plan=_cp_plan(model, case))
     if case.method and case.order != "before":
         handle = _apply(model, case)
     out = _forward(model, case)
     result = CPResult(output=out, **_counts(handle))
     if case.remove and handle is not None:
         handle.remove()
+        # what diffusers alone leaves: the same processor objects, each that has the attribute
+        # holding the model's ParallelConfig
+        given = model._parallel_config
+        expected = [(n, p, given if hasattr(p, "_parallel_config") else None) for n, p, _ in processors]
         after = _processor_state(model)
-        if expected is None:  # applied before enable: the same processors, now carrying diffusers' config
-            config_set = model._parallel_config if case.order != "none" else None
-            expected = [(n, p, config_set if hasattr(p, "_parallel_config") else None) for n, p, _ in before]
         result.restored = len(after) == len(expected) and all(
             a[0] == e[0] and a[1] is e[1] and a[2] is e[2] for a, e in zip(after, expected)
         )
@@ -217,7 +257,8 @@ def _worker(rank: int, world: int, store_path: str, cases: list[CPCase], out_dir
         results = {}
         for case in cases:
             try:
-                results[case.id] = _run_case(case, mesh)
+                with gloo_uneven_gather():
+                    results[case.id] = _run_case(case, mesh)
             except Exception:  # recorded per case; every rank raises alike, so no collective is left waiting
                 results[case.id] = CPResult(error=traceback.format_exc())
         if rank == 0:
@@ -226,13 +267,29 @@ def _worker(rank: int, world: int, store_path: str, cases: list[CPCase], out_dir
         dist.destroy_process_group()
 
 
+class SpawnedCases:
+    """``cases`` running under context parallelism on ``world`` spawned CPU processes; the caller
+    may compute its references meanwhile, then `results` waits for rank 0's."""
+
+    def __init__(self, cases: list[CPCase], world: int = 2) -> None:
+        import torch.multiprocessing as mp
+
+        ids = [c.id for c in cases]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="diffattn-cp-")
+        args = (world, os.path.join(self._tmp.name, "store"), cases, self._tmp.name)
+        self._context = mp.start_processes(_worker, args=args, nprocs=world, join=False, start_method="spawn")
+
+    def results(self) -> dict[str, CPResult]:
+        try:
+            while not self._context.join():  # raises if a rank failed outside a case
+                pass
+            return torch.load(Path(self._tmp.name) / "results.pt", weights_only=False)
+        finally:
+            self._tmp.cleanup()
+
+
 def run_cases(cases: list[CPCase], world: int = 2) -> dict[str, CPResult]:
     """Run ``cases`` under context parallelism on ``world`` spawned CPU processes; rank 0's results."""
-    import torch.multiprocessing as mp
-
-    ids = [c.id for c in cases]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-    with tempfile.TemporaryDirectory(prefix="diffattn-cp-") as tmp:
-        mp.spawn(_worker, args=(world, os.path.join(tmp, "store"), cases, tmp), nprocs=world, join=True)
-        return torch.load(Path(tmp) / "results.pt", weights_only=False)
+    return SpawnedCases(cases, world).results()
