@@ -14,7 +14,7 @@ from diffusers import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig
 
 from diffattn import apply_attention
-from diffattn.testing.cp import CPCase, SpawnedCases, single_process
+from diffattn.testing.multiprocess import CPCase, SpawnedCases, single_process
 
 _GNA = {"wan": (("window", (3, 3, 3)),), "flux": (("window", (3, 3)),)}
 _KNOBS = {"msw": (), "proxy": (("window", 2),), "agent": (("agents", 8),)}
@@ -40,7 +40,7 @@ def spawned():
     cases = [*EQUAL, DENSE, *RING, TEXT_WHOLE]
     running = SpawnedCases(cases, world=2)
     references = {c.id: single_process(c) for c in [*EQUAL, DENSE]}
-    return running.results(), references
+    return running.result(), references
 
 
 def _ok(results, case):
@@ -103,7 +103,7 @@ def _ring_config() -> ParallelConfig:
 
 
 def _tiny_flux():
-    from diffattn.testing.cp import _transformer
+    from diffattn.testing.multiprocess import _transformer
 
     return _transformer("flux")
 
@@ -116,9 +116,9 @@ def _state(model):
 def test_parallel_config_reads_and_writes_through_the_wrapper():
     model = _tiny_flux()
     before = _state(model)
+    original = model.transformer_blocks[0].attn.processor
     handle = apply_attention(model, "gna", window=3, preset=False)
     wrapper = model.transformer_blocks[0].attn.processor
-    original = handle._installed[0].original
     assert wrapper is not original and wrapper._parallel_config is None
     config = ParallelConfig()
     wrapper._parallel_config = config  # what enable_parallelism does
@@ -140,7 +140,7 @@ def test_ring_refused_at_apply_time_leaves_model_unchanged():
 
 
 def test_ring_refused_at_first_call_when_enabled_later():
-    from diffattn.testing.cp import CPCase, _forward
+    from diffattn.testing.multiprocess import CPCase, _forward
 
     model = _tiny_flux()
     handle = apply_attention(model, "gna", window=3, preset=False)

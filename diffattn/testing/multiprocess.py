@@ -1,11 +1,15 @@
-"""diffusers context parallelism on CPU processes, for tests: gloo over a file store, tiny transformers.
+"""Multi-process CPU runs for tests: context parallelism and data-parallel generation.
 
-`run_cases` spawns ``world`` CPU processes (one thread each, no ports: a `torch.distributed.FileStore`
-in a temporary directory, a 60 s collective timeout so a rank that skips a collective fails instead
-of hanging). Each rank builds the tiny Wan or FLUX transformer from seed 0, the same seeded inputs,
-turns on Ulysses with ``enable_parallelism`` and applies diffattn before or after it (`CPCase.order`);
-rank 0 saves the output and diffattn's call counts. `single_process` computes the same case in the
-calling process without parallelism, the reference every CP output must equal.
+`Spawned` starts ``world`` CPU processes (one thread each, no ports: gloo over a
+`torch.distributed.FileStore` in a temporary directory, a 60 s collective timeout so a rank that
+skips a collective fails instead of hanging); rank 0 saves what the job returns.
+
+- Context parallelism (`SpawnedCases`): each rank builds the tiny Wan or FLUX transformer from seed 0
+  and the same seeded inputs, turns on Ulysses with ``enable_parallelism`` and applies diffattn
+  before or after it (`CPCase.order`). `single_process` computes the same case in the calling
+  process without parallelism: the reference every CP output must equal.
+- Data parallelism (`data_parallel_job`): the recipe of docs/multi_gpu.md, the prompts sharded with
+  accelerate, a generator seeded per global sample index, call counts gathered with `gather_stats`.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ import datetime
 import os
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["CPCase", "CPResult", "SpawnedCases", "cpu_parallelism", "run_cases", "single_process"]
+__all__ = ["CPCase", "CPResult", "Spawned", "SpawnedCases", "cpu_parallelism", "data_parallel_job", "single_process"]
 
 Order = Literal["none", "before", "after"]
 
@@ -244,52 +248,97 @@ def _run_case(case: CPCase, mesh: Any) -> CPResult:
     return result
 
 
-def _worker(rank: int, world: int, store_path: str, cases: list[CPCase], out_dir: str) -> None:
-    """One rank: every case in order; rank 0 saves ``{case.id: CPResult}``."""
+def _cp_job(cases: list[CPCase]) -> dict[str, CPResult]:
+    """One rank of `SpawnedCases`: every case in order, ``{case.id: CPResult}``."""
+    world = torch.distributed.get_world_size()
+    mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (1, world), mesh_dim_names=("ring", "ulysses"))
+    results = {}
+    for case in cases:
+        try:
+            with gloo_uneven_gather():
+                results[case.id] = _run_case(case, mesh)
+        except Exception:  # recorded per case; every rank raises alike, so no collective is left waiting
+            results[case.id] = CPResult(error=traceback.format_exc())
+    return results
+
+
+def _worker(rank: int, world: int, store_path: str, job: Callable[..., Any], args: tuple, out_dir: str) -> None:
+    """One rank: a gloo process group over the file store, then ``job(*args)``; rank 0 saves its result."""
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # what torchrun sets, so accelerate's PartialState(cpu=True) sees this process group
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch.distributed as dist
 
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (1, world), mesh_dim_names=("ring", "ulysses"))
-        results = {}
-        for case in cases:
-            try:
-                with gloo_uneven_gather():
-                    results[case.id] = _run_case(case, mesh)
-            except Exception:  # recorded per case; every rank raises alike, so no collective is left waiting
-                results[case.id] = CPResult(error=traceback.format_exc())
+        result = job(*args)
         if rank == 0:
-            torch.save(results, Path(out_dir) / "results.pt")
+            torch.save(result, Path(out_dir) / "result.pt")
     finally:
         dist.destroy_process_group()
 
 
-class SpawnedCases:
-    """``cases`` running under context parallelism on ``world`` spawned CPU processes; the caller
-    may compute its references meanwhile, then `results` waits for rank 0's."""
+class Spawned:
+    """``job(*args)`` running on ``world`` spawned CPU processes; the caller may compute its
+    references meanwhile, then `result` waits for rank 0's return value. ``job`` must be importable
+    (a module-level function)."""
 
-    def __init__(self, cases: list[CPCase], world: int = 2) -> None:
+    def __init__(self, job: Callable[..., Any], args: tuple, world: int = 2) -> None:
         import torch.multiprocessing as mp
 
-        ids = [c.id for c in cases]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-        self._tmp = tempfile.TemporaryDirectory(prefix="diffattn-cp-")
-        args = (world, os.path.join(self._tmp.name, "store"), cases, self._tmp.name)
-        self._context = mp.start_processes(_worker, args=args, nprocs=world, join=False, start_method="spawn")
+        self._tmp = tempfile.TemporaryDirectory(prefix="diffattn-mp-")
+        worker_args = (world, os.path.join(self._tmp.name, "store"), job, args, self._tmp.name)
+        self._context = mp.start_processes(_worker, args=worker_args, nprocs=world, join=False, start_method="spawn")
 
-    def results(self) -> dict[str, CPResult]:
+    def result(self) -> Any:
         try:
-            while not self._context.join():  # raises if a rank failed outside a case
+            while not self._context.join():  # raises if a rank failed
                 pass
-            return torch.load(Path(self._tmp.name) / "results.pt", weights_only=False)
+            return torch.load(Path(self._tmp.name) / "result.pt", weights_only=False)
         finally:
             self._tmp.cleanup()
 
 
-def run_cases(cases: list[CPCase], world: int = 2) -> dict[str, CPResult]:
-    """Run ``cases`` under context parallelism on ``world`` spawned CPU processes; rank 0's results."""
-    return SpawnedCases(cases, world).results()
+class SpawnedCases(Spawned):
+    """``cases`` under context parallelism on ``world`` spawned CPU processes; `result` is rank 0's
+    ``{case.id: CPResult}``."""
+
+    def __init__(self, cases: list[CPCase], world: int = 2) -> None:
+        ids = [c.id for c in cases]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        super().__init__(_cp_job, (cases,), world)
+
+
+# --------------------------------------------------------------------------- data parallelism
+
+
+def data_parallel_job(model: str, method: str, knobs: dict[str, Any], prompts: list[str], seed: int) -> dict:
+    """One rank of data-parallel generation, as docs/multi_gpu.md does it: the tiny pipeline
+    ``model`` with ``method`` applied, this process's share of ``prompts``, sample ``i`` generated with
+    a generator seeded ``seed + i``. Returns (on every rank) ``{"images": {i: image}, "shards":
+    [indices per rank], "stats": summed call counts, "local_sparse": this rank's sparse calls}``."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .. import apply_attention
+    from ..distributed import gather_stats
+    from .tiny import build_tiny_pipeline, tiny_output
+
+    state = PartialState(cpu=True)  # plain PartialState() reports one process on a CPU build
+    pipe = build_tiny_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    handle = apply_attention(pipe, method, preset=False, **knobs)
+    mine = {}
+    with state.split_between_processes(list(range(len(prompts)))) as indices:
+        for i in indices:
+            mine[i] = tiny_output(pipe, model, prompt=prompts[i], seed=seed + i)
+    shards = gather_object([sorted(mine)])
+    images = {i: img for part in gather_object([mine]) for i, img in part.items()}
+    stats = gather_stats(handle)
+    local_sparse = handle.sparse_calls
+    handle.remove()
+    return dict(images=images, shards=shards, stats=stats, local_sparse=local_sparse)
