@@ -93,6 +93,15 @@ def test_unrecoverable_order_falls_back_loudly(spawned):
     which matches no layout, so every call is counted as a fallback, none as sparse."""
     result = _ok(spawned[0], TEXT_WHOLE)
     assert (result.sparse, result.fallback) == (0, result.modules)
+    assert result.text_split is False
+
+
+@pytest.mark.slow
+def test_text_split_is_read_from_diffusers_hooks(spawned):
+    """FLUX's own plan splits ``encoder_hidden_states`` per rank (so a joint call is de-interleaved);
+    Wan's does not (its self-attention is image-only)."""
+    flux, wan = (_ok(spawned[0], next(c for c in EQUAL if c.family == f)) for f in ("flux", "wan"))
+    assert (flux.text_split, wan.text_split) == (True, False)
 
 
 # --------------------------------------------------------------------------- in-process

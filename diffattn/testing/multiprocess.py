@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..parallel import splits_input
+
 __all__ = ["CPCase", "CPResult", "Spawned", "SpawnedCases", "cpu_parallelism", "data_parallel_job", "single_process"]
 
 Order = Literal["none", "before", "after"]
@@ -92,8 +94,10 @@ class CPResult:
     modules: int = 0
     error: str | None = None
     #: with ``CPCase.remove``: whether every processor and its ``_parallel_config`` are exactly the
-    #: objects diffusers alone would have left (see `_worker`)
+    #: objects diffusers alone would have left (see `_run_case`)
     restored: bool | None = None
+    #: `diffattn.parallel.splits_input` for the text argument, after ``enable_parallelism``
+    text_split: bool | None = None
 
 
 @contextlib.contextmanager
@@ -235,6 +239,7 @@ def _run_case(case: CPCase, mesh: Any) -> CPResult:
         handle = _apply(model, case)
     out = _forward(model, case)
     result = CPResult(output=out, **_counts(handle))
+    result.text_split = splits_input(model, "encoder_hidden_states")
     if case.remove and handle is not None:
         handle.remove()
         # what diffusers alone leaves: the same processor objects, each that has the attribute
