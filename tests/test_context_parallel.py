@@ -14,7 +14,7 @@ from diffusers import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig
 
 from diffattn import apply_attention
-from diffattn.testing.multiprocess import CPCase, SpawnedCases, single_process
+from diffattn.testing.multiprocess import CPCase, SpawnedCases, forward_case, single_process, tiny_transformer
 
 _GNA = {"wan": (("window", (3, 3, 3)),), "flux": (("window", (3, 3)),)}
 _KNOBS = {"msw": (), "proxy": (("window", 2),), "agent": (("agents", 8),)}
@@ -37,10 +37,12 @@ TEXT_WHOLE = CPCase("flux", "gna", _GNA["flux"], order="after", split_text=False
 @pytest.fixture(scope="module")
 def spawned():
     """Rank 0's results of every spawned case, and the single-process references."""
-    cases = [*EQUAL, DENSE, *RING, TEXT_WHOLE]
-    running = SpawnedCases(cases, world=2)
-    references = {c.id: single_process(c) for c in [*EQUAL, DENSE]}
-    return running.result(), references
+    running = SpawnedCases([*EQUAL, DENSE, *RING, TEXT_WHOLE], world=2)
+    try:
+        references = {c.id: single_process(c) for c in [*EQUAL, DENSE]}
+    finally:
+        results = running.result()  # waits for the ranks even if a reference failed
+    return results, references
 
 
 def _ok(results, case):
@@ -112,9 +114,7 @@ def _ring_config() -> ParallelConfig:
 
 
 def _tiny_flux():
-    from diffattn.testing.multiprocess import _transformer
-
-    return _transformer("flux")
+    return tiny_transformer("flux")
 
 
 def _state(model):
@@ -149,14 +149,12 @@ def test_ring_refused_at_apply_time_leaves_model_unchanged():
 
 
 def test_ring_refused_at_first_call_when_enabled_later():
-    from diffattn.testing.multiprocess import CPCase, _forward
-
     model = _tiny_flux()
     handle = apply_attention(model, "gna", window=3, preset=False)
     for m in model.modules():
         if hasattr(m, "set_processor"):
             m.processor._parallel_config = _ring_config()  # through the wrapper, as enable_parallelism does
     with pytest.raises(ValueError, match=r"ring_degree=2.*Supported: Ulysses"):
-        _forward(model, CPCase("flux"))
+        forward_case(model, CPCase("flux"))
     assert handle.sparse_calls == 0
     handle.remove()

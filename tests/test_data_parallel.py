@@ -20,14 +20,14 @@ def test_data_parallel_equals_one_process():
     """Each sample equals the single-process one with the same per-sample seed, no sample is
     rendered twice, and the gathered call counts are the single-process counts."""
     running = Spawned(data_parallel_job, (MODEL, METHOD, KNOBS, PROMPTS, SEED), world=2)
-    pipe = build_tiny_pipeline(MODEL)
-    pipe.set_progress_bar_config(disable=True)
-    handle = apply_attention(pipe, METHOD, preset=False, **KNOBS)
-    reference = [tiny_output(pipe, MODEL, prompt=p, seed=SEED + i) for i, p in enumerate(PROMPTS)]
-    expected = {name: s for name, s in handle.stats().items()}
-    handle.remove()
-
-    got = running.result()
+    try:
+        pipe = build_tiny_pipeline(MODEL)
+        pipe.set_progress_bar_config(disable=True)
+        with apply_attention(pipe, METHOD, preset=False, **KNOBS) as handle:
+            reference = [tiny_output(pipe, MODEL, prompt=p, seed=SEED + i) for i, p in enumerate(PROMPTS)]
+            expected = dict(handle.stats())
+    finally:
+        got = running.result()  # waits for the ranks even if the reference failed
     assert got["shards"] == [[0, 1], [2]]  # contiguous, unpadded
     assert sorted(got["images"]) == [0, 1, 2]
     for i, ref in enumerate(reference):

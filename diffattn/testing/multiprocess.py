@@ -29,7 +29,17 @@ from torch import nn
 
 from ..parallel import splits_input
 
-__all__ = ["CPCase", "CPResult", "Spawned", "SpawnedCases", "cpu_parallelism", "data_parallel_job", "single_process"]
+__all__ = [
+    "CPCase",
+    "CPResult",
+    "Spawned",
+    "SpawnedCases",
+    "cpu_parallelism",
+    "data_parallel_job",
+    "forward_case",
+    "single_process",
+    "tiny_transformer",
+]
 
 Order = Literal["none", "before", "after"]
 
@@ -143,7 +153,8 @@ def gloo_uneven_gather() -> Iterator[None]:
         context_parallel._all_gather_anything = original
 
 
-def _transformer(family: str) -> nn.Module:
+def tiny_transformer(family: str) -> nn.Module:
+    """The transformer of the tiny ``family`` pipeline (``"wan"`` or ``"flux"``), seed 0, eval mode."""
     from .tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(f"tiny-{family}", seed=0).transformer.eval()
@@ -171,7 +182,8 @@ def _inputs(case: CPCase) -> dict[str, Any]:
     )
 
 
-def _forward(model: nn.Module, case: CPCase) -> torch.Tensor:
+def forward_case(model: nn.Module, case: CPCase) -> torch.Tensor:
+    """``model``'s output on the case's seeded inputs, without gradients."""
     with torch.no_grad():
         return model(**_inputs(case), return_dict=False)[0]
 
@@ -190,10 +202,10 @@ def _counts(handle: Any) -> dict[str, int]:
 
 def single_process(case: CPCase) -> CPResult:
     """The case without parallelism, in this process: the reference output and counts."""
-    model = _transformer(case.family)
+    model = tiny_transformer(case.family)
     handle = _apply(model, case) if case.method else None
     try:
-        out = _forward(model, case)
+        out = forward_case(model, case)
     finally:
         if handle is not None:
             handle.remove()
@@ -220,7 +232,7 @@ def _cp_plan(model: nn.Module, case: CPCase) -> dict | None:
 def _run_case(case: CPCase, mesh: Any) -> CPResult:
     from diffusers import ContextParallelConfig
 
-    model = _transformer(case.family)
+    model = tiny_transformer(case.family)
     world = torch.distributed.get_world_size()
     config = ContextParallelConfig(
         ulysses_degree=world // case.ring,
@@ -237,7 +249,7 @@ def _run_case(case: CPCase, mesh: Any) -> CPResult:
             model.enable_parallelism(config=config, cp_plan=_cp_plan(model, case))
     if case.method and case.order != "before":
         handle = _apply(model, case)
-    out = _forward(model, case)
+    out = forward_case(model, case)
     result = CPResult(output=out, **_counts(handle))
     result.text_split = splits_input(model, "encoder_hidden_states")
     if case.remove and handle is not None:
