@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import attend_extra, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod
+from .base import AttendCall, AttentionMethod, FlopBound, pairs_bound
 from .gna import _as_tuple, _broadcast
 from .registry import register_method
 
@@ -112,6 +112,15 @@ class AgentAttention(AttentionMethod):
     name = "agent"
     Config = AgentConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Agents score every key (image + text), then every query scores the agents; dense where
+        ``dense_fallback`` applies."""
+        grid = tuple(grid)
+        n, agents = math.prod(grid), math.prod(self.config.agent_grid(grid))
+        if self.config.dense_fallback and 2 * agents >= n:
+            return pairs_bound(grid, extra_tokens, n * (n + extra_tokens), "dense (fallback: 2 x agents >= N)")
+        pairs = agents * (n + extra_tokens) + n * agents
+        return pairs_bound(grid, extra_tokens, pairs, f"N / (2 x {agents} agents)")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         grid = tuple(call.grid)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
-from .base import AXIS_NAMES, AttendCall, AttentionMethod
+from .base import AXIS_NAMES, AttendCall, AttentionMethod, FlopBound, pairs_bound
 from .registry import register_method
 
 IntOrTuple = int | tuple[int, ...]
@@ -201,6 +201,10 @@ class GNA(AttentionMethod):
     name = "gna"
     Config = GNAConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Token-level bound: every query attends ``prod(window)`` image keys (after clamping)."""
+        window = math.prod(self.config.resolve(tuple(grid))[0])
+        return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), f"N / window {window}")
 
     def plan(self, grid: tuple[int, ...]) -> BlockPlan:
         return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
-from .base import AttendCall, AttentionMethod, call_generator
+from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
 from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
 from .registry import register_method
 
@@ -126,6 +126,10 @@ class MSW(AttentionMethod):
     name = "msw"
     Config = MSWConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Every query attends its (shifted) window of ``prod(window)`` image keys."""
+        window = math.prod(self.config.resolve_window(tuple(grid)))
+        return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), f"N / window {window}")
 
     def plan(self, grid: tuple[int, ...], shift: tuple[int, ...] | None = None) -> BlockPlan:
         """The windows of ``grid`` shifted by ``shift`` per axis (None = unshifted)."""

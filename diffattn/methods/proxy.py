@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod, call_generator
+from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
 from .gna import _as_tuple, _broadcast
 from .registry import register_method
 
@@ -163,6 +163,16 @@ class ProxyAttention(AttentionMethod):
     name = "proxy"
     Config = ProxyConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Each query scores its own window exactly and one proxy per window (none when one window
+        covers the grid: then it is exactly dense)."""
+        grid = tuple(grid)
+        windows = self.layout(grid).num_windows
+        window = math.prod(self.config.resolve(grid))
+        if windows == 1:
+            return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), "dense (one window)")
+        pairs = math.prod(grid) * (window + windows + extra_tokens)
+        return pairs_bound(grid, extra_tokens, pairs, f"N / (window {window} + windows {windows})")
 
     def layout(self, grid: tuple[int, ...], layer_index: int = 0) -> ProxyLayout:
         """Windows used for ``grid`` at patched layer ``layer_index`` (odd layers shift if enabled)."""
