@@ -23,7 +23,7 @@ import torch
 
 from . import apply_attention, list_methods, supported_models
 from .methods import get_method
-from .testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
+from .tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
 def _ints(text: str) -> int | tuple[int, ...]:

@@ -16,7 +16,7 @@ from diffattn.report import compare
 from diffattn.report.compare import REFERENCE
 from diffattn.report.quality import PSNR_CAP_DB
 from diffattn.report.runner import RunConfig
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_call_kwargs
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 MODEL = "tiny-pixart-alpha"  # the cheapest tiny pipeline: 8x8 image tokens
 KNOBS = {"gna": "window=4 stride=4", "proxy": "window=4"}  # the rest use their presets

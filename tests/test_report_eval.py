@@ -81,7 +81,7 @@ def bright_scorer(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
 
 def run_eval(state=None) -> dict:
-    from diffattn.testing.tiny import build_tiny_pipeline, tiny_call_kwargs
+    from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
 
     pipe = build_tiny_pipeline(MODEL)
     pipe.set_progress_bar_config(disable=True)

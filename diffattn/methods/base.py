@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..kernels import BlockPlan, block_sparse_attention
+from ..kernels import Backend, BlockPlan, block_sparse_attention, get_backend
 from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class AttendCall:
     extra_k, extra_v: ``[B, T, H, D]`` keys every query attends (text), or None.
     extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
     scale: softmax scale (None = ``D ** -0.5``).
-    backend: resolved kernel backend name.
+    backend: the kernel `Backend`, resolved once by `choose_backend` (a name is looked up, unchecked).
     layer: qualified name of the patched attention module (e.g. ``unet.down_blocks.0...attn1``).
     layer_index: position of that module among the patched modules of its denoiser (0, 1, ...).
     timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
@@ -59,7 +59,7 @@ class AttendCall:
     extra_v: Tensor | None = None
     extra_mask: Tensor | None = None
     scale: float | None = None
-    backend: str = "cpu"
+    backend: Backend = get_backend("cpu")
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
@@ -87,6 +87,14 @@ def pairs_bound(grid: tuple[int, ...], extra_tokens: int, method_pairs: float, f
         formula += f", each query also attends {extra_tokens} text keys"
     return FlopBound(n * (n + extra_tokens) / method_pairs, formula)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.backend, str):
+            object.__setattr__(self, "backend", get_backend(self.backend))
+
+
+#: ``(knobs, exception type, message regex)``: knobs a config must reject, and the error it raises
+BadKnobs = tuple[dict[str, Any], type[Exception], str]
+
 
 class AttentionMethod:
     """Base class of registered methods. Subclasses set ``name`` and ``Config``.
@@ -97,6 +105,8 @@ class AttentionMethod:
     processor (e.g. return a cached cross-attention output without running the module); `attend`
     replaces the self-attention call itself. State lives in ``AttendCall.state`` / ``ModuleCall.state``
     (per layer) and ``DenoiserCall.state``: dicts reset when a new generation starts.
+    The method-contract suite (``tests/test_method_contract.py``) runs every registered method on
+    what the class declares: ``example_knobs``, `oracle`, `dense_limit` and ``invalid_knobs``.
     """
 
     name: ClassVar[str]
@@ -106,6 +116,10 @@ class AttentionMethod:
     #: attention the method is installed on: ``"self"`` and/or ``"cross"`` (cross-attention modules get
     #: their processor wrapped for `process`; their attention call is never routed to `attend`)
     targets: ClassVar[frozenset[str]] = frozenset({"self"})
+    #: knobs the contract suite applies on every tiny family; a non-passthrough method must run sparse there
+    example_knobs: ClassVar[dict[str, Any]] = {}
+    #: examples of knobs the config rejects, with the error each raises
+    invalid_knobs: ClassVar[tuple[BadKnobs, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -189,3 +203,13 @@ class AttentionMethod:
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
         raise NotImplementedError
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        """What `attend` must return, from the method's exact, slow definition (`methods.naive`):
+        ``[B, S, H, D]`` in fp32 or fp64. Small shapes only (``O(S^2)`` memory)."""
+        raise NotImplementedError(f"method {self.name!r} has no oracle: add its exact definition to methods/naive.py")
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> Any | None:
+        """A config under which the method is exactly dense attention on ``grid``; None if it has no such limit."""
+        return None
