@@ -9,7 +9,7 @@ import torch
 from diffattn import apply_attention
 from diffattn.distributed import gather_stats
 from diffattn.testing.multiprocess import Spawned, data_parallel_job
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_output
 
 MODEL, METHOD, KNOBS, SEED = "tiny-pixart-alpha", "gna", {"window": (3, 3)}, 7
 PROMPTS = ["a red fox", "a blue car", "a green tree"]  # odd: the shards differ in size

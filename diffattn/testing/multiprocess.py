@@ -155,7 +155,7 @@ def gloo_uneven_gather() -> Iterator[None]:
 
 def tiny_transformer(family: str) -> nn.Module:
     """The transformer of the tiny ``family`` pipeline (``"wan"`` or ``"flux"``), seed 0, eval mode."""
-    from .tiny import build_tiny_pipeline
+    from ..tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(f"tiny-{family}", seed=0).transformer.eval()
 
@@ -343,7 +343,7 @@ def data_parallel_job(model: str, method: str, knobs: dict[str, Any], prompts: l
 
     from .. import apply_attention
     from ..distributed import gather_stats
-    from .tiny import build_tiny_pipeline, tiny_output
+    from ..tiny import build_tiny_pipeline, tiny_output
 
     state = PartialState(cpu=True)  # plain PartialState() reports one process on a CPU build
     pipe = build_tiny_pipeline(model)
