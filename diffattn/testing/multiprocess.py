@@ -76,6 +76,18 @@ class CPCase:
     remove: bool = False
     split_text: bool = True
 
+    def __post_init__(self) -> None:
+        if self.family not in _GRID:
+            raise ValueError(f"CPCase family={self.family!r}; expected one of {sorted(_GRID)}")
+        if self.order not in ("none", "before", "after"):
+            raise ValueError(f"CPCase order={self.order!r}; expected 'none', 'before' or 'after'")
+        if self.ring < 1:
+            raise ValueError(f"CPCase ring={self.ring} must be >= 1")
+        if not self.split_text and self.family != "flux":
+            raise ValueError("CPCase split_text=False needs family='flux' (Wan never splits its text)")
+        if self.grid is not None and len(self.grid) != len(_GRID[self.family]):
+            raise ValueError(f"CPCase grid={self.grid} needs {len(_GRID[self.family])} axes for {self.family}")
+
     @property
     def id(self) -> str:
         knobs = ",".join(f"{k}={v}" for k, v in self.knobs)
