@@ -137,7 +137,7 @@ def load_pipeline(model: str) -> Any:
 
         pipe = tiny_model()
     elif model.startswith("tiny-"):
-        from .testing.tiny import build_tiny_pipeline
+        from .tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(model)
     else:
@@ -195,14 +195,16 @@ def generate(
         )
 
 
-def _call_kwargs(model: str, prompt: str, seed: int, height: int, width: int, steps: int) -> dict[str, Any]:
+def _call_kwargs(model: str, height: int, width: int, steps: int) -> dict[str, Any]:
+    """Pipeline call arguments besides prompt and generator (those come from `report.compare`)."""
     if model.startswith("tiny-"):
-        from .testing.tiny import tiny_call_kwargs
+        from .tiny import tiny_call_kwargs
 
-        kw = tiny_call_kwargs(model, seed=seed, height=height, width=width)
+        kw = tiny_call_kwargs(model, height=height, width=width)
+        kw.pop("prompt"), kw.pop("generator")
     else:
-        kw = {"height": height, "width": width, "generator": torch.Generator("cpu").manual_seed(seed)}
-    kw.update(prompt=prompt, num_inference_steps=steps, output_type="pil")
+        kw = {"height": height, "width": width}
+    kw["num_inference_steps"] = steps
     return kw
 
 
@@ -212,49 +214,50 @@ def _describe_patch(pipe: Any, method: str, knobs: dict[str, Any], *, height: in
     handle = apply_attention(pipe, method, **knobs)
     try:
         rows = [f"| {name} |" for name in handle.modules]
-        head = f"**{method}** `{handle.config}` on {len(rows)} modules, backend `{handle.backend}`"
+        head = f"**{method}** `{handle.config}` on {len(rows)} modules, backend `{handle.backend.name}`"
     finally:
         handle.remove()
     return "\n".join([head, "", "| module |", "|---|", *rows])
 
 
-def _to_tensor(image: Any) -> torch.Tensor:
-    import numpy as np
+def _to_pil(image: torch.Tensor) -> Any:
+    from PIL import Image
 
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    from .report.quality import as_batch
+
+    array = (as_batch(image)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
 
 
 def _compare_one(
     model: str, pipe: Any, method: str, knobs: dict[str, Any], prompt: str, *, seed: int, height: int, width: int,
     steps: int, progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
-    import time
+    """`report.compare` on one prompt and one config; the embedded model adds its scorer's accuracy."""
+    from .report import RunConfig, compare
 
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    scorer = None
+    if model == "tiny":
+        from .tiny_model import score
 
-    from . import attention
-
-    report = progress or (lambda f, d: None)
-    report(0.0, "dense")
-    start = time.perf_counter()
-    dense = pipe(**_call_kwargs(model, prompt, seed, height, width, steps)).images[0]
-    dense_time = time.perf_counter() - start
-    with attention(pipe, method, **knobs) as handle:
-        report(0.5, method)
-        start = time.perf_counter()
-        image = pipe(**_call_kwargs(model, prompt, seed, height, width, steps)).images[0]
-        fast_time = time.perf_counter() - start
-        stats = (handle.sparse_calls, handle.fallback_calls)
-    a, b = _to_tensor(dense), _to_tensor(image)
-    psnr = float(peak_signal_noise_ratio(b, a, data_range=1.0))
-    ssim = float(structural_similarity_index_measure(b, a, data_range=1.0))
-    speedup = dense_time / fast_time
-    summary = (
-        f"dense {dense_time:.2f} s · {method} {fast_time:.2f} s · **speedup {speedup:.2f}×** · "
-        f"PSNR {psnr:.1f} dB · SSIM {ssim:.3f} · {stats[0]} sparse / {stats[1]} fallback calls"
-    )
-    return {"dense_image": dense, "image": image, "dense_time": dense_time, "time": fast_time, "speedup": speedup,
-            "psnr": psnr, "ssim": ssim, "summary": summary}
+        scorer = score
+    config = RunConfig(method, tuple(knobs.items()))
+    report = compare(pipe, [config], [prompt], [seed], call_kwargs=_call_kwargs(model, height, width, steps),
+                     scorer=scorer, progress=progress is not None)
+    dense, row = report["configs"]
+    bound = row["bounds"]["end_to_end_bound"]
+    parts = [
+        f"dense {dense['total_s']:.2f} s · {method} {row['total_s']:.2f} s",
+        f"**speedup {row['speedup_total']:.2f}×** (bound {bound:.2f}×, attention share "
+        f"{dense['attention_share']:.0%}, attention bound {row['bounds']['attention_bound']:.2f}×)",
+        f"PSNR {row['psnr_db']:.1f} dB · SSIM {row['ssim']:.3f}",
+    ]
+    if row["accuracy"] is not None:
+        parts.append(f"scorer accuracy dense {dense['accuracy']:.0%} / {method} {row['accuracy']:.0%}")
+    parts.append(f"{row['sparse_calls']} sparse / {row['fallback_calls']} fallback calls")
+    return {"dense_image": _to_pil(dense["images"][0]), "image": _to_pil(row["images"][0]),
+            "speedup": row["speedup_total"], "bound": bound, "psnr": row["psnr_db"], "ssim": row["ssim"],
+            "accuracy": row["accuracy"], "summary": " · ".join(parts)}
 
 
 def session_plot(history: list[dict[str, Any]]) -> str:
