@@ -100,7 +100,9 @@ def parse_knobs(method: str, raw: dict[str, Any]) -> dict[str, Any]:
             continue
         kind = specs[name].kind
         try:
-            if kind == "ints" and isinstance(value, str):
+            if kind == "ints" and isinstance(value, list | tuple):  # JSON has no tuples
+                value = tuple(int(x) for x in value)
+            elif kind == "ints" and isinstance(value, str):
                 parts = tuple(int(x) for x in value.replace(" ", "").split(","))
                 value = parts[0] if len(parts) == 1 else parts
             elif kind in ("int", "ints") and isinstance(value, float):

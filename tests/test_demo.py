@@ -33,6 +33,7 @@ def test_every_method_gets_widgets_from_its_config(method):
 def test_knob_parsing_blank_is_unset_and_bad_values_are_named():
     assert demo.parse_knobs("gna", {"window": "8,8", "stride": "", "dilation": None}) == {"window": (8, 8)}
     assert demo.parse_knobs("msw", {"shift": "false", "seed": 3.0}) == {"shift": False, "seed": 3}
+    assert demo.parse_knobs("gna", {"window": [4, 4]}) == {"window": (4, 4)}  # JSON lists
     with pytest.raises(ValueError, match="window='a,b'"):
         demo.parse_knobs("gna", {"window": "a,b"})
     with pytest.raises(ValueError, match=r"unknown knob\(s\) \['bogus'\]"):
