@@ -228,7 +228,9 @@ def _to_pil(image: torch.Tensor) -> Any:
     from .report.quality import as_batch
 
     array = (as_batch(image)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+    picture = Image.fromarray(array)
+    factor = max(1, 256 // max(picture.size))  # small models make small images: show pixels, not a smudge
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
 
 
 def _compare_one(
@@ -272,7 +274,10 @@ def session_plot(history: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
-    ax.scatter([h.get("psnr", 0) for h in history], [h["speedup"] for h in history])
+    psnr = [h["psnr"] for h in history]
+    ax.scatter(psnr, [h["speedup"] for h in history], label="measured")
+    ax.scatter(psnr, [h["bound"] for h in history], marker="_", s=300, color="tab:red", label="bound")
+    ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("PSNR vs dense (dB)")
     ax.set_ylabel("speedup ×")
     fig.tight_layout()
@@ -345,7 +350,7 @@ def build_demo(model: str = DEFAULT_MODEL) -> Any:
         return json.dumps(as_page_error(parse_knobs, method, raw))
 
     def record(history, result):
-        history = [*history, {k: result[k] for k in ("speedup", "psnr", "ssim")}]
+        history = [*history, {k: result[k] for k in ("speedup", "bound", "psnr", "ssim")}]
         return history, session_plot(history)
 
     with gr.Blocks(title="diffattn", analytics_enabled=False) as demo:
