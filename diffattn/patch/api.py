@@ -15,6 +15,7 @@ from ..kernels import Backend, choose_backend
 from ..methods import AttentionMethod, get_method
 from ..methods.lifecycle import TARGET_KINDS
 from ..models import FamilyAdapter, find_adapter
+from ..parallel import ulysses_of
 from .generation import Generations
 from .install import _ACTIVE, AttentionHandle
 from .intercept import _PatchedAttention
@@ -100,6 +101,8 @@ def apply_attention(
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
         raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
 
+    for swap in swaps:  # ring: refuse before touching anything
+        ulysses_of(getattr(swap.original, "_parallel_config", None))
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()
