@@ -44,6 +44,9 @@ def test_reapply_replaces_previous_patch(tiny):
     assert first.sparse_calls == 0 and second.sparse_calls > 0
     assert diffattn.remove_attention(pipe) == 1
     assert torch.equal(tiny_output(pipe, name), base)
+    # no wrapper of the first patch is left behind: every processor is diffattn-free again
+    modules = [m for c in pipe.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()]
+    assert not any(hasattr(getattr(m, "processor", None), "diffattn_patch") for m in modules)
 
 
 def test_context_manager_restores_on_error(tiny):

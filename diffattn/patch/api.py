@@ -15,6 +15,7 @@ from ..kernels import Backend, choose_backend
 from ..methods import AttentionMethod, get_method
 from ..methods.lifecycle import TARGET_KINDS
 from ..models import FamilyAdapter, find_adapter
+from ..parallel import ulysses_of
 from .generation import Generations
 from .install import _ACTIVE, AttentionHandle
 from .intercept import _PatchedAttention
@@ -94,12 +95,14 @@ def apply_attention(
         for kind in sorted(kinds, key=("self", "cross").index):
             targets = [(prefix + n, m) for n, m in attention_modules(denoiser, adapter, kind) if keep(prefix + n)]
             for index, (name, module) in enumerate(targets):
-                patched = _PatchedAttention(name, module.processor, rt, index=index, kind=kind)
+                patched = _PatchedAttention(name, _unpatched_processor(module), rt, index=index, kind=kind)
                 swaps.append(ProcessorSwap(module, make_wrapper(patched)))
     if not swaps:
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
         raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
 
+    for swap in swaps:  # ring: refuse before touching anything
+        ulysses_of(getattr(swap.original, "_parallel_config", None))
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()
@@ -116,6 +119,14 @@ def apply_attention(
         raise
     logger.info("diffattn: %s on %d modules, backend %s", method, len(swaps), chosen)
     return handle
+
+
+def _unpatched_processor(module: nn.Module) -> Any:
+    """The processor under a previous diffattn patch of ``module`` (re-applying removes that patch
+    before installing, so the new wrapper must delegate to what the old one wrapped, not to it)."""
+    processor = module.processor
+    patch = getattr(processor, "diffattn_patch", None)
+    return processor if patch is None else patch.original
 
 
 def _targets_of(impl: AttentionMethod) -> frozenset[str]:

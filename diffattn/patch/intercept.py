@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..methods import AttendCall, ModuleCall
 from ..methods.lifecycle import AttentionKind
+from ..parallel import gathered_order, ulysses_of
 from .runtime import CallStats
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class _PatchedAttention:
         runtime.stats.setdefault(name, CallStats())
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        ulysses_of(getattr(self.original, "_parallel_config", None))  # ring: a clear error before any collective
         rt = self.runtime
         if rt.processes and rt.active:
             return self._process(args, kwargs)
@@ -145,6 +147,32 @@ class _PatchedAttention:
                 f"nor it plus {layout.text_len} text tokens",
             )
         grid, start, text_len = split
+        perm = None
+        ulysses = ulysses_of(getattr(self.original, "_parallel_config", None))
+        if ulysses is not None and text_len:
+            if not rt.text_split:
+                return self._fallback(
+                    func,
+                    args,
+                    kwargs,
+                    "under context parallelism the text is not split per rank along its sequence; "
+                    "the order of the gathered joint sequence is unknown",
+                )
+            perm = gathered_order(text_len, seq - text_len, start > 0, ulysses)
+            if perm is None:
+                return self._fallback(
+                    func,
+                    args,
+                    kwargs,
+                    f"{text_len} text and {seq - text_len} image tokens cannot be split into "
+                    f"{ulysses.degree} chunks as diffusers does",
+                )
+            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order
+            perm = perm.to(q.device)
+            q, k, v = (t.index_select(2, perm) for t in (q, k, v))
+            mask = p.get("attn_mask")
+            if mask is not None and mask.shape[-1] == seq:
+                p["attn_mask"] = mask.index_select(-1, perm)
         key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
         if key_valid is False:
             return self._fallback(
@@ -178,7 +206,8 @@ class _PatchedAttention:
         text_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
         out_txt = func(q[:, :, txt], k, v, **text_kwargs)
         parts = (out_txt, out_img) if start else (out_img, out_txt)
-        return torch.cat(parts, dim=2)
+        out = torch.cat(parts, dim=2)
+        return out if perm is None else out.index_select(2, torch.argsort(perm))  # back to the gathered order
 
 
 def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:

@@ -28,10 +28,24 @@ def make_wrapper(patched: Any) -> Any:
         wrapper = _PlainWrapper()
     object.__setattr__(wrapper, "__call__", call)  # what inspect.signature(processor.__call__) finds
     object.__setattr__(wrapper, "diffattn_patch", patched)
-    for attr in ("_attention_backend", "_parallel_config"):
-        if hasattr(original, attr):
-            object.__setattr__(wrapper, attr, getattr(original, attr))
+    if hasattr(original, "_attention_backend"):
+        object.__setattr__(wrapper, "_attention_backend", original._attention_backend)
     return wrapper
+
+
+class _ParallelConfigThrough:
+    """``_parallel_config`` of a wrapper is the original processor's (absent if it has none):
+    ``enable_parallelism`` writes it onto whatever processor is installed, and the original's
+    ``__call__`` reads it from itself, so apply and enable work in either order and remove leaves
+    the original with the config diffusers gave it."""
+
+    @property
+    def _parallel_config(self) -> Any:
+        return self.__dict__["diffattn_patch"].original._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.__dict__["diffattn_patch"].original._parallel_config = value
 
 
 def _reduce_to_original(wrapper: Any) -> tuple:
@@ -41,7 +55,7 @@ def _reduce_to_original(wrapper: Any) -> tuple:
     return operator.itemgetter(0), ((wrapper.diffattn_patch.original,),)
 
 
-class _PlainWrapper:
+class _PlainWrapper(_ParallelConfigThrough):
     """Shell for plain-object processors; ``__call__`` is set per instance."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -54,7 +68,7 @@ class _PlainWrapper:
         return f"diffattn({self.__dict__['diffattn_patch'].original!r})"
 
 
-class _ModuleWrapper(nn.Module):
+class _ModuleWrapper(_ParallelConfigThrough, nn.Module):
     """Shell for ``nn.Module`` processors: shares the original's parameter, buffer and child dicts."""
 
     def __init__(self, original: nn.Module, call: Callable[..., Any]) -> None:

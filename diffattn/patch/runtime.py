@@ -18,6 +18,7 @@ from ..layout import TokenLayout
 from ..methods import AttentionMethod, Branch, DenoiserCall
 from ..methods.lifecycle import UNKNOWN_BRANCH
 from ..models import FamilyAdapter
+from ..parallel import splits_input
 from .generation import Generations
 from .select import StepFraction
 
@@ -67,6 +68,11 @@ class _Runtime:
         local.active = self.steps is None or self._in_steps(local.step)
         self._track_generation(local)
         local.branch = self.generations.branch_of(call.get("encoder_hidden_states"))
+        # under context parallelism: whether diffusers splits the text per rank (joint calls then
+        # see [txt_0, img_0, txt_1, img_1, ...]); read only when parallelism is on
+        local.text_split = getattr(module, "_parallel_config", None) is not None and splits_input(
+            module, "encoder_hidden_states"
+        )
 
     def _step_index(self, timestep: float | None) -> int | None:
         """Index of the nearest entry of ``scheduler.timesteps`` (so repeated calls per step agree), or
@@ -161,3 +167,7 @@ class _Runtime:
     @property
     def branch(self) -> Branch:
         return getattr(self.local, "branch", UNKNOWN_BRANCH)
+
+    @property
+    def text_split(self) -> bool:
+        return getattr(self.local, "text_split", False)

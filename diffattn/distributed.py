@@ -1,0 +1,37 @@
+"""Data-parallel generation: each process renders its share of the prompts with diffattn applied on
+its own copy of the pipeline; `gather_stats` sums the per-process call counts.
+
+Under ``torchrun`` / ``accelerate launch``, ``handle.stats()`` counts only this process's calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch.distributed as dist
+
+from .patch import CallStats
+
+__all__ = ["gather_stats"]
+
+
+def gather_stats(handle: Any) -> dict[str, CallStats]:
+    """Per patched module, the sparse / fallback / dense calls of every process summed.
+
+    A collective: under ``torch.distributed`` every process must call it (each gets the same sums);
+    without a process group it is a copy of ``handle.stats()``. ``handle`` is an `AttentionHandle`.
+    """
+    mine = {name: dataclasses.astuple(s) for name, s in handle.stats().items()}
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)  # what accelerate's gather_object does for lists
+    else:
+        gathered = [mine]
+    total: dict[str, CallStats] = {}
+    for stats in gathered:
+        for name, counts in stats.items():
+            s = total.setdefault(name, CallStats())
+            for f, n in zip(dataclasses.fields(CallStats), counts):
+                setattr(s, f.name, getattr(s, f.name) + n)
+    return total
