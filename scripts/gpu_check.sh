@@ -9,8 +9,14 @@
 #    window 18x24x24, stride 1 and 16x8x8), 24 heads, head dim 128, bf16, with full autotuning:
 #    correctness of the triton backend on sampled query rows against an exact fp32 reference, and
 #    timing rows (triton, dense SDPA, NATTEN if installed), each with achieved speedup over dense SDPA
-#    and achieved / tile bound (bounds from diffattn/sim.py).
-# Everything lands in OUT_DIR: pytest.log, bench.log, bench.json, bench.md, report.md (compile report).
+#    and achieved / tile bound (bounds from diffattn/sim.py);
+# 3. the compile report;
+# 4. the end-to-end rows at full scale: `scripts/speedup.py --e2e --device cuda` (FLUX-like 2048², SDXL UNet
+#    2048², Wan-like 480p: dense vs gna/msw/proxy/agent per denoiser step beside the Amdahl bound, and the
+#    attention-only memory rows at 16,384 and 65,536 tokens), with one autotune config per launch; it gets
+#    whatever is left of the 8 minutes (at least 60 s).
+# Everything lands in OUT_DIR: pytest.log, bench.log, bench.json, bench.md, report.md (compile report),
+# e2e.log, e2e/e2e.json, e2e/e2e.md.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -25,14 +31,14 @@ sys.exit(0 if torch.cuda.is_available() else 1)
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
 
-echo "== 1/3 tests/test_triton.py on the GPU"
+echo "== 1/4 tests/test_triton.py on the GPU"
 # (the two CUBIN-compile tests need no GPU and run in CI; step 3 covers them here)
-DIFFATTN_TRITON_QUICK_TUNE=1 timeout 210 "$PY" -m pytest tests/test_triton.py -q -x -p no:cacheprovider \
+DIFFATTN_TRITON_QUICK_TUNE=1 timeout 190 "$PY" -m pytest tests/test_triton.py -q -x -p no:cacheprovider \
     -k "not compiles_for_real_gpus and not compile_report" > "$OUT_DIR/pytest.log" 2>&1 || status=1
 tail -3 "$OUT_DIR/pytest.log"
 
-echo "== 2/3 real sizes: correctness and timing"
-timeout 200 "$PY" - "$OUT_DIR" > "$OUT_DIR/bench.log" 2>&1 <<'EOF' || status=1
+echo "== 2/4 real sizes: correctness and timing"
+timeout 180 "$PY" - "$OUT_DIR" > "$OUT_DIR/bench.log" 2>&1 <<'EOF' || status=1
 """Correctness on sampled rows and timing of the triton backend on the two presets."""
 import json
 import math
@@ -149,8 +155,14 @@ sys.exit(1 if bad else 0)
 EOF
 tail -8 "$OUT_DIR/bench.log"
 
-echo "== 3/3 compile report (registers, spills, shared memory, K/V buffers)"
-timeout 60 "$PY" scripts/triton_report.py --quick > "$OUT_DIR/report.md" 2>&1 || status=1
+echo "== 3/4 compile report (registers, spills, shared memory, K/V buffers)"
+timeout 50 "$PY" scripts/triton_report.py --quick > "$OUT_DIR/report.md" 2>&1 || status=1
 tail -12 "$OUT_DIR/report.md"
+
+E2E_S=$(( 470 - SECONDS )); (( E2E_S < 60 )) && E2E_S=60
+echo "== 4/4 end-to-end denoiser steps at full scale (${E2E_S} s)"
+DIFFATTN_TRITON_QUICK_TUNE=1 timeout "$E2E_S" "$PY" scripts/speedup.py --e2e --device cuda --dtype bf16 --repeats 3 \
+    --out "$OUT_DIR/e2e" > "$OUT_DIR/e2e.log" 2>&1 || status=1
+grep -E "^\[e2e\]|^- (PASS|MISS)|^From " "$OUT_DIR/e2e.log" | tail -24
 echo "results in $OUT_DIR (status $status)"
 exit $status

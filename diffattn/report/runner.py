@@ -252,6 +252,7 @@ class MemoryMeter:
             self._base = torch.cuda.memory_allocated(self.device)
             self.kind = "cuda max_memory_allocated increase"
             return self
+        _trim_heap()  # freed heap still counts in RSS and would hide a peak that reuses it
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             self._base = _status_kib("VmRSS") * 1024
@@ -266,6 +267,16 @@ class MemoryMeter:
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
         elif self.kind != "unavailable":
             self.peak_bytes = max(0, _status_kib("VmHWM") * 1024 - self._base)
+
+
+def _trim_heap() -> None:
+    """Return freed malloc memory to the OS (glibc ``malloc_trim``), where there is such a call."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _status_kib(field: str) -> int:

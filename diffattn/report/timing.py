@@ -26,11 +26,13 @@ def time_round_robin(
     sync: Callable[[], None] | None = None,
     log: Callable[[str], None] | None = None,
     label: str = "",
+    prepare: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """``warmup`` untimed rounds, then ``repeats`` timed rounds calling every fn in turn.
 
     Returns seconds per call, per key. ``sync`` (e.g. `synchronizer`) runs before each clock read so
-    asynchronous devices are timed to completion. ``log`` gets one line per call.
+    asynchronous devices are timed to completion. ``log`` gets one line per call. ``prepare[key]``,
+    when given, runs untimed before each call of ``fns[key]`` (e.g. installing that key's patch).
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be an int >= 1")
@@ -40,6 +42,8 @@ def time_round_robin(
     times: dict[str, list[float]] = {k: [] for k in fns}
     for rep in range(-warmup, repeats):
         for key, fn in fns.items():
+            if prepare is not None and key in prepare:
+                prepare[key]()
             sync()
             t0 = time.perf_counter()
             fn()
