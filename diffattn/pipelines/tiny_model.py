@@ -217,7 +217,7 @@ def tiny_model(path: str | Path | None = None, *, device: str | torch.device = "
     """Load the trained tiny model shipped in the package (or from ``path``), checking every file first."""
     path = Path(path) if path is not None else WEIGHTS_DIR
     _check_weights(path)
-    pipe = TinyShapesPipeline.from_pretrained(path, torch_dtype=dtype)
+    pipe = TinyShapesPipeline.from_pretrained(path, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.transformer, pipe.text_encoder):
         m.eval()
