@@ -82,8 +82,9 @@ def generate_tiny(args: Any) -> int:
     from .tiny_quality import load_scorer, score
 
     pipe = tm.tiny_model()
-    size = args.height or args.width or 2 * tm.RESOLUTION
-    if args.height and args.width and args.height != args.width:
+    sizes = {v for v in (args.height, args.width) if v is not None}
+    size = sizes.pop() if len(sizes) == 1 else 2 * tm.RESOLUTION
+    if sizes:
         raise ValueError(f"the tiny model draws square images; got height={args.height}, width={args.width}")
     pipe.check_size(size, size)
     captions = [args.prompt] if args.prompt else class_captions(args.seed)

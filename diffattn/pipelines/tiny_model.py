@@ -152,8 +152,8 @@ class TinyShapesPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt must be a caption or a non-empty list of captions")
-        height = height or RESOLUTION
-        width = width or RESOLUTION
+        height = RESOLUTION if height is None else height
+        width = RESOLUTION if width is None else width
         self.check_size(height, width)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
