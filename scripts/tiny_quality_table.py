@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import diffattn  # noqa: E402
 from diffattn import tiny_data  # noqa: E402
 from diffattn.pipelines import tiny_model as tm  # noqa: E402
-from diffattn.tiny_job import class_captions, method_knobs, sample  # noqa: E402
+from diffattn.tiny_job import class_captions, method_knobs, sample, save_grid  # noqa: E402
 from diffattn.tiny_quality import labels_of, load_scorer, pattern_fid, per_class_accuracy  # noqa: E402
 
 METHODS = ("dense", "gna", "msw", "proxy", "agent")
@@ -41,8 +41,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tiny_quality"))
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="merge these result JSONs (e.g. scales run in parallel processes) into --out and exit")
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        result = {**parts[0], "cells": [c for p in parts for c in p["cells"]],
+                  "real_accuracy": {k: v for p in parts for k, v in p["real_accuracy"].items()}}
+        write(result, args.out)
+        return
     torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = tm.tiny_model(args.weights) if args.weights else tm.tiny_model()
     scorer = load_scorer()
     cells = []
@@ -53,6 +62,7 @@ def main() -> None:
         labels = labels_of(caps)
         real_scenes = tiny_data.sample_scenes(len(caps), seed=args.seed + 1, labels=labels)
         real = tiny_data.render(real_scenes, size)
+        shown: dict[str, torch.Tensor] = {}
         for method in args.methods.split(","):
             handle = None if method == "dense" else diffattn.apply_attention(pipe, method, **method_knobs(method))
             try:
@@ -75,22 +85,28 @@ def main() -> None:
             }
             cells.append(cell)
             print(json.dumps(cell), flush=True)
-            torch.save(imgs[:: max(1, per_class)], args.out.with_name(f"tiny_quality_{method}_{size}.pt"))
+            shown[method] = imgs[::per_class]  # the first sample of each class
+        save_grid(shown, caps[::per_class], args.out.with_name(f"{args.out.name}_{size}px.png"))
     real_acc = {}
     for scale in sorted({c["scale"] for c in cells}):
         scenes = tiny_data.sample_scenes(96, seed=args.seed + 2, labels=torch.arange(6).repeat_interleave(16))
         acc = per_class_accuracy(tiny_data.render(scenes, tm.RESOLUTION * scale), scenes.label, scorer)
-        real_acc[scale] = sum(acc.values()) / len(acc)
+        real_acc[str(scale)] = sum(acc.values()) / len(acc)
     result = {"steps": args.steps, "guidance": 3.0, "threads": args.threads, "cells": cells,
               "real_accuracy": real_acc, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
+    write(result, args.out)
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
     scales = sorted({c["scale"] for c in result["cells"]})
+    real = ", ".join(f"{result['real_accuracy'][k]:.0%} at {k}x" for k in sorted(result["real_accuracy"]))
     methods = list(dict.fromkeys(c["method"] for c in result["cells"]))
     by = {(c["method"], c["scale"]): c for c in result["cells"]}
     head = "| method | " + " | ".join(
@@ -100,7 +116,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Scorer accuracy / pattern-FID / seconds per image ({result['steps']} steps, CFG {result['guidance']}, "
         f"{result['threads']} CPU thread, {result['date']}). Real renderings score "
-        + ", ".join(f"{v:.0%} at {k}x" for k, v in result["real_accuracy"].items()) + ".",
+        + real + ".",
         "",
         head,
         "|" + "---|" * (len(scales) + 1),
