@@ -217,7 +217,19 @@ def tiny_model(path: str | Path | None = None, *, device: str | torch.device = "
     """Load the trained tiny model shipped in the package (or from ``path``), checking every file first."""
     path = Path(path) if path is not None else WEIGHTS_DIR
     _check_weights(path)
-    pipe = TinyShapesPipeline.from_pretrained(path, dtype=dtype)
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:  # the load bars would be noise: four tiny components load in about a second
+        pipe = TinyShapesPipeline.from_pretrained(path, dtype=dtype)
+    finally:
+        if was[0]:
+            dlog.enable_progress_bar()
+        if was[1]:
+            tlog.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.transformer, pipe.text_encoder):
         m.eval()
