@@ -106,8 +106,24 @@ def build_eval_pipe(model: dict, ema: dict[str, list[torch.Tensor]], comps: dict
     return pipe
 
 
+def zero_init(transformer: torch.nn.Module) -> None:
+    """DiT's adaLN-Zero: every block starts as the identity (zero gates) and the output layer at zero."""
+    with torch.no_grad():
+        transformer.adaln_single.linear.weight.zero_()
+        transformer.adaln_single.linear.bias.zero_()
+        for block in transformer.transformer_blocks:
+            block.scale_shift_table[2].zero_()  # gate_msa
+            block.scale_shift_table[5].zero_()  # gate_mlp
+            block.attn2.to_out[0].weight.zero_()  # cross-attention has no gate: start it at zero too
+            block.attn2.to_out[0].bias.zero_()
+        transformer.proj_out.weight.zero_()
+        transformer.proj_out.bias.zero_()
+
+
 def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) -> None:
     comps = tm.build_components(args.seed)
+    if args.zero_init:
+        zero_init(comps["transformer"])
     model = {"transformer": comps["transformer"].train(), "text_encoder": comps["text_encoder"].train()}
     params = [p for m in model.values() for p in m.parameters()]
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in model.items()}
@@ -208,6 +224,7 @@ def main() -> None:
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the periodic evaluations")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
+    ap.add_argument("--zero-init", action="store_true", help="adaLN-Zero initialisation (DiT)")
     ap.add_argument("--scorer-steps", type=int, default=600)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=300)
