@@ -122,7 +122,11 @@ def zero_init(transformer: torch.nn.Module) -> None:
 
 def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) -> None:
     comps = tm.build_components(args.seed)
-    if args.zero_init:
+    if args.init_from is not None:  # warm start: same architecture, weights of an earlier checkpoint
+        warm = tm.TinyShapesPipeline.from_pretrained(args.init_from)
+        comps["transformer"].load_state_dict(warm.transformer.float().state_dict())
+        comps["text_encoder"].load_state_dict(warm.text_encoder.float().state_dict())
+    elif args.zero_init:
         zero_init(comps["transformer"])
     model = {"transformer": comps["transformer"].train(), "text_encoder": comps["text_encoder"].train()}
     params = [p for m in model.values() for p in m.parameters()]
@@ -148,7 +152,11 @@ def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) ->
         ids = tok(caps, padding="max_length", max_length=tm.TEXT_LEN, return_tensors="pt").input_ids
         drop = torch.rand(args.batch, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
-        t = torch.sigmoid(torch.randn(args.batch, generator=g))  # logit-normal(0, 1)
+        # logit-normal(t_mean, 1), a fraction drawn uniformly: sampling starts at t = 1, where the layout is decided,
+        # and logit-normal(0, 1) alone left t > 0.8 so rarely trained that samples came out as blocky noise
+        t = torch.sigmoid(torch.randn(args.batch, generator=g) + args.t_mean)
+        uniform = torch.rand(args.batch, generator=g) < args.t_uniform
+        t = torch.where(uniform, torch.rand(args.batch, generator=g), t)
         noise = torch.randn(x0.shape, generator=g)
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -225,6 +233,9 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the periodic evaluations")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false")
     ap.add_argument("--zero-init", action="store_true", help="adaLN-Zero initialisation (DiT)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
+    ap.add_argument("--t-mean", type=float, default=1.0, help="mean of the logit-normal timestep density")
+    ap.add_argument("--t-uniform", type=float, default=0.0, help="fraction of timesteps drawn uniformly")
     ap.add_argument("--scorer-steps", type=int, default=600)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=300)
