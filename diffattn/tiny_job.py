@@ -55,7 +55,7 @@ def save_grid(rows: dict[str, torch.Tensor], captions: list[str], path: Path, ce
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    wrapped = [textwrap.wrap(c, 20) for c in captions]
+    wrapped = [textwrap.wrap(c, 20) for c in captions]  # ~6 px per character
     head = 12 * max(len(w) for w in wrapped) + 6
     label_w = 8 * max(len(k) for k in rows) + 10
     canvas = Image.new("RGB", (label_w + cell * len(captions), head + cell * len(rows)), "white")

@@ -63,9 +63,10 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     k = min(4, args.per_class)
     idx = torch.arange(len(caps)).view(6, args.per_class)[:, :k].T.reshape(-1)  # k seeds of each class
-    rows = {f"seed {i}": imgs[idx[i * 6 : (i + 1) * 6]] for i in range(k)}
-    rows["real"] = same[idx[:6]]
-    save_grid(rows, [caps[i] for i in idx[:6]], args.grid)
+    rows = {f"sample {i}": imgs[idx[i * 6 : (i + 1) * 6]] for i in range(k)}
+    rows["real"] = same[idx[:6]]  # the real rendering of sample 0's caption
+    heads = [f"{tiny_data.CLASSES[i]} (sample 0: {caps[j]})" for i, j in enumerate(idx[:6].tolist())]
+    save_grid(rows, heads, args.grid)
 
 
 if __name__ == "__main__":
