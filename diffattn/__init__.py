@@ -13,6 +13,14 @@ from .patch import AttentionHandle, apply_attention, attention, remove_attention
 
 __version__ = "0.1.0"
 
+
+def tiny_model(path=None, **kwargs):  # noqa: ANN001, ANN201 - signature documented in pipelines.tiny_model
+    """The embedded trained tiny shapes pipeline (see :func:`diffattn.pipelines.tiny_model.tiny_model`)."""
+    from .pipelines.tiny_model import tiny_model as load
+
+    return load(path, **kwargs)
+
+
 __all__ = [
     "AttentionHandle",
     "apply_attention",
@@ -21,4 +29,5 @@ __all__ = [
     "list_methods",
     "remove_attention",
     "supported_models",
+    "tiny_model",
 ]

@@ -1,6 +1,7 @@
 """``diffattn`` command line.
 
-diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
+diffattn generate                       # offline default: the embedded shapes model at 2x its training size
+diffattn generate --model tiny-sd       # random-weight tiny SD, 256x256, GNA blocked 16x16 (structure only)
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
 diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
@@ -54,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate once dense and once accelerated with the same seed; time both")
-    g.add_argument("--model", default="tiny-sd", help=f"{', '.join(TINY_MODELS)} (offline), a hub id or a local path")
+    g.add_argument(
+        "--model",
+        default="tiny",
+        help=f"tiny (embedded trained shapes model, default), {', '.join(TINY_MODELS)} (random weights, offline), "
+        "a hub id or a local path",
+    )
     g.add_argument("--method", default="gna", help="attention method (see `diffattn methods`)")
     g.add_argument("--window", type=_ints, default=None, help="GNA window per axis, e.g. 16 or 16,16 or 4,16,16")
     g.add_argument("--stride", type=_ints, default=None, help="GNA stride per axis (default: = window, blocked)")
@@ -73,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None, help="image width (tiny-sd default 256)")
     g.add_argument("--frames", type=int, default=None, help="video frames (video models)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 2, hub default 30)")
-    g.add_argument("--prompt", default="a red fox in the snow, highly detailed")
+    g.add_argument("--prompt", default=None, help="hub default: a red fox...; tiny default: one caption per class")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backend", default="auto", choices=["auto", "triton", "cpu", "reference"])
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
@@ -125,7 +131,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             f"weights are cached, or one of the offline models: {', '.join(TINY_MODELS)}"
         ) from e
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    kw: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps or 30}
+    prompt = args.prompt or "a red fox in the snow, highly detailed"
+    kw: dict[str, Any] = {"prompt": prompt, "num_inference_steps": args.steps or 30}
     for key, value in (("height", args.height), ("width", args.width), ("num_frames", args.frames)):
         if value is not None:
             kw[key] = value
@@ -168,6 +175,10 @@ def _knobs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def generate(args: argparse.Namespace) -> int:
+    if args.model == "tiny":  # the embedded trained model: its own job (accuracy, PSNR/SSIM, captioned grid)
+        from .tiny_job import generate_tiny
+
+        return generate_tiny(args)
     knobs = _knobs(args)
     pipe, kw = _load(args)
     # Validate knob values, preset, layers and backend on this pipeline before any generation: a
@@ -247,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         print("denoisers:", ", ".join(supported_models()))
-        print("offline tiny models:", ", ".join(TINY_MODELS))
+        print("embedded trained model: tiny (shapes, 32px)")
+        print("offline tiny models (random weights):", ", ".join(TINY_MODELS))
         return 0
     if args.command == "presets":
         print(presets_table())

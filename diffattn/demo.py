@@ -242,9 +242,10 @@ def _compare_one(
 
     scorer = None
     if model == "tiny":
-        from .tiny_model import score
+        from .tiny_quality import load_scorer, score
 
-        scorer = score
+        model_scorer = load_scorer()
+        scorer = lambda images, prompts: score(images, prompts, model_scorer)  # noqa: E731
     config = RunConfig(method, tuple(knobs.items()))
     report = compare(pipe, [config], [prompt], [seed], call_kwargs=_call_kwargs(model, height, width, steps),
                      scorer=scorer, progress=progress is not None)

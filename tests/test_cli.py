@@ -28,7 +28,8 @@ def test_generate_writes_outputs_and_timings(tmp_path, capsys, model, extra, suf
     "method,knobs", [("msw", []), ("proxy", ["--knob", "window=4", "--knob", "shift=true"]), ("agent", [])]
 )
 def test_generate_other_methods(tmp_path, capsys, method, knobs):
-    argv = ["generate", "--method", method, *knobs, "--height", "64", "--width", "64", "--no-dense"]
+    argv = ["generate", "--model", "tiny-sd", "--method", method, *knobs, "--height", "64", "--width", "64"]
+    argv.append("--no-dense")
     assert main([*argv, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / f"{method}.png").stat().st_size > 0
@@ -36,14 +37,16 @@ def test_generate_other_methods(tmp_path, capsys, method, knobs):
 
 
 def test_generate_bad_knob_exits_with_clear_error(tmp_path, capsys):
-    argv = ["generate", "--method", "proxy", "--knob", "proxy=median", "--no-dense", "--out", str(tmp_path)]
+    argv = ["generate", "--model", "tiny-sd", "--method", "proxy", "--knob", "proxy=median", "--no-dense"]
+    argv += ["--out", str(tmp_path)]
     assert main([*argv, "--height", "32", "--width", "32"]) == 2
     assert "proxy='median' is not one of" in capsys.readouterr().err
 
 
 def test_generate_bad_window_exits_with_clear_error(tmp_path, capsys):
     assert (
-        main(["generate", "--height", "32", "--width", "32", "--window", "0", "--no-dense", "--out", str(tmp_path)])
+        main(["generate", "--model", "tiny-sd", "--height", "32", "--width", "32", "--window", "0", "--no-dense",
+              "--out", str(tmp_path)])
         == 2
     )
     assert "window=0 must be >= 1" in capsys.readouterr().err

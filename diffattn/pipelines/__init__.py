@@ -1,0 +1,1 @@
+"""Pipelines shipped with diffattn. Submodules import diffusers lazily; importing this package is cheap."""
