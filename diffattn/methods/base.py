@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..kernels import BlockPlan, block_sparse_attention
+from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
+
+if TYPE_CHECKING:
+    from ..models import FamilyAdapter
 
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
@@ -42,6 +47,10 @@ class AttendCall:
     timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
         that vary per call (e.g. a random shift) derive it from (config seed, layer, timestep), so a
         rerun with the same seed reproduces whatever order or thread the calls arrive in.
+    step: index of this call's timestep in ``scheduler.timesteps``, or None without a pipeline scheduler.
+    branch: the classifier-free-guidance pass of this call (`Branch`: cond, uncond, cfg rows, full, unknown).
+    state: this layer's state dict for the current generation (per handle and thread), or None
+        outside a patched pipeline.
     """
 
     grid: tuple[int, ...]
@@ -53,15 +62,29 @@ class AttendCall:
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
+    step: int | None = None
+    branch: Branch = UNKNOWN_BRANCH
+    state: dict[str, Any] | None = None
 
 
 class AttentionMethod:
-    """Base class of registered methods. Subclasses set ``name`` and ``Config``."""
+    """Base class of registered methods. Subclasses set ``name`` and ``Config``.
+
+    Lifecycle (all optional; diffusers' ``ModelHook`` is the model): ``targets`` says which attention
+    modules are wrapped; `supports` refuses a model family at apply time; `new_forward` wraps each
+    denoiser call (run it twice, or not at all); `process` wraps each call of a targeted module's
+    processor (e.g. return a cached cross-attention output without running the module); `attend`
+    replaces the self-attention call itself. State lives in ``AttendCall.state`` / ``ModuleCall.state``
+    (per layer) and ``DenoiserCall.state``: dicts reset when a new generation starts.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     #: True when the method keeps the model's own attention call (the ``dense`` proof method).
     passthrough: ClassVar[bool] = False
+    #: attention the method is installed on: ``"self"`` and/or ``"cross"`` (cross-attention modules get
+    #: their processor wrapped for `process`; their attention call is never routed to `attend`)
+    targets: ClassVar[frozenset[str]] = frozenset({"self"})
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -100,6 +123,23 @@ class AttentionMethod:
             f"{self.name} {knobs} is {cfg_ndim}-D but this model's token grid is {ndim}-D "
             f"({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
         )
+
+    def supports(self, adapter: FamilyAdapter) -> str | None:
+        """Why this method cannot run on ``adapter``'s model family (the patcher names the family and
+        raises a ValueError with it), or None when it can. Checked at apply time, with or without presets."""
+        return None
+
+    def new_forward(self, call: DenoiserCall, *args: Any, **kwargs: Any) -> Any:
+        """Wrap one denoiser call; ``call.run(*args, **kwargs)`` runs the model's own forward,
+        ``call.run_as("full", ...)`` runs it again under another branch label. Installed only when a
+        subclass overrides it, and only inside ``steps=``."""
+        return call.run(*args, **kwargs)
+
+    def process(self, run: Callable[..., Any], call: ModuleCall) -> Any:
+        """Wrap one call of a targeted module's processor: ``run(**overrides)`` runs it (self-attention
+        then reaches `attend`) with ``call.arguments`` updated by ``overrides``; returning without
+        calling ``run`` skips the module (counted as cached). Only called when overridden, inside ``steps=``."""
+        return run()
 
     @staticmethod
     def plan_attention(

@@ -20,8 +20,8 @@ class FamilyAdapter:
     class_names: tuple[str, ...] = ()
     #: number of axes of the image token grid
     ndim: int = 2
-    #: the denoiser gets ``timestep * timestep_scale`` relative to ``scheduler.timesteps`` units
-    timestep_divisor: float = 1.0
+    #: the denoiser's ``timestep`` times this is in ``scheduler.timesteps`` units (FLUX gets t / 1000)
+    timestep_scale: float = 1.0
     #: key of this family in ``diffattn.presets.PRESETS`` (see `family_key`)
     family: str = ""
 

@@ -37,7 +37,7 @@ class FluxAdapter(FamilyAdapter):
     class_names = ("FluxTransformer2DModel",)
     family = "flux"
     ndim = 2
-    timestep_divisor = 1000.0  # the pipeline passes t / 1000
+    timestep_scale = 1000.0  # the pipeline passes t / 1000
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         # latents are packed 2x2; img_ids [S, 3] hold (0, row, col) of each image token
