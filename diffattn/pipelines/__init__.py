@@ -1,0 +1,1 @@
+"""Pipelines built on diffattn: high-resolution image and video generation (RAU-Net, two-stage refine)."""
