@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import BlockPlan, block_sparse_attention
+from ..layout import TokenLayout
 from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class AttendCall:
     branch: the classifier-free-guidance pass of this call (`Branch`: cond, uncond, cfg rows, full, unknown).
     state: this layer's state dict for the current generation (per handle and thread), or None
         outside a patched pipeline.
+    layout: the token layout of the whole denoiser call (UNets: ``layout.grid`` is the finest level,
+        so ``grid`` tells the level), or None outside a patched pipeline.
     """
 
     grid: tuple[int, ...]
@@ -65,6 +68,7 @@ class AttendCall:
     step: int | None = None
     branch: Branch = UNKNOWN_BRANCH
     state: dict[str, Any] | None = None
+    layout: TokenLayout | None = None
 
 
 class AttentionMethod:
