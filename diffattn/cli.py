@@ -3,6 +3,7 @@
 diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
+diffattn highres --model tiny-pixart-alpha --height 64 --width 64   # two-stage high resolution (docs/highres.md)
 diffattn methods | diffattn models | diffattn presets
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from . import apply_attention, list_methods, supported_models
+from .pipelines import highres_cli
 from .testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
     sub.add_parser("presets", help="list the default knobs, layers and steps per (method, model family)")
+    highres_cli.add_parser(sub, _ints, _knob, TINY_MODELS)
     return p
 
 
@@ -226,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         print(presets_table())
         return 0
     try:
+        if args.command == "highres":
+            return highres_cli.run(args, _load)
         return simulate(args) if args.command == "simulate" else generate(args)
     except (ValueError, TypeError) as e:
         print(f"diffattn: error: {e}", file=sys.stderr)
