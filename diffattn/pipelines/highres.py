@@ -238,6 +238,11 @@ def _two_stage(
     trained = training_size(pipe)
     base = (base_height or trained[0], base_width or trained[1])
     _check_target(height, width, base, "base (training) resolution")
+    if int(num_inference_steps * strength) < 1:
+        raise ValueError(
+            f"strength={strength} keeps int({num_inference_steps} * {strength}) = 0 of {num_inference_steps} steps; "
+            "raise strength or the steps"
+        )
     if method is not None:  # a bad method name or knob fails here, before any generation
         cls = get_method(method)
         if knobs:

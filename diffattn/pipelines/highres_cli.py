@@ -62,15 +62,16 @@ def run(args: argparse.Namespace, load: Any) -> int:
         progress=lambda line: print(line, file=sys.stderr),
         **kw,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.frames is not None or hasattr(pipe, "vae_scale_factor_temporal"):
         frames = args.frames or 9
         out, record = generate_highres_video(pipe, args.prompt, height, width, frames, output_type="pil", **common)
         video = out.frames[0]
+        args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / "highres.gif"
         video[0].save(target, save_all=True, append_images=list(video[1:]), duration=125, loop=0)
     else:
         out, record = generate_highres(pipe, args.prompt, height, width, raunet=args.raunet, **common)
+        args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / "highres.png"
         out.images[0].save(target)
     (args.out / "highres.json").write_text(json.dumps(record.to_dict(), indent=2, default=str))
