@@ -216,3 +216,27 @@ def test_full_steps_limit_f(fam):
         tiny_output(pipe, name, **kw)
     cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
     assert all(s.cross_cached == 1 for s in cross)  # only step 0 used F's output
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "pixart", "wan"])
+def test_presets_build_valid_configs(family):
+    from diffattn.methods.freeswim import window_size
+    from diffattn.presets import PRESETS
+
+    entry = PRESETS[("freeswim", family)]
+    config = FreeSwimConfig(**entry.knobs)
+    assert config.cache_steps == 2 and config.entropy_scale
+    if family == "wan":  # FreeSwim's half-widths 15 and 26 on Wan's 30x52 training tokens
+        assert tuple(window_size(t) for t in config.train_grid) == (31, 53)
+
+
+def test_sdxl_batched_cfg_with_added_conditions():
+    """SDXL's F pass slices the nested added_cond_kwargs to the conditional rows."""
+    name = "tiny-sdxl"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    ref = tiny_output(pipe, name, num_inference_steps=2)
+    with diffattn.attention(pipe, "freeswim", train_grid=64, cache_steps=1, entropy_scale=False) as handle:
+        out = tiny_output(pipe, name, num_inference_steps=2)
+    assert (out - ref).abs().max() <= 1e-5
+    assert all(s.cross_cached == 2 for n, s in handle.stats().items() if n.endswith("attn2"))
