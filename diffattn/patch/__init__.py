@@ -8,7 +8,8 @@ the method (`intercept`). Every change is an undo record (`records`) applied all
 """
 
 from .api import apply_attention, attention, remove_attention
-from .install import _ACTIVE, AttentionHandle
+from .install import _ACTIVE as _ACTIVE  # noqa: F401  (tests and tools look the active handle up here)
+from .install import AttentionHandle
 from .records import ForwardPreHook, ProcessorSwap, SetAttr, SwapSubmodule, UndoRecord
 from .runtime import CallStats
 from .select import DENOISER_ATTRS, LayerSpec, StepFraction, StepSpec, denoisers_of
@@ -25,7 +26,6 @@ __all__ = [
     "StepSpec",
     "SwapSubmodule",
     "UndoRecord",
-    "_ACTIVE",
     "apply_attention",
     "attention",
     "denoisers_of",
