@@ -153,6 +153,7 @@ def test_f_runs_on_the_conditional_call_only():
     assert got == [True, True, False, True, False, True, True, False]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_steps", [1, 2], ids=lambda c: f"cache{c}")
 def test_equals_naive_oracle_on_odd_grids(fam, cache_steps):
     name, pipe = fam
@@ -230,6 +231,7 @@ def test_presets_build_valid_configs(family):
         assert tuple(window_size(t) for t in config.train_grid) == (31, 53)
 
 
+@pytest.mark.slow
 def test_sdxl_batched_cfg_with_added_conditions():
     """SDXL's F pass slices the nested added_cond_kwargs to the conditional rows."""
     name = "tiny-sdxl"

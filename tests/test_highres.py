@@ -24,6 +24,7 @@ CLI_CASES = {
 DEFAULT_METHOD = {"tiny-pixart-alpha": "freeswim", "tiny-flux": "gna", "tiny-wan": "freeswim", "tiny-sd": "msw"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(CLI_CASES))
 def test_cli_end_to_end(model, tmp_path, capsys):
     rc = cli.main(["highres", "--model", model, "--out", str(tmp_path), *CLI_CASES[model]])

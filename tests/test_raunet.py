@@ -84,6 +84,7 @@ def test_runs_at_2x_changes_output_and_undoes_bit_exactly(unet_pipe):
     _assert_unchanged(pipe, snap, ref, name)
 
 
+@pytest.mark.slow
 def test_joins_the_msw_handle(unet_pipe):
     name, pipe, ref = unet_pipe
     snap = _snapshot(pipe)
