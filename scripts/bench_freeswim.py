@@ -41,7 +41,7 @@ import diffattn  # noqa: E402
 from diffattn.methods.freeswim import window_size  # noqa: E402
 from diffattn.methods.gna import gna_plan  # noqa: E402
 from diffattn.sim import plan_bound  # noqa: E402
-from diffattn.testing.tiny import build_tiny_pipeline  # noqa: E402
+from diffattn.tiny import build_tiny_pipeline  # noqa: E402
 from scripts.speedup import log, time_round_robin  # noqa: E402
 
 HEADS, HEAD_DIM, FFN = 12, 128, 8960  # Wan 2.1 1.3B

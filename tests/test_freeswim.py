@@ -10,7 +10,7 @@ import torch
 
 import diffattn
 from diffattn.methods.freeswim import FreeSwimConfig, entropy_scale
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
 from tests.freeswim_oracle import NaiveFreeSwim
 from tests.helpers import processors, same_objects
 

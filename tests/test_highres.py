@@ -10,7 +10,7 @@ import torch
 
 from diffattn import cli
 from diffattn.pipelines.highres import generate_highres, generate_highres_video, upsample_latents
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_call_kwargs
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
 from tests.helpers import processors, same_objects
 
 # model -> CLI size arguments (targets 2x the tiny base per side)

@@ -19,7 +19,7 @@ import diffattn
 from diffattn.methods import AttentionMethod, register_method
 from diffattn.methods import registry as method_registry
 from diffattn.patch import records
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_output
 
 from .helpers import denoiser
 

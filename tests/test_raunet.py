@@ -8,7 +8,7 @@ import torch
 import diffattn
 from diffattn.patch import SwapSubmodule
 from diffattn.pipelines.raunet import RAUNetConfig, apply_raunet, raunet_layout
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_output
 from tests.helpers import processors, same_objects
 
 # 2x the native latent size per side (tiny-sd trains at 16x16 latents, tiny-sdxl at 32x32); 5 steps so

@@ -11,7 +11,7 @@ import torch
 
 import diffattn
 from diffattn.patch import SetAttr, SwapSubmodule
-from diffattn.testing.tiny import build_tiny_pipeline
+from diffattn.tiny import build_tiny_pipeline
 
 
 class _Doubled(torch.nn.Module):

@@ -22,8 +22,16 @@ triton = pytest.importorskip("triton", reason="triton is not installed: the Trit
 
 import diffattn.kernels as kernels  # noqa: E402
 from diffattn.functional import gna  # noqa: E402
-from diffattn.kernels import attend_extra, block_sparse_attention, choose_backend, reference_attention, triton_bsa  # noqa: E402, E501
-from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan  # noqa: E402
+from diffattn.kernels import (  # noqa: E402
+    attend_extra,
+    backends,
+    block_sparse_attention,
+    choose_backend,
+    reference_attention,
+    triton_bsa,
+)
+from diffattn.methods.gna import GNAConfig, gna_plan  # noqa: E402
+from diffattn.methods.naive import gna_mask  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not triton_bsa.INTERPRET and not torch.cuda.is_available(),
@@ -35,6 +43,8 @@ DEV = torch.device("cpu") if triton_bsa.INTERPRET else torch.device("cuda")
 # out tolerances per dtype (lse is fp32 from the same inputs in every case)
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 LSE_TOL = 1e-4
+# the backend object, unchecked: here the kernel runs on CPU tensors through the interpreter
+TRITON = kernels.get_backend("triton")
 DTYPE_ID = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -200,7 +210,7 @@ def test_dense_extra_attention(text_mask: bool) -> None:
     q = torch.randn(2, 70, 2, 24, generator=g).to(DEV)
     ek, ev = torch.randn(2, 9, 2, 24, generator=g).to(DEV), torch.randn(2, 9, 2, 24, generator=g).to(DEV)
     mask = torch.tensor([[True, False] * 4 + [True], [False] * 9], device=DEV) if text_mask else None
-    out, lse = attend_extra(q, ek, ev, mask, None, "triton")
+    out, lse = attend_extra(q, ek, ev, mask, None, TRITON)
     ref, ref_lse = reference_attention(q, q[:, :0], q[:, :0], extra_k=ek, extra_v=ev, extra_mask=mask)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=LSE_TOL, rtol=LSE_TOL)
@@ -213,7 +223,7 @@ def test_dense_attention_without_bias_runs_the_kernel() -> None:
     dense fallback): the kernel with no sparse keys, never a materialized score matrix."""
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, n, 2, 16, generator=g).to(DEV) for n in (40, 23, 23))
-    out, lse = kernels.dense_attention(q, k, v, scale=0.3, backend="triton")
+    out, lse = kernels.dense_attention(q, k, v, scale=0.3, backend=TRITON)
     ref, ref_lse = reference_attention(q, k, v, scale=0.3)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=LSE_TOL, rtol=LSE_TOL)
@@ -234,8 +244,8 @@ def test_strided_inputs_and_custom_scale() -> None:
 def test_dispatch_through_the_public_api(monkeypatch: pytest.MonkeyPatch) -> None:
     """backend="triton" reaches the kernel from functional.gna with text keys folded into one pass
     (no merge); CPU tensors only pass the backend check because the check is stubbed here."""
-    monkeypatch.setitem(kernels._CHECKS, "triton", lambda q: (True, "stubbed for the interpreter"))
-    monkeypatch.setattr(kernels, "merge_attention", lambda parts: pytest.fail("triton must not merge partials"))
+    monkeypatch.setattr(backends.TritonBackend, "not_supported_reasons", lambda self, q: [])  # stubbed: interpreter
+    monkeypatch.setattr(backends, "merge_attention", lambda parts: pytest.fail("triton must not merge partials"))
     grid, window, stride = (10, 12), (5, 4), (2, 1)
     g = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(1, 120, 2, 16, generator=g).to(DEV) for _ in range(3))
@@ -279,7 +289,7 @@ def _fake_cuda(dtype: torch.dtype = torch.float16, dim: int = 64) -> torch.Tenso
 
 def test_auto_on_cpu_never_picks_triton_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="diffattn.kernels"):
-        assert choose_backend(torch.empty(1, 4, 2, 16)) == "cpu"
+        assert choose_backend(torch.empty(1, 4, 2, 16)).name == "cpu"
     assert "backend triton rejected: tensors are on cpu, triton needs CUDA tensors" in caplog.text
 
 
@@ -291,9 +301,9 @@ def test_explicit_triton_on_cpu_raises() -> None:
 
 
 def test_triton_not_importable_is_the_first_reason(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(kernels, "_triton_installed", lambda: False)
+    monkeypatch.setattr(backends, "triton_installed", lambda: False)
     with caplog.at_level(logging.INFO, logger="diffattn.kernels"):
-        assert choose_backend(_fake_cuda()) == "reference"  # cpu rejects CUDA tensors too
+        assert choose_backend(_fake_cuda()).name == "reference"  # cpu rejects CUDA tensors too
     assert "backend triton rejected: triton is not importable (not installed)" in caplog.text
 
 
@@ -317,9 +327,9 @@ def test_cuda_checks(monkeypatch, caplog, dtype, dim, capability, expected) -> N
     with caplog.at_level(logging.INFO, logger="diffattn.kernels"):
         chosen = choose_backend(q)
     if expected is None:
-        assert chosen == "triton" and "backend auto -> triton" in caplog.text
+        assert chosen.name == "triton" and "backend auto -> triton" in caplog.text
     else:
-        assert chosen == "reference" and f"backend triton rejected: {expected}" in caplog.text
+        assert chosen.name == "reference" and f"backend triton rejected: {expected}" in caplog.text
         with pytest.raises(ValueError, match=f"backend='triton' cannot run: {expected}"):
             choose_backend(q, "triton")
 

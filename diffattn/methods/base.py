@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..kernels import BlockPlan, block_sparse_attention
+from ..kernels import Backend, BlockPlan, block_sparse_attention, get_backend
 from ..layout import TokenLayout
 from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
 
@@ -42,7 +43,7 @@ class AttendCall:
     extra_k, extra_v: ``[B, T, H, D]`` keys every query attends (text), or None.
     extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
     scale: softmax scale (None = ``D ** -0.5``).
-    backend: resolved kernel backend name.
+    backend: the kernel `Backend`, resolved once by `choose_backend` (a name is looked up, unchecked).
     layer: qualified name of the patched attention module (e.g. ``unet.down_blocks.0...attn1``).
     layer_index: position of that module among the patched modules of its denoiser (0, 1, ...).
     timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
@@ -61,7 +62,7 @@ class AttendCall:
     extra_v: Tensor | None = None
     extra_mask: Tensor | None = None
     scale: float | None = None
-    backend: str = "cpu"
+    backend: Backend = get_backend("cpu")
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
@@ -69,6 +70,34 @@ class AttendCall:
     branch: Branch = UNKNOWN_BRANCH
     state: dict[str, Any] | None = None
     layout: TokenLayout | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backend, str):
+            object.__setattr__(self, "backend", get_backend(self.backend))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopBound:
+    """Speedup bound of a method over dense attention from score FLOPs: dense (query, key) pairs over
+    the pairs the method computes. ``formula`` says how it was counted, e.g. ``"N / window 64"``."""
+
+    value: float
+    formula: str
+
+
+def pairs_bound(grid: tuple[int, ...], extra_tokens: int, method_pairs: float, formula: str) -> FlopBound:
+    """`FlopBound` of a method computing ``method_pairs`` (query, key) pairs on ``grid`` where dense
+    attention computes ``N x (N + extra_tokens)`` (image queries over image + text keys)."""
+    if isinstance(extra_tokens, bool) or not isinstance(extra_tokens, int) or extra_tokens < 0:
+        raise ValueError(f"extra_tokens={extra_tokens!r} must be an int >= 0")
+    n = math.prod(grid)
+    if extra_tokens:
+        formula += f", each query also attends {extra_tokens} text keys"
+    return FlopBound(n * (n + extra_tokens) / method_pairs, formula)
+
+
+#: ``(knobs, exception type, message regex)``: knobs a config must reject, and the error it raises
+BadKnobs = tuple[dict[str, Any], type[Exception], str]
 
 
 class AttentionMethod:
@@ -80,6 +109,8 @@ class AttentionMethod:
     processor (e.g. return a cached cross-attention output without running the module); `attend`
     replaces the self-attention call itself. State lives in ``AttendCall.state`` / ``ModuleCall.state``
     (per layer) and ``DenoiserCall.state``: dicts reset when a new generation starts.
+    The method-contract suite (``tests/test_method_contract.py``) runs every registered method on
+    what the class declares: ``example_knobs``, `oracle`, `dense_limit` and ``invalid_knobs``.
     """
 
     name: ClassVar[str]
@@ -89,6 +120,10 @@ class AttentionMethod:
     #: attention the method is installed on: ``"self"`` and/or ``"cross"`` (cross-attention modules get
     #: their processor wrapped for `process`; their attention call is never routed to `attend`)
     targets: ClassVar[frozenset[str]] = frozenset({"self"})
+    #: knobs the contract suite applies on every tiny family; a non-passthrough method must run sparse there
+    example_knobs: ClassVar[dict[str, Any]] = {}
+    #: examples of knobs the config rejects, with the error each raises
+    invalid_knobs: ClassVar[tuple[BadKnobs, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -164,6 +199,21 @@ class AttentionMethod:
             return_lse=return_lse,
         )
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """FLOP bound of this config on a token ``grid`` with ``extra_tokens`` text keys every query
+        also attends: the most a kernel doing only the method's score FLOPs can gain over dense."""
+        raise NotImplementedError(f"method {self.name!r} does not state its FLOP bound")
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
         raise NotImplementedError
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        """What `attend` must return, from the method's exact, slow definition (`methods.naive`):
+        ``[B, S, H, D]`` in fp32 or fp64. Small shapes only (``O(S^2)`` memory)."""
+        raise NotImplementedError(f"method {self.name!r} has no oracle: add its exact definition to methods/naive.py")
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> Any | None:
+        """A config under which the method is exactly dense attention on ``grid``; None if it has no such limit."""
+        return None

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .base import AttendCall, AttentionMethod
+from .base import AttendCall, AttentionMethod, FlopBound, pairs_bound
 from .gna import gna_plan
 from .lifecycle import Branch, DenoiserCall, ModuleCall
+from .naive import freeswim_mask, masked_attention
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -95,9 +96,10 @@ class FreeSwimConfig:
         return self.in_full(step) and (step - start) % self.cache_steps == 0  # type: ignore[operator]
 
 
-def level_train_grid(config: FreeSwimConfig, call: AttendCall) -> tuple[int, int]:
-    """The training grid at this call's level: UNet levels ceil-halve it as they halve the grid."""
-    train = config.train_grid
+def level_train_grid(config: FreeSwimConfig, call: AttendCall) -> tuple[int, ...]:
+    """The training grid at this call's level, for the grid's spatial axes (its last two, or its one
+    axis on a 1-D grid): UNet levels ceil-halve it as they halve the grid."""
+    train = config.train_grid[-min(2, len(call.grid)) :]
     layout = call.layout
     if layout is None or not layout.multiscale:
         return train
@@ -108,16 +110,22 @@ def level_train_grid(config: FreeSwimConfig, call: AttendCall) -> tuple[int, int
     return train
 
 
+def w_window(grid: tuple[int, ...], train: tuple[int, ...]) -> tuple[int, ...]:
+    """W's GNA window on ``grid``: `window_size` on the spatial axes (clamped), every frame attended."""
+    k = len(train)
+    return (*grid[:-k], *(min(window_size(t), g) for t, g in zip(train, grid[-k:])))
+
+
 def window_size(train: int) -> int:
     """W's window along an axis of ``train`` training tokens: FreeSwim's half-width ``train // 2`` on
     each side of the query, i.e. ``2 * (train // 2) + 1`` (odd; Wan's 30x52 tokens give 31x53)."""
     return 2 * (train // 2) + 1
 
 
-def entropy_scale(grid: tuple[int, ...], train: tuple[int, int], head_dim: int) -> float | None:
-    """``sqrt(log_{N_train}(N) / d)`` with N, N_train the tokens per frame of ``grid`` and ``train``;
-    None (the model's own scale) when the grid is no larger than the training grid."""
-    n, n_train = math.prod(grid[-2:]), math.prod(train)
+def entropy_scale(grid: tuple[int, ...], train: tuple[int, ...], head_dim: int) -> float | None:
+    """``sqrt(log_{N_train}(N) / d)`` with N, N_train the tokens per frame of ``grid`` and ``train`` (its
+    spatial axes); None (the model's own scale) when the grid is no larger than the training grid."""
+    n, n_train = math.prod(grid[-len(train) :]), math.prod(train)
     if n <= n_train or n_train <= 1:
         return None
     return math.sqrt(math.log(n, n_train) / head_dim)
@@ -144,6 +152,36 @@ class FreeSwim(AttentionMethod):
     name = "freeswim"
     Config = FreeSwimConfig
     targets = frozenset({"self", "cross"})
+    example_knobs = {"train_grid": 3}
+    invalid_knobs = (
+        ({"train_grid": 0}, ValueError, r"train_grid=0 must be an int or \(rows, columns\) of ints >= 1"),
+        ({"train_grid": (2, 3, 4)}, ValueError, r"train_grid=\(2, 3, 4\) must be an int or \(rows, columns\)"),
+        ({"train_grid": 3, "cache_steps": 0}, ValueError, r"cache_steps=0 must be an int >= 1"),
+        ({"train_grid": 3, "entropy_scale": 1}, TypeError, r"entropy_scale=1 must be True or False"),
+        ({"train_grid": 3, "full_steps": (4, 2)}, ValueError, r"full_steps=\(4, 2\) must be \(start, end\)"),
+    )
+
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Per step with CFG: dense attends twice; freeswim runs W twice (window pairs) and F (dense)
+        every ``cache_steps`` steps. Cross-attention is not counted (its cache saves more)."""
+        n = math.prod(grid)
+        k = min(2, len(grid))
+        window = math.prod(w_window(tuple(grid), self.config.train_grid[-k:]))
+        c = self.config.cache_steps
+        pairs = (2 * n * (window + extra_tokens) + n * (n + extra_tokens) / c) / 2
+        return pairs_bound(grid, extra_tokens, pairs, f"2 x N / (2 x window {window} + N / cache_steps {c}) (CFG)")
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        grid = tuple(call.grid)
+        train = level_train_grid(self.config, call)
+        scale = entropy_scale(grid, train, q.shape[-1]) if self.config.entropy_scale else None
+        mask = None if call.branch.name == "full" else freeswim_mask(grid, train)
+        extra = (call.extra_k, call.extra_v, call.extra_mask)
+        return masked_attention(q, k, v, mask, extra, call.scale if scale is None else scale)
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> FreeSwimConfig:
+        return FreeSwimConfig(train_grid=max(grid), cache_steps=1, entropy_scale=False)
 
     def supports(self, adapter: FamilyAdapter) -> str | None:
         if adapter.family in JOINT_FAMILIES or getattr(adapter, "text_position", "none") != "none":
@@ -197,10 +235,7 @@ class FreeSwim(AttentionMethod):
         grid = tuple(call.grid)
         train = level_train_grid(self.config, call)
         scale = entropy_scale(grid, train, q.shape[-1]) if self.config.entropy_scale else None
-        if call.branch.name == "full":
-            window = grid
-        else:  # frames stay dense; an axis the window covers is dense (GNA clamps it)
-            window = (*grid[:-2], *(min(window_size(t), g) for t, g in zip(train, grid[-2:])))
+        window = grid if call.branch.name == "full" else w_window(grid, train)
         ones = (1,) * len(grid)
         plan = gna_plan(grid, window, ones, ones)
         if scale is not None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..kernels import choose_backend
+from ..kernels import Backend, choose_backend
 from ..methods import AttentionMethod, get_method
 from ..methods.lifecycle import TARGET_KINDS
 from ..models import FamilyAdapter, find_adapter
@@ -73,7 +73,7 @@ def apply_attention(
     records: list[UndoRecord] = [] if isinstance(target, nn.Module) else list(generations.records(target))
     runtimes: dict[nn.Module, _Runtime] = {}
     swaps: list[UndoRecord] = []
-    chosen = None
+    chosen: Backend | None = None
     processes = type(impl).process is not AttentionMethod.process
     for attr, denoiser in denoisers_of(target):
         adapter = find_adapter(denoiser)
@@ -103,7 +103,8 @@ def apply_attention(
     previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
     for old in previous:
         old.remove()
-    handle = AttentionHandle(impl, chosen or backend, runtimes, generations)
+    assert chosen is not None  # denoisers_of found at least one denoiser
+    handle = AttentionHandle(impl, chosen, runtimes, generations)
     handle.preset = entry
     handle._records = records + swaps
     try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..kernels import Backend
 from ..methods import AttentionMethod
 from ..presets import Preset
 from .generation import Generations
@@ -24,7 +25,7 @@ class AttentionHandle:
     def __init__(
         self,
         method: AttentionMethod,
-        backend: str,
+        backend: Backend,
         runtimes: dict[nn.Module, _Runtime],
         generations: Generations | None = None,
     ) -> None:
@@ -106,4 +107,4 @@ class AttentionHandle:
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self.stats())} modules"
-        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend!r}, {state})"
+        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend.name!r}, {state})"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels import Backend
 from ..layout import TokenLayout
 from ..methods import AttentionMethod, Branch, DenoiserCall
 from ..methods.lifecycle import UNKNOWN_BRANCH
@@ -43,7 +44,7 @@ class _Runtime:
 
     adapter: FamilyAdapter
     method: AttentionMethod
-    backend: str
+    backend: Backend
     steps: range | StepFraction | None
     scheduler: Any
     generations: Generations = field(default_factory=Generations)
