@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, default=128, help="head dim for the roofline estimate, >= 1")
     s.add_argument("--batch", type=int, default=1, help="batch for the roofline estimate, >= 1")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_parser("demo", help="the Gradio demo (needs the 'demo' extra); see `diffattn demo --help`", add_help=False)
     from .report.cli import add_commands
 
     add_commands(sub, TINY_MODELS)
@@ -237,6 +238,11 @@ def presets_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # its own parser: host, port, share, model
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     if args.command == "methods":

@@ -1,0 +1,425 @@
+"""Gradio demo: one pipeline, dense vs an attention method, same seed, side by side.
+
+    diffattn demo                      # the embedded tiny model, http://127.0.0.1:7860
+    diffattn demo --model PATH --host 0.0.0.0 --port 8000 [--share]
+
+`build_demo()` returns the Blocks without launching; `generate`, `inspect` and `knob_specs` are plain
+functions, so tests (and other front ends) call them directly. The knob widgets are generated from each
+registered method's config dataclass, so a newly registered method shows up with no demo code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import threading
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import list_methods
+from .methods import get_method
+
+DEFAULT_MODEL = "tiny"
+_PIPELINES: dict[str, Any] = {}
+_LOCKS: dict[str, threading.Lock] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class KnobSpec:
+    """One config field of a method, as a widget: ``kind`` is int, float, bool, ints (int or per-axis
+    tuple, typed as ``8`` or ``8,8``), str or choice (``choices`` set)."""
+
+    name: str
+    kind: str
+    default: Any
+    info: str
+    choices: tuple[Any, ...] = ()
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """``name: text`` entries of a config's docstring (our configs document every knob and its range
+    there), continuation lines joined."""
+    docs: dict[str, str] = {}
+    current = None
+    for line in (cls.__doc__ or "").splitlines():
+        name, sep, text = line.strip().partition(":")
+        if sep and name.isidentifier() and line.startswith(" " * 4) and not line.startswith(" " * 8):
+            current = name
+            docs[name] = text.strip()
+        elif current and line.startswith(" " * 8):
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    return docs
+
+
+def _kind(hint: Any) -> tuple[str, tuple[Any, ...]]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "choice", args
+    if hint in (bool, int, float, str):
+        return hint.__name__, ()
+    members = [a for a in args if a is not type(None)]
+    if len(members) == 1 and origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return _kind(members[0])  # Optional[X]
+    flat = {typing.get_origin(a) or a for a in members}
+    if flat <= {int, tuple}:
+        return "ints", ()
+    return "str", ()
+
+
+def knob_specs(method: str) -> list[KnobSpec]:
+    """The widgets of ``method``'s knobs, from its config dataclass (types, defaults, documented ranges)."""
+    config = get_method(method).Config
+    hints = typing.get_type_hints(config)
+    docs = _field_docs(config)
+    specs = []
+    for f in dataclasses.fields(config):
+        kind, choices = _kind(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        specs.append(KnobSpec(f.name, kind, default, docs.get(f.name, ""), choices))
+    return specs
+
+
+def parse_knobs(method: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Widget values -> config knobs. Blank text and None mean "unset" (the preset or the default
+    applies); ``"8,8"`` is a per-axis tuple. A value that does not parse raises a ValueError naming it."""
+    specs = {s.name: s for s in knob_specs(method)}
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown} for method {method!r}; accepted knobs: {sorted(specs)}")
+    knobs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        kind = specs[name].kind
+        try:
+            if kind == "ints" and isinstance(value, list | tuple):  # JSON has no tuples
+                value = tuple(int(x) for x in value)
+            elif kind == "ints" and isinstance(value, str):
+                parts = tuple(int(x) for x in value.replace(" ", "").split(","))
+                value = parts[0] if len(parts) == 1 else parts
+            elif kind in ("int", "ints") and isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError("not a whole number")
+                value = int(value)
+            elif kind == "int":
+                value = int(value)
+            elif kind == "float":
+                value = float(value)
+            elif kind == "bool" and isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                value = value.lower() == "true"
+            elif kind == "choice":
+                matches = [c for c in specs[name].choices if str(c) == str(value)]
+                if not matches:
+                    raise ValueError(f"expected one of {list(specs[name].choices)}")
+                value = matches[0]
+        except ValueError as e:
+            raise ValueError(f"knob {name}={value!r} of {method!r} is not a valid {kind} ({e})") from None
+        knobs[name] = value
+    return knobs
+
+
+def load_pipeline(model: str) -> Any:
+    """``"tiny"`` (the embedded trained model), a ``tiny-…`` random-weight family, a local path, or a hub
+    id whose weights are already in the local cache (nothing is downloaded). Cached per name."""
+    with _CACHE_LOCK:
+        if model in _PIPELINES:
+            return _PIPELINES[model]
+    if model == "tiny":
+        from . import tiny_model
+
+        pipe = tiny_model()
+    elif model.startswith("tiny-"):
+        from .tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(model)
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with what the user can do
+            raise ValueError(
+                f"cannot load model {model!r} offline ({type(e).__name__}: {e}); give 'tiny', a tiny-… family, "
+                "a local pipeline folder, or a hub id whose weights are in the local cache"
+            ) from e
+        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.set_progress_bar_config(disable=False)
+    with _CACHE_LOCK:
+        _PIPELINES.setdefault(model, pipe)
+        _LOCKS.setdefault(model, threading.Lock())
+        return _PIPELINES[model]
+
+
+def _model_lock(model: str) -> threading.Lock:
+    with _CACHE_LOCK:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def inspect(model: str, method: str, knobs: dict[str, Any], height: int, width: int) -> str:
+    """Markdown: what ``method`` would patch on ``model`` at ``height x width`` (modules, grids, bound),
+    without generating. The pipeline is left unpatched."""
+    pipe = load_pipeline(model)
+    with _model_lock(model):
+        return _describe_patch(pipe, method, knobs, height=height, width=width)
+
+
+def generate(
+    model: str,
+    method: str,
+    knobs: dict[str, Any],
+    prompt: str,
+    height: int,
+    width: int,
+    steps: int,
+    seed: int,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Dense, then ``method``, same prompt and seed. Returns the two images (PIL), their times, the
+    speedup and its bound, PSNR/SSIM (and the scorer's accuracy on the embedded model). One generation
+    at a time per model; the pipeline is unpatched afterwards, also on error."""
+    if not prompt or not prompt.strip():
+        raise ValueError("the prompt is empty")
+    pipe = load_pipeline(model)
+    with _model_lock(model):
+        return _compare_one(
+            model, pipe, method, knobs, prompt, seed=int(seed), height=int(height), width=int(width), steps=int(steps),
+            progress=progress,
+        )
+
+
+def _call_kwargs(model: str, height: int, width: int, steps: int) -> dict[str, Any]:
+    """Pipeline call arguments besides prompt and generator (those come from `report.compare`)."""
+    if model.startswith("tiny-"):
+        from .tiny import tiny_call_kwargs
+
+        kw = tiny_call_kwargs(model, height=height, width=width)
+        kw.pop("prompt"), kw.pop("generator")
+    else:
+        kw = {"height": height, "width": width}
+    kw["num_inference_steps"] = steps
+    return kw
+
+
+def _describe_patch(pipe: Any, method: str, knobs: dict[str, Any], *, height: int, width: int) -> str:
+    from . import apply_attention
+
+    handle = apply_attention(pipe, method, **knobs)
+    try:
+        rows = [f"| {name} |" for name in handle.modules]
+        head = f"**{method}** `{handle.config}` on {len(rows)} modules, backend `{handle.backend.name}`"
+    finally:
+        handle.remove()
+    return "\n".join([head, "", "| module |", "|---|", *rows])
+
+
+def _to_pil(image: torch.Tensor) -> Any:
+    from PIL import Image
+
+    from .report.quality import as_batch
+
+    array = (as_batch(image)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array)
+    factor = max(1, 256 // max(picture.size))  # small models make small images: show pixels, not a smudge
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+
+
+def _compare_one(
+    model: str, pipe: Any, method: str, knobs: dict[str, Any], prompt: str, *, seed: int, height: int, width: int,
+    steps: int, progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """`report.compare` on one prompt and one config; the embedded model adds its scorer's accuracy."""
+    from .report import RunConfig, compare
+
+    scorer = None
+    if model == "tiny":
+        from .tiny_model import score
+
+        scorer = score
+    config = RunConfig(method, tuple(knobs.items()))
+    report = compare(pipe, [config], [prompt], [seed], call_kwargs=_call_kwargs(model, height, width, steps),
+                     scorer=scorer, progress=progress is not None)
+    dense, row = report["configs"]
+    bound = row["bounds"]["end_to_end_bound"]
+    parts = [
+        f"dense {dense['total_s']:.2f} s · {method} {row['total_s']:.2f} s",
+        f"**speedup {row['speedup_total']:.2f}×** (bound {bound:.2f}×, attention share "
+        f"{dense['attention_share']:.0%}, attention bound {row['bounds']['attention_bound']:.2f}×)",
+        f"PSNR {row['psnr_db']:.1f} dB · SSIM {row['ssim']:.3f}",
+    ]
+    if row["accuracy"] is not None:
+        parts.append(f"scorer accuracy dense {dense['accuracy']:.0%} / {method} {row['accuracy']:.0%}")
+    parts.append(f"{row['sparse_calls']} sparse / {row['fallback_calls']} fallback calls")
+    return {"dense_image": _to_pil(dense["images"][0]), "image": _to_pil(row["images"][0]),
+            "speedup": row["speedup_total"], "bound": bound, "psnr": row["psnr_db"], "ssim": row["ssim"],
+            "accuracy": row["accuracy"], "summary": " · ".join(parts)}
+
+
+def session_plot(history: list[dict[str, Any]]) -> str:
+    """PNG path: this session's runs, speedup vs PSNR."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    psnr = [h["psnr"] for h in history]
+    ax.scatter(psnr, [h["speedup"] for h in history], label="measured")
+    ax.scatter(psnr, [h["bound"] for h in history], marker="_", s=300, color="tab:red", label="bound")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("PSNR vs dense (dB)")
+    ax.set_ylabel("speedup ×")
+    fig.tight_layout()
+    path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _knob_widget(gr: Any, spec: KnobSpec) -> Any:
+    """A widget that starts unset (blank = the preset's or the config's default, named in the label), so
+    only what the user touches is passed: any passed knob replaces the preset's knobs as a whole."""
+    default = "required" if spec.default is None and spec.kind != "str" else spec.default
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    label = f"{spec.name} (default: {default}; blank = preset)"
+    if spec.kind in ("bool", "choice"):
+        choices = ["true", "false"] if spec.kind == "bool" else [str(c) for c in spec.choices]
+        return gr.Dropdown(["", *choices], value="", label=label, info=spec.info)
+    placeholder = "an int or per-axis ints, e.g. 8 or 8,8" if spec.kind == "ints" else f"a {spec.kind}"
+    return gr.Textbox(value="", label=label, info=spec.info, placeholder=placeholder)
+
+
+def build_demo(model: str = DEFAULT_MODEL) -> Any:
+    """The Gradio Blocks (not launched). API endpoints ``/generate`` and ``/inspect`` take
+    ``(model, method, knobs_json, prompt, height, width, steps, seed)``; ``/generate`` returns the dense
+    and accelerated images, the speedup and a Markdown summary."""
+    import json
+
+    import gradio as gr
+
+    methods = [m for m in list_methods() if m != "dense"]
+    specs = {m: knob_specs(m) for m in methods}
+
+    def knobs_of(method: str, knobs_json: str) -> dict[str, Any]:
+        try:
+            raw = json.loads(knobs_json or "{}")
+        except json.JSONDecodeError as e:
+            raise gr.Error(f'knobs must be a JSON object, e.g. {{"window": 8}}: {e}') from None
+        if not isinstance(raw, dict):
+            raise gr.Error(f"knobs must be a JSON object, got {type(raw).__name__}")
+        return as_page_error(parse_knobs, method, raw)
+
+    def as_page_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - shown in the page; the app stays up, the pipeline unpatched
+            raise gr.Error(f"{type(e).__name__}: {e}") from None
+
+    def run(model, method, knobs_json, prompt, height, width, steps, seed, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        knobs = knobs_of(method, knobs_json)
+        result = as_page_error(
+            generate, model, method, knobs, prompt, height, width, steps, seed,
+            progress=lambda f, d: progress(f, desc=d),
+        )
+        return result["dense_image"], result["image"], result["speedup"], result["summary"], result
+
+    def run_api(model, method, knobs_json, prompt, height, width, steps, seed):
+        return run(model, method, knobs_json, prompt, height, width, steps, seed)[:4]
+
+    def run_inspect(model, method, knobs_json, prompt, height, width, steps, seed):
+        return as_page_error(inspect, model, method, knobs_of(method, knobs_json), height, width)
+
+    def pack(method, *values):
+        flat = iter(values)
+        per = {m: [next(flat) for _ in specs[m]] for m in methods}
+        raw = {s.name: v for s, v in zip(specs[method], per[method])}
+        return json.dumps(as_page_error(parse_knobs, method, raw))
+
+    def record(history, result):
+        history = [*history, {k: result[k] for k in ("speedup", "bound", "psnr", "ssim")}]
+        return history, session_plot(history)
+
+    with gr.Blocks(title="diffattn", analytics_enabled=False) as demo:
+        gr.Markdown("# diffattn — dense vs sparse attention, same seed")
+        history, last = gr.State([]), gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                model_box = gr.Textbox(
+                    value=model, label="model", info="'tiny' (embedded), a tiny-… family, a local path or cached hub id"
+                )
+                method_box = gr.Dropdown(methods, value="gna" if "gna" in methods else methods[0], label="method")
+                groups, widgets = [], []
+                for m in methods:
+                    with gr.Group(visible=(m == method_box.value)) as group:
+                        widgets += [_knob_widget(gr, s) for s in specs[m]]
+                    groups.append(group)
+                prompt_box = gr.Textbox(value="a red circle on a blue background", label="prompt")
+                with gr.Row():
+                    height_box = gr.Number(value=64, precision=0, label="height")
+                    width_box = gr.Number(value=64, precision=0, label="width")
+                with gr.Row():
+                    steps_box = gr.Number(value=20, precision=0, label="steps")
+                    seed_box = gr.Number(value=0, precision=0, label="seed")
+                knobs_json = gr.Textbox(visible=False)
+                with gr.Row():
+                    inspect_btn = gr.Button("Inspect", elem_id="inspect")
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    dense_img = gr.Image(label="dense", type="pil", elem_id="dense-image", height=320)
+                    fast_img = gr.Image(label="accelerated", type="pil", elem_id="fast-image", height=320)
+                speedup_box = gr.Number(label="speedup (dense time / method time)", elem_id="speedup")
+                summary_md = gr.Markdown(elem_id="summary")
+                plot = gr.Image(label="this session: speedup vs quality", type="filepath", elem_id="session-plot")
+
+        method_box.change(lambda m: [gr.update(visible=(x == m)) for x in methods], method_box, groups, api_name=False)
+        inputs = [model_box, method_box, knobs_json, prompt_box, height_box, width_box, steps_box, seed_box]
+        generate_btn.click(pack, [method_box, *widgets], knobs_json, api_name=False).success(
+            run, inputs, [dense_img, fast_img, speedup_box, summary_md, last], api_name=False
+        ).success(record, [history, last], [history, plot], api_name=False)
+        inspect_btn.click(pack, [method_box, *widgets], knobs_json, api_name=False).success(
+            run_inspect, inputs, summary_md, api_name=False
+        )
+        # the API endpoints take the knobs as JSON (the page packs its widgets into that same box)
+        api_btn = gr.Button(visible=False)
+        api_btn.click(run_api, inputs, [dense_img, fast_img, speedup_box, summary_md], api_name="generate")
+        api_btn.click(run_inspect, inputs, summary_md, api_name="inspect")
+    demo.queue(default_concurrency_limit=1)  # one generation at a time: tabs never interleave patches
+    return demo
+
+
+def _offline_defaults() -> None:
+    """No analytics and no telemetry; offline hub unless the user configured a network (HF_HUB_OFFLINE=0)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="diffattn demo", description="Gradio demo: dense vs an attention method.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'tiny' (embedded), a tiny-… family, a path or cached id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    args = p.parse_args(argv)
+    _offline_defaults()
+    build_demo(args.model).launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
