@@ -242,3 +242,15 @@ def test_sdxl_batched_cfg_with_added_conditions():
         out = tiny_output(pipe, name, num_inference_steps=2)
     assert (out - ref).abs().max() <= 1e-5
     assert all(s.cross_cached == 2 for n, s in handle.stats().items() if n.endswith("attn2"))
+
+
+def test_bare_denoiser_runs_w_only_and_says_so(caplog):
+    """Without a pipeline (no captured prompt embeddings, no scheduler) F cannot run: loud, not silent."""
+    name = "tiny-pixart-alpha"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    with diffattn.attention(pipe.transformer, "freeswim", train_grid=3) as handle:
+        tiny_output(pipe, name)
+    assert "runs the window branch W only" in caplog.text
+    cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
+    assert all(s.cross_cached == 0 and s.cross > 0 for s in cross)

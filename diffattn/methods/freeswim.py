@@ -21,6 +21,7 @@ Self-attention logits are scaled by ``sqrt(log_{N_train}(N))`` (FreeSwim hard-co
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ from .registry import register_method
 
 if TYPE_CHECKING:
     from ..models import FamilyAdapter
+
+logger = logging.getLogger("diffattn")
 
 #: families whose self-attention also carries the text: no separate cross-attention to cache
 JOINT_FAMILIES = frozenset({"sd3", "flux", "cogvideox", "hunyuanvideo"})
@@ -194,6 +197,12 @@ class FreeSwim(AttentionMethod):
     # ---- F first (conditional rows only), then W ------------------------------------------------
     def new_forward(self, call: DenoiserCall, *args: Any, **kwargs: Any) -> Any:
         branch = call.branch
+        if (branch.name == "unknown" or call.step is None) and not call.state.get("warned"):
+            call.state["warned"] = True  # once per generation: F never runs without a known cond pass and step
+            logger.warning(
+                "diffattn: freeswim cannot tell the conditional pass or the step of this denoiser call (a bare "
+                "denoiser, or prompt embeddings the pipeline changed); it runs the window branch W only"
+            )
         if branch.name in _COND and branch.cond_rows and self.config.runs_full(call.step):
             if branch.name == "cond":
                 call.run_as("full", *args, **kwargs)
