@@ -4,6 +4,7 @@ diffattn generate                       # offline default: the embedded shapes m
 diffattn generate --model tiny-sd       # random-weight tiny SD, 256x256, GNA blocked 16x16 (structure only)
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
+diffattn highres --model tiny-pixart-alpha --height 64 --width 64   # two-stage high resolution (docs/highres.md)
 diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
 diffattn eval --prompts prompts.txt --inception pt_inception.pth --config msw   # FID / CLIP, torchrun-ready
 diffattn methods | diffattn models | diffattn presets
@@ -24,6 +25,7 @@ import torch
 
 from . import apply_attention, list_methods, supported_models
 from .methods import get_method
+from .pipelines import highres_cli
 from .tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
     sub.add_parser("presets", help="list the default knobs, layers and steps per (method, model family)")
+    highres_cli.add_parser(sub, _ints, _knob, TINY_MODELS)
     return p
 
 
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(presets_table())
         return 0
     try:
+        if args.command == "highres":
+            return highres_cli.run(args, _load)
         if args.command in ("compare", "eval"):
             from .report.cli import run
 

@@ -97,6 +97,10 @@ _AGENT_SOURCE_DIT = (
     "levels); not tuned on quality"
 )
 
+# FreeSwim: window = the training token grid (per frame); F every 2 steps; entropy scale on. Joint-attention
+# families are refused by the method's own `supports` (it needs separate cross-attention to cache).
+_FREESWIM_SOURCE = "FreeSwim: window = training token grid ({grid}), cache_steps 2, entropy scale"
+
 PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
     # ---- gna ----------------------------------------------------------------------------------
     ("gna", "sd"): Preset({"window": 32, "stride": 16}, None, None, _GNA_SOURCE_OWN.format(grid="SD1.5 512px 64x64")),
@@ -136,6 +140,22 @@ PRESETS: dict[tuple[str, str], Preset | Unsupported] = {
         None,
         None,
         "diffattn: LTX-Video 768x512x121 (16x16x24 tokens), window half of each axis",
+    ),
+    # ---- freeswim -----------------------------------------------------------------------------
+    ("freeswim", "sd"): Preset(
+        {"train_grid": 64}, None, None, _FREESWIM_SOURCE.format(grid="SD 1.5 512px latent 64x64")
+    ),
+    ("freeswim", "sdxl"): Preset(
+        {"train_grid": 128}, None, None, _FREESWIM_SOURCE.format(grid="SDXL 1024px latent 128x128")
+    ),
+    ("freeswim", "pixart"): Preset(
+        {"train_grid": 64}, None, None, _FREESWIM_SOURCE.format(grid="PixArt 1024px, 64x64 tokens")
+    ),
+    ("freeswim", "wan"): Preset(
+        {"train_grid": (30, 52)},
+        None,
+        None,
+        _FREESWIM_SOURCE.format(grid="Wan 2.1 480x832: 30x52 tokens; half-widths 15 and 26, window 31x53"),
     ),
     # ---- msw ----------------------------------------------------------------------------------
     ("msw", "sd"): Preset({}, _SD_TOP, None, _MSW_SOURCE_UNET + " (SD 1.5/2.1)"),

@@ -45,7 +45,7 @@ BAD_APPLY = [
         ("nope",),
         {},
         ValueError,
-        r"unknown attention method 'nope'; known methods: agent, dense, gna(, \w+)*",
+        r"unknown attention method 'nope'; known methods: agent, dense, freeswim, gna(, \w+)*",
         id="unknown-method",
     ),
     pytest.param(

@@ -75,7 +75,7 @@ def test_generate_validates_before_any_generation(tmp_path, capsys, monkeypatch,
 
 def test_list_commands(capsys):
     assert main(["methods"]) == 0
-    assert capsys.readouterr().out.split() == ["agent", "dense", "gna", "msw", "proxy"]
+    assert capsys.readouterr().out.split() == ["agent", "dense", "freeswim", "gna", "msw", "proxy"]
     assert main(["models"]) == 0
     assert "UNet2DConditionModel" in capsys.readouterr().out
 

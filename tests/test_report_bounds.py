@@ -11,7 +11,13 @@ from diffattn.methods.gna import gna_mask, gna_plan
 from diffattn.report import gna_bounds, method_bounds, time_round_robin
 from diffattn.sim import amdahl, plan_bound, simulate
 
-KNOBS = {"gna": {"window": (3, 5)}, "msw": {"window": 4}, "proxy": {"window": 4}, "agent": {"agents": (2, 3)}}
+KNOBS = {
+    "gna": {"window": (3, 5)},
+    "msw": {"window": 4},
+    "proxy": {"window": 4},
+    "agent": {"agents": (2, 3)},
+    "freeswim": {"train_grid": 3},
+}
 
 
 def _method(name: str, knobs: dict | None = None):
@@ -28,6 +34,8 @@ def test_every_method_states_a_flop_bound():
 # (method, knobs, grid, text tokens, image+text pairs each query computes -> N (N + T) / (N * per_query))
 CASES = [
     ("dense", {}, (7, 9), 0, lambda n: n),
+    # per step with CFG: W twice (3x3 windows) plus F (dense) every 2 steps, over dense twice
+    ("freeswim", {"train_grid": 3}, (7, 9), 0, lambda n: (2 * 9 + n / 2) / 2),
     ("gna", {"window": (3, 5)}, (7, 9), 0, lambda n: 15),
     ("gna", {"window": (3, 5)}, (7, 9), 5, lambda n: 15 + 5),
     ("gna", {"window": 50}, (7, 9), 0, lambda n: n),  # window clamped to the grid: dense

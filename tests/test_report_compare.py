@@ -19,7 +19,8 @@ from diffattn.report.runner import RunConfig
 from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 MODEL = "tiny-pixart-alpha"  # the cheapest tiny pipeline: 8x8 image tokens
-KNOBS = {"gna": "window=4 stride=4", "proxy": "window=4"}  # the rest use their presets
+# the rest use their presets (freeswim's would cover the whole 8x8 grid)
+KNOBS = {"gna": "window=4 stride=4", "proxy": "window=4", "freeswim": "train_grid=3"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

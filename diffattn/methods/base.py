@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Backend, BlockPlan, block_sparse_attention, get_backend
+from ..layout import TokenLayout
 from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class AttendCall:
     branch: the classifier-free-guidance pass of this call (`Branch`: cond, uncond, cfg rows, full, unknown).
     state: this layer's state dict for the current generation (per handle and thread), or None
         outside a patched pipeline.
+    layout: the token layout of the whole denoiser call (UNets: ``layout.grid`` is the finest level,
+        so ``grid`` tells the level), or None outside a patched pipeline.
     """
 
     grid: tuple[int, ...]
@@ -66,6 +69,11 @@ class AttendCall:
     step: int | None = None
     branch: Branch = UNKNOWN_BRANCH
     state: dict[str, Any] | None = None
+    layout: TokenLayout | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backend, str):
+            object.__setattr__(self, "backend", get_backend(self.backend))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +94,6 @@ def pairs_bound(grid: tuple[int, ...], extra_tokens: int, method_pairs: float, f
     if extra_tokens:
         formula += f", each query also attends {extra_tokens} text keys"
     return FlopBound(n * (n + extra_tokens) / method_pairs, formula)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.backend, str):
-            object.__setattr__(self, "backend", get_backend(self.backend))
 
 
 #: ``(knobs, exception type, message regex)``: knobs a config must reject, and the error it raises

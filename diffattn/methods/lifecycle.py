@@ -78,6 +78,9 @@ class ModuleCall:
     state: this layer's state for one generation (a dict, per handle and thread).
     arguments: the processor's arguments by name (``attn``, ``hidden_states [B, S, C]``,
         ``encoder_hidden_states [B, T, C]``, ``attention_mask``, ...), read-only.
+
+    A method that runs the module for some batch rows and answers the others from its state calls
+    `mark_served_from_cache`, so the call counts as cached too (``CallStats.cross_cached`` / ``cached``).
     """
 
     layer: str
@@ -88,6 +91,15 @@ class ModuleCall:
     branch: Branch
     state: dict[str, Any]
     arguments: Mapping[str, Any]
+    _served: list[bool] = dataclasses.field(default_factory=list, repr=False)
+
+    def mark_served_from_cache(self) -> None:
+        """Count this call as (partly) answered from the method's state."""
+        self._served.append(True)
+
+    @property
+    def served_from_cache(self) -> bool:
+        return bool(self._served)
 
 
 __all__ = ["TARGET_KINDS", "UNKNOWN_BRANCH", "AttentionKind", "Branch", "DenoiserCall", "ModuleCall"]

@@ -169,3 +169,23 @@ def agent_attention(
         k, v_all = torch.cat([k, tk], 1), torch.cat([v, tv], 1)
     agent_v = softmax_attention_fp64(agents, k, v_all, scale, key_mask)
     return softmax_attention_fp64(q, agents, agent_v, scale**power) + shortcut * v.double()
+
+
+def freeswim_mask(grid: tuple[int, ...], train: tuple[int, ...]) -> Tensor:
+    """``[N, N]`` bool mask of FreeSwim's inward sliding window, from its own formula: on each of the last
+    ``len(train)`` axes (rows, columns) a query at q attends keys in ``[q - d - d_u, q + d + d_b]`` with
+    half-width ``d = train // 2`` and the inward shifts ``d_b = max(d - q, 0)``, ``d_u = max(d + q - L + 1, 0)``
+    at the borders; earlier axes (frames) are not restricted."""
+    spatial = len(train)
+    axes = []
+    for i, length in enumerate(grid):
+        if i < len(grid) - spatial:
+            axes.append(torch.ones(length, length, dtype=torch.bool))
+            continue
+        d = train[i - (len(grid) - spatial)] // 2
+        q = torch.arange(length)[:, None]
+        kv = torch.arange(length)[None, :]
+        d_b = (d - q).clamp_min(0)
+        d_u = (d + q - length + 1).clamp_min(0)
+        axes.append((kv <= q + d + d_b) & (kv >= q - d - d_u))
+    return _kron_masks(axes)

@@ -102,7 +102,7 @@ class _PatchedAttention:
             arguments=types.MappingProxyType(dict(bound.arguments)),
         )
         out = rt.method.process(run, call)
-        if not ran:
+        if not ran or call.served_from_cache:
             stats = rt.stats[self.name]
             if self.kind == "cross":
                 stats.cross_cached += 1
@@ -197,6 +197,7 @@ class _PatchedAttention:
             step=rt.step,
             branch=rt.branch,
             state=rt.layer_state(self.name),
+            layout=layout,
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         rt.stats[self.name].sparse += 1

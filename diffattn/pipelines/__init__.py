@@ -1,1 +1,2 @@
-"""Pipelines shipped with diffattn. Submodules import diffusers lazily; importing this package is cheap."""
+"""Pipelines shipped with diffattn: the embedded tiny model (`tiny_model`) and high-resolution image and
+video generation (`raunet`, `highres`: RAU-Net, two-stage refine). Submodules import diffusers lazily."""

@@ -1,0 +1,256 @@
+"""``freeswim``: dense limit, call counts and cache reuse, the naive two-forward oracle, bad input."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+
+import diffattn
+from diffattn.methods.freeswim import FreeSwimConfig, entropy_scale
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
+from tests.freeswim_oracle import NaiveFreeSwim
+from tests.helpers import processors, same_objects
+
+STEPS = 3
+
+
+def _grid_unet(call):
+    return tuple(call["sample"].shape[-2:])
+
+
+def _grid_pixart(call):
+    h, w = call["hidden_states"].shape[-2:]
+    return (h // 2, w // 2)
+
+
+def _grid_wan(call):
+    f, h, w = call["hidden_states"].shape[-3:]
+    return (f, h // 2, w // 2)
+
+
+# family -> (token grid reader, UNet levels, odd latent/pixel size for the oracle, odd train grid)
+FAMILIES = {
+    "tiny-sd": (_grid_unet, True, dict(latent=(15, 17)), (5, 7)),
+    "tiny-pixart-alpha": (_grid_pixart, False, dict(latent=(18, 22)), (5, 7)),
+    "tiny-wan": (_grid_wan, False, dict(height=80, width=112), (3, 5)),  # 3 x 5 x 7 tokens
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def fam(request):
+    name = request.param
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    return name, pipe
+
+
+def _call(pipe, name, size=None, **extra):
+    """Call kwargs: Wan gets precomputed embeddings (the oracle tells the conditional call by them);
+    an odd latent grid goes in as ``latents``."""
+    kw = dict(num_inference_steps=STEPS, **extra)
+    positive = None
+    size = dict(size or {})
+    latent = size.pop("latent", None)
+    kw.update(size)
+    if latent is not None:
+        channels = 4
+        g = torch.Generator().manual_seed(1)
+        kw["latents"] = torch.randn(1, channels, *latent, generator=g)
+        kw["height"], kw["width"] = 2 * latent[0] + 2, 2 * latent[1] + 2  # only checked, not used for shapes
+        kw["height"] -= kw["height"] % 8
+        kw["width"] -= kw["width"] % 8
+    if name == "tiny-wan":
+        base = tiny_call_kwargs(name)
+        pe, ne = pipe.encode_prompt(
+            base["prompt"], base["negative_prompt"], True, 1, max_sequence_length=16, device="cpu"
+        )
+        kw.update(prompt=None, negative_prompt=None, prompt_embeds=pe, negative_prompt_embeds=ne)
+        positive = pe
+    return kw, positive
+
+
+def test_dense_limit(fam):
+    """cache_steps=1 and a window covering the grid: every step's F equals W, so freeswim is dense."""
+    name, pipe = fam
+    kw, _ = _call(pipe, name)
+    ref = tiny_output(pipe, name, **kw)
+    big = 64  # covers every tiny grid
+    with diffattn.attention(pipe, "freeswim", train_grid=big, cache_steps=1, entropy_scale=False) as handle:
+        out = tiny_output(pipe, name, **kw)
+        stats = handle.stats()
+    assert (out - ref).abs().max() <= 1e-5
+    assert handle.sparse_calls > 0 and handle.fallback_calls == 0
+    cross = [s for n, s in stats.items() if n.endswith("attn2")]
+    assert cross and all(s.cross_cached == STEPS for s in cross)  # every conditional pass took F's output
+
+
+def test_call_counts_and_cache_reuse(fam):
+    """F runs ceil(steps / cache_steps) times, on conditional passes only; on the steps in between the
+    conditional pass reads the cached cross-attention and the module runs only for unconditional rows."""
+    name, pipe = fam
+    kw, _ = _call(pipe, name)
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    first = next(m for n, m in den.named_modules() if n.endswith("attn1"))  # runs once per forward pass
+    seen = []  # batch of each forward pass
+    per_step = []  # stats summed after each step
+
+    def pre(module, args, kwargs):
+        seen.append(args[0].shape[0])
+
+    def on_step(*args):
+        st = handle.stats()
+        per_step.append(
+            (sum(s.cross for n, s in st.items() if n.endswith("attn2")), sum(s.cross_cached for s in st.values()))
+        )
+        return args[-1]
+
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        kw["callback_on_step_end"] = on_step
+    else:  # PixArt: the older per-step callback
+        kw.update(callback=on_step, callback_steps=1)
+
+    cache_steps = 2
+    with diffattn.attention(pipe, "freeswim", train_grid=4, cache_steps=cache_steps) as handle:
+        hook = first.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            tiny_output(pipe, name, **kw)
+        finally:
+            hook.remove()
+    n_cross = sum(1 for n in handle.stats() if n.endswith("attn2"))
+    f_runs = math.ceil(STEPS / cache_steps)
+    passes = 2 * STEPS if name == "tiny-wan" else STEPS  # Wan: separate cond / uncond calls
+    assert len(seen) == passes + f_runs
+    if name != "tiny-wan":  # batched CFG: W sees [uncond, cond], F the conditional row only
+        assert sorted(seen) == [1] * f_runs + [2] * STEPS
+    cross, cached = per_step[-1]
+    assert cached == n_cross * STEPS  # every conditional pass reused F's cross-attention
+    assert cross == n_cross * (STEPS + f_runs)  # the module ran for uncond passes and for F
+    # step 1 is between F steps: the cross-attention ran only for the unconditional pass there
+    d_cross, d_cached = per_step[1][0] - per_step[0][0], per_step[1][1] - per_step[0][1]
+    assert (d_cross, d_cached) == (n_cross, n_cross)
+
+
+def test_f_runs_on_the_conditional_call_only():
+    """Unbatched CFG (Wan): every extra forward receives the positive prompt embeddings."""
+    name = "tiny-wan"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    kw, positive = _call(pipe, name)
+    got = []
+    # the condition embedder gets the raw prompt embeddings once per forward pass (F's included)
+    hook = pipe.transformer.condition_embedder.register_forward_pre_hook(
+        lambda m, a: got.append(torch.equal(a[1], positive))
+    )
+    try:
+        with diffattn.attention(pipe, "freeswim", train_grid=4, cache_steps=2):
+            tiny_output(pipe, name, **kw)
+    finally:
+        hook.remove()
+    # per step: [F (cond)], W cond, W uncond
+    assert got == [True, True, False, True, False, True, True, False]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_steps", [1, 2], ids=lambda c: f"cache{c}")
+def test_equals_naive_oracle_on_odd_grids(fam, cache_steps):
+    name, pipe = fam
+    grid_fn, multiscale, size, train = FAMILIES[name]
+    kw, positive = _call(pipe, name, size)
+    oracle = NaiveFreeSwim(train, cache_steps, True, grid_fn, multiscale=multiscale, positive=positive)
+    with oracle.installed(pipe):
+        expected = tiny_output(pipe, name, **kw)
+    assert oracle.f_runs == math.ceil(STEPS / cache_steps)
+    with diffattn.attention(pipe, "freeswim", train_grid=train, cache_steps=cache_steps) as handle:
+        out = tiny_output(pipe, name, **kw)
+    assert handle.fallback_calls == 0
+    assert (out - expected).abs().max() <= 1e-4
+    dense = tiny_output(pipe, name, **kw)
+    assert (out - dense).abs().max() > 1e-3  # the window and the scale did change something
+
+
+def test_entropy_scale_from_grids():
+    # FreeSwim's hard-coded case: N = 2 N_train
+    assert entropy_scale((30, 104), (30, 52), 128) == pytest.approx(math.sqrt(math.log(2 * 1560, 1560) / 128))
+    assert entropy_scale((5, 30, 52), (30, 52), 64) is None  # not larger than training: the model's scale
+
+
+@pytest.mark.parametrize(
+    "knobs, match",
+    [
+        (dict(train_grid=8, cache_steps=0), r"cache_steps=0 must be an int >= 1"),
+        (dict(train_grid=0), r"train_grid=0 must be an int or \(rows, columns\) of ints >= 1"),
+        (dict(train_grid=(4, 4, 4)), r"train_grid=\(4, 4, 4\)"),
+        (dict(train_grid=8, full_steps=(3, 1)), r"full_steps=\(3, 1\) must be \(start, end\)"),
+    ],
+    ids=["cache0", "grid0", "grid3d", "full_steps_reversed"],
+)
+def test_bad_knobs(knobs, match):
+    with pytest.raises(ValueError, match=match):
+        FreeSwimConfig(**knobs)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-cogvideox", "tiny-hunyuanvideo"])
+def test_joint_attention_families_are_refused(name):
+    pipe = build_tiny_pipeline(name)
+    before = processors(pipe)
+    for preset in (True, False):
+        with pytest.raises(ValueError, match=r"'freeswim' does not support .*separate cross-attention"):
+            diffattn.apply_attention(pipe, "freeswim", train_grid=8, preset=preset)
+        assert same_objects(processors(pipe), before)
+
+
+def test_bad_cache_steps_leaves_pipeline_unchanged(fam):
+    name, pipe = fam
+    before = processors(pipe)
+    with pytest.raises(ValueError, match="cache_steps=0"):
+        diffattn.apply_attention(pipe, "freeswim", train_grid=8, cache_steps=0)
+    assert same_objects(processors(pipe), before)
+
+
+def test_full_steps_limit_f(fam):
+    name, pipe = fam
+    kw, _ = _call(pipe, name)
+    with diffattn.attention(pipe, "freeswim", train_grid=4, cache_steps=1, full_steps=(0, 1)) as handle:
+        tiny_output(pipe, name, **kw)
+    cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
+    assert all(s.cross_cached == 1 for s in cross)  # only step 0 used F's output
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "pixart", "wan"])
+def test_presets_build_valid_configs(family):
+    from diffattn.methods.freeswim import window_size
+    from diffattn.presets import PRESETS
+
+    entry = PRESETS[("freeswim", family)]
+    config = FreeSwimConfig(**entry.knobs)
+    assert config.cache_steps == 2 and config.entropy_scale
+    if family == "wan":  # FreeSwim's half-widths 15 and 26 on Wan's 30x52 training tokens
+        assert tuple(window_size(t) for t in config.train_grid) == (31, 53)
+
+
+@pytest.mark.slow
+def test_sdxl_batched_cfg_with_added_conditions():
+    """SDXL's F pass slices the nested added_cond_kwargs to the conditional rows."""
+    name = "tiny-sdxl"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    ref = tiny_output(pipe, name, num_inference_steps=2)
+    with diffattn.attention(pipe, "freeswim", train_grid=64, cache_steps=1, entropy_scale=False) as handle:
+        out = tiny_output(pipe, name, num_inference_steps=2)
+    assert (out - ref).abs().max() <= 1e-5
+    assert all(s.cross_cached == 2 for n, s in handle.stats().items() if n.endswith("attn2"))
+
+
+def test_bare_denoiser_runs_w_only_and_says_so(caplog):
+    """Without a pipeline (no captured prompt embeddings, no scheduler) F cannot run: loud, not silent."""
+    name = "tiny-pixart-alpha"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    with diffattn.attention(pipe.transformer, "freeswim", train_grid=3) as handle:
+        tiny_output(pipe, name)
+    assert "runs the window branch W only" in caplog.text
+    cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
+    assert all(s.cross_cached == 0 and s.cross > 0 for s in cross)
