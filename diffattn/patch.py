@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .kernels import choose_backend
-from .layout import TokenLayout
+from .layout import SELF, LayoutError, ModuleRole, TokenLayout, TokenSplit
 from .methods import AttendCall, AttentionMethod, get_method
 from .models import FamilyAdapter, family_key, find_adapter
 from .presets import Preset, resolve_preset
@@ -79,7 +79,12 @@ class _Runtime:
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = self.adapter.bind(module, args, kwargs)
-        self.local.layout = self.adapter.read_layout(module, call)
+        # layout (issue 10): a call without a readable grid runs dense, counted, with the reason
+        try:
+            self.local.layout, self.local.why = self.adapter.read_layout(module, call), ""
+        except (LayoutError, KeyError, TypeError, IndexError) as e:
+            self.local.layout, self.local.why = None, f"no token grid for this call: {e}"
+        self.local.observed = None  # (position, count) of dense tokens a joint module of this call showed
         t = self.adapter.read_timestep(call)
         self.local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_divisor
         self.local.active = self.steps is None or self._in_steps(self.local.timestep)
@@ -108,6 +113,10 @@ class _Runtime:
         return getattr(self.local, "layout", None)
 
     @property
+    def why(self) -> str:
+        return getattr(self.local, "why", "") or "no token layout recorded for this call"
+
+    @property
     def active(self) -> bool:
         return getattr(self.local, "active", True)
 
@@ -127,7 +136,10 @@ class _Interceptor(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return self.target.attend(func, args, kwargs)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func is torch.cat:  # layout (issue 10): how the processor joins text and image tokens
+            self.target.saw_cat(args, kwargs, out)
+        return out
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -136,16 +148,46 @@ _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", 
 class _PatchedAttention:
     """Wrapper processor state and logic; the callable shell is `_make_wrapper`'s."""
 
-    def __init__(self, name: str, original: Any, runtime: _Runtime, index: int = 0) -> None:
+    def __init__(
+        self, name: str, original: Any, runtime: _Runtime, index: int = 0, role: ModuleRole = SELF
+    ) -> None:
         self.name = name
         self.index = index
         self.original = original
         self.runtime = runtime
+        self.role = role
+        self.cats: list[tuple[int, tuple[int, ...]]] = []  # (total, piece lengths) of this run's seq concats
         runtime.stats.setdefault(name, CallStats())
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.cats = []
         with _Interceptor(self):
             return self.original(*args, **kwargs)
+
+    # --- layout (issue 10): the split of one call's sequence into the grid and dense tokens ---
+    def saw_cat(self, args: tuple, kwargs: dict[str, Any], out: Any) -> None:
+        """Record a sequence-axis ``torch.cat`` of ``[B, S, H, D]`` / ``[B, H, S, D]`` / ``[B, S, C]``
+        pieces (a joint processor joining text and image q/k/v)."""
+        pieces = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(out, Tensor) or out.dim() < 3 or not isinstance(pieces, list | tuple) or len(pieces) < 2:
+            return
+        dim = dim % out.dim()
+        if dim in (0, out.dim() - 1):
+            return
+        self.cats.append((out.shape[dim], tuple(int(t.shape[dim]) for t in pieces)))
+
+    def split(self, seq: int) -> TokenSplit | str:
+        rt = self.runtime
+        layout = rt.layout
+        if layout is None:
+            return rt.why
+        segments = next((pieces for total, pieces in reversed(self.cats) if total == seq), None)
+        split = layout.split(seq, self.role, segments, getattr(rt.local, "observed", None))
+        if isinstance(split, TokenSplit) and split.joint is not None:
+            rt.local.observed = split.joint
+        return split
+    # --- end layout ---
 
     def _fallback(self, func: Callable, args: tuple, kwargs: dict, reason: str) -> Tensor:
         rt = self.runtime
@@ -164,9 +206,6 @@ class _PatchedAttention:
         if rt.method.passthrough or not rt.active:
             rt.stats[self.name].dense += 1
             return func(*args, **kwargs)
-        layout = rt.layout
-        if layout is None:
-            return self._fallback(func, args, kwargs, "no token layout recorded for this call")
         if q.shape[-2] != k.shape[-2] or q.shape[1] != k.shape[1]:
             return self._fallback(
                 func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads"
@@ -174,32 +213,28 @@ class _PatchedAttention:
         if p.get("is_causal") or p.get("dropout_p", 0.0):
             return self._fallback(func, args, kwargs, "causal or dropout attention")
         seq = q.shape[-2]
-        split = layout.split(seq)
-        if split is None:
-            return self._fallback(
-                func,
-                args,
-                kwargs,
-                f"sequence length {seq} matches neither the grid {layout.grid} "
-                f"nor it plus {layout.text_len} text tokens",
-            )
-        grid, start, text_len = split
+        split = self.split(seq)
+        if isinstance(split, str):
+            return self._fallback(func, args, kwargs, split)
+        grid, img, dense = split.grid, split.image, split.dense
         key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
         if key_valid is False:
             return self._fallback(
                 func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask"
             )
-        n_img = seq - text_len
-        img = slice(start, start + n_img)
-        txt = slice(0, start) if start else slice(n_img, seq)
         if isinstance(key_valid, Tensor) and not bool(key_valid[:, img].all()):
             return self._fallback(func, args, kwargs, "the attention mask hides image tokens")
         qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
+
+        def dense_part(t: Tensor, axis: int) -> Tensor:  # the dense tokens (text, references) of t, in order
+            parts = [t.narrow(axis, s.start, s.stop - s.start) for s in dense]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, axis)
+
         call = AttendCall(
             grid=grid,
-            extra_k=ks[:, txt] if text_len else None,
-            extra_v=vs[:, txt] if text_len else None,
-            extra_mask=key_valid[:, txt] if text_len and isinstance(key_valid, Tensor) else None,
+            extra_k=dense_part(ks, 1) if dense else None,
+            extra_v=dense_part(vs, 1) if dense else None,
+            extra_mask=dense_part(key_valid, 1) if dense and isinstance(key_valid, Tensor) else None,
             scale=p.get("scale"),
             backend=rt.backend,
             layer=self.name,
@@ -208,13 +243,14 @@ class _PatchedAttention:
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         rt.stats[self.name].sparse += 1
-        if not text_len:
+        if not dense:
             return out_img
-        # text queries stay dense over every key, with the model's own mask
-        text_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
-        out_txt = func(q[:, :, txt], k, v, **text_kwargs)
-        parts = (out_txt, out_img) if start else (out_img, out_txt)
-        return torch.cat(parts, dim=2)
+        # dense queries (text, references, registers) attend every key, with the model's own mask
+        dense_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
+        out_dense = func(dense_part(q, 2), k, v, **dense_kwargs)
+        before = img.start  # dense tokens ahead of the grid
+        parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
+        return torch.cat([t for t in parts if t.shape[2]], dim=2)
 
 
 def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:
@@ -330,7 +366,7 @@ class AttentionHandle:
         self._runtimes = runtimes
         self._installed: list[_Installed] = []
         self._hooks: list[Any] = []
-        self._plan: list[tuple[nn.Module, str, nn.Module]] = []
+        self._plan: list[tuple[nn.Module, str, nn.Module, ModuleRole]] = []
         self.removed = False
         #: the `Preset` that filled unset knobs/layers/steps, or None
         self.preset: Preset | None = None
@@ -355,7 +391,7 @@ class AttentionHandle:
     def fallback_calls(self) -> int:
         return sum(s.fallback for s in self.stats().values())
 
-    def _install(self, plan: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    def _install(self, plan: list[tuple[nn.Module, str, nn.Module, ModuleRole]]) -> None:
         """Install all or nothing: on any error, undo what was done and re-raise."""
         self._plan = plan
         try:
@@ -364,10 +400,10 @@ class AttentionHandle:
                 self._hooks.append(hook)
                 denoiser.__dict__["__reduce_ex__"] = _UnpatchedReduce(denoiser, {hook.id})
             seen: dict[nn.Module, int] = {}
-            for denoiser, name, module in plan:
+            for denoiser, name, module, role in plan:
                 original = module.processor
                 index = seen[denoiser] = seen.get(denoiser, -1) + 1
-                patched = _PatchedAttention(name, original, self._runtimes[denoiser], index=index)
+                patched = _PatchedAttention(name, original, self._runtimes[denoiser], index=index, role=role)
                 wrapper = _make_wrapper(patched)
                 had = hasattr(original, "_attention_backend")
                 record = _Installed(module, original, (had, getattr(original, "_attention_backend", None)))
@@ -449,12 +485,16 @@ def denoisers_of(target: Any) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _attention_modules(denoiser: nn.Module, adapter: FamilyAdapter) -> list[tuple[str, nn.Module]]:
-    return [
-        (name, m)
-        for name, m in denoiser.named_modules()
-        if hasattr(m, "set_processor") and hasattr(m, "processor") and adapter.is_self_attention(name, m)
-    ]
+def _attention_modules(denoiser: nn.Module, adapter: FamilyAdapter) -> list[tuple[str, nn.Module, ModuleRole]]:
+    """Attention modules over the token grid and their roles (layout, issue 10); temporal attention
+    (1-D over frames) stays dense."""
+    found = []
+    for name, m in denoiser.named_modules():
+        if hasattr(m, "set_processor") and hasattr(m, "processor"):
+            role = adapter.role(denoiser, name, m)
+            if role is not None and role.kind == "self":
+                found.append((name, m, role))
+    return found
 
 
 def _layer_filter(layers: LayerSpec) -> Callable[[str], bool]:
@@ -559,7 +599,7 @@ def apply_attention(
     if step_range is not None and pipe_scheduler is None:
         raise ValueError("steps= needs a pipeline (its scheduler maps timesteps to steps); got a bare denoiser")
 
-    plan: list[tuple[nn.Module, str, nn.Module]] = []
+    plan: list[tuple[nn.Module, str, nn.Module, ModuleRole]] = []
     runtimes: dict[nn.Module, _Runtime] = {}
     chosen = None
     for attr, denoiser in denoisers_of(target):
@@ -574,7 +614,7 @@ def apply_attention(
         chosen = choose_backend(probe, backend)
         runtimes[denoiser] = _Runtime(adapter, impl, chosen, step_range, pipe_scheduler)
         prefix = f"{attr}." if attr else ""
-        plan += [(denoiser, prefix + n, m) for n, m in _attention_modules(denoiser, adapter) if keep(prefix + n)]
+        plan += [(denoiser, prefix + n, m, r) for n, m, r in _attention_modules(denoiser, adapter) if keep(prefix + n)]
     if not plan:
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
         raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")

@@ -1,29 +1,51 @@
-"""Model-family adapters; `find_adapter` picks the one serving a denoiser."""
+"""Model-family adapters, matched by type; `find_adapter` picks the one serving a denoiser."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from .base import FamilyAdapter
-from .dit import DiTAdapter
-from .mmdit import FluxAdapter, SD3Adapter
-from .unet import UNetAdapter
-from .video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter
+from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
+
+
+class _SDUNet(UNetGridAdapter):
+    def family_key(self, denoiser: nn.Module) -> str:
+        """``sdxl`` when the UNet takes SDXL's extra text/time embeddings, else ``sd`` (1.5 / 2.1)."""
+        return "sdxl" if getattr(denoiser.config, "addition_embed_type", None) == "text_time" else "sd"
+
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (
-    UNetAdapter(),
-    DiTAdapter(),
-    SD3Adapter(),
-    FluxAdapter(),
-    WanAdapter(),
-    CogVideoXAdapter(),
-    HunyuanVideoAdapter(),
-    LTXAdapter(),
+    # UNets: per-block levels; temporal attention of video UNets is 1-D over frames
+    _SDUNet(("UNet2DConditionModel",)),
+    UNetGridAdapter(("UNet2DModel",)),
+    UNetGridAdapter(("UNet3DConditionModel", "I2VGenXLUNet"), axes="cfhw"),
+    UNetGridAdapter(("UNetMotionModel",), axes="cfhw"),
+    UNetGridAdapter(("UNetSpatioTemporalConditionModel",), axes="fchw"),
+    # image DiTs, grid from the latent [B, C, H, W] and the patch size
+    LatentGridAdapter(("PixArtTransformer2DModel",), family="pixart"),
+    LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel")),
+    LatentGridAdapter(("SD3Transformer2DModel",), family="sd3", text_position="suffix", attn2_is_cross=False),
+    # packed-token image DiTs, grid from position ids
+    IdsGridAdapter(("FluxTransformer2DModel",), family="flux", text_position="prefix", timestep_divisor=1000.0),
+    # video DiTs
+    LatentGridAdapter(("WanTransformer3DModel",), family="wan", ndim=3, axes="cfhw"),
+    LatentGridAdapter(
+        ("CogVideoXTransformer3DModel",), family="cogvideox", ndim=3, axes="fchw", text_position="prefix"
+    ),
+    LatentGridAdapter(
+        ("HunyuanVideoTransformer3DModel",),
+        family="hunyuanvideo",
+        ndim=3,
+        axes="cfhw",
+        text_position="suffix",
+        skip=("token_refiner",),  # text-only attention
+    ),
+    SizeArgsAdapter(("LTXVideoTransformer3DModel",), family="ltx", ndim=3),
 )
 
 
 def supported_models() -> list[str]:
-    """Denoiser class names diffattn can patch."""
+    """Denoiser class names diffattn can patch (and their subclasses)."""
     return sorted(n for a in ADAPTERS for n in a.class_names)
 
 
@@ -33,13 +55,30 @@ def family_key(denoiser: nn.Module) -> str:
 
 
 def find_adapter(denoiser: nn.Module) -> FamilyAdapter:
-    """The adapter for ``denoiser``; a TypeError naming the supported classes otherwise."""
+    """The adapter of the most specific supported class in ``type(denoiser).__mro__``; a TypeError
+    naming the class and the supported ones otherwise."""
+    best: tuple[int, FamilyAdapter] | None = None
     for adapter in ADAPTERS:
-        if adapter.matches(denoiser):
-            return adapter
-    raise TypeError(
-        f"unsupported denoiser {type(denoiser).__name__}; diffattn supports: {', '.join(supported_models())}"
-    )
+        depth = adapter.match_depth(denoiser)
+        if depth is not None and (best is None or depth < best[0]):
+            best = (depth, adapter)
+    if best is None:
+        raise TypeError(
+            f"unsupported denoiser {type(denoiser).__name__}: neither it nor a base class is a denoiser diffattn "
+            f"can read a token grid from; supported: {', '.join(supported_models())}"
+        )
+    return best[1]
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "family_key", "find_adapter", "supported_models"]
+__all__ = [
+    "ADAPTERS",
+    "FamilyAdapter",
+    "IdsGridAdapter",
+    "LatentGridAdapter",
+    "ShapesAdapter",
+    "SizeArgsAdapter",
+    "UNetGridAdapter",
+    "family_key",
+    "find_adapter",
+    "supported_models",
+]
