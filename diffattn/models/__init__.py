@@ -41,6 +41,68 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         skip=("token_refiner",),  # text-only attention
     ),
     SizeArgsAdapter(("LTXVideoTransformer3DModel",), family="ltx", ndim=3),
+    # --- every other denoiser diffusers 0.42 exports with a token grid ---
+    UNetGridAdapter(("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel")),
+    LatentGridAdapter(
+        (
+            "AuraFlowTransformer2DModel",
+            "CogView3PlusTransformer2DModel",
+            "CogView4Transformer2DModel",
+            "GlmImageTransformer2DModel",
+            "HunyuanDiT2DModel",
+            "LuminaNextDiT2DModel",
+            "PRXTransformer2DModel",
+            "SanaTransformer2DModel",
+            "ErnieImageTransformer2DModel",
+            "HiDreamImageTransformer2DModel",
+            "Lumina2Transformer2DModel",
+        ),
+        text_position="prefix",
+    ),
+    LatentGridAdapter(
+        (
+            "AllegroTransformer3DModel",
+            "AnyFlowTransformer3DModel",
+            "ChronoEditTransformer3DModel",
+            "CosmosTransformer3DModel",
+            "EasyAnimateTransformer3DModel",
+            "HunyuanVideo15Transformer3DModel",
+            "LatteTransformer3DModel",
+            "MochiTransformer3DModel",
+            "MotifVideoTransformer3DModel",
+            "SanaVideoTransformer3DModel",
+            "SkyReelsV2Transformer3DModel",
+            "WanVACETransformer3DModel",
+            "WanAnimateTransformer3DModel",
+            "JoyImageEditTransformer3DModel",
+            "HeliosTransformer3DModel",
+            "HunyuanVideoFramepackTransformer3DModel",
+        ),
+        ndim=3,
+        axes="cfhw",
+        text_position="prefix",
+    ),
+    LatentGridAdapter(("ConsisIDTransformer3DModel",), ndim=3, axes="fchw", text_position="prefix"),
+    IdsGridAdapter(
+        (
+            "BriaTransformer2DModel",
+            "BriaFiboTransformer2DModel",
+            "ChromaTransformer2DModel",
+            "LongCatImageTransformer2DModel",
+            "OvisImageTransformer2DModel",
+            "Flux2Transformer2DModel",
+        ),
+        text_position="prefix",
+    ),
+    ShapesAdapter(("QwenImageTransformer2DModel", "NucleusMoEImageTransformer2DModel"), text_position="prefix"),
+    SizeArgsAdapter(("LTX2VideoTransformer3DModel",), ndim=3, skip=("audio",)),
+    LatentGridAdapter(("StableAudio3DiTModel", "StableAudioDiTModel"), ndim=1, axes="cl", text_position="prefix"),
+    LatentGridAdapter(
+        ("AceStepTransformer1DModel", "MiniMaxMusic3Transformer1DModel", "LongCatAudioDiTTransformer"),
+        ndim=1,
+        axes="lc",
+        text_position="prefix",
+    ),
 )
 
 
