@@ -206,24 +206,35 @@ class _PatchedAttention:
         if rt.method.passthrough or not rt.active:
             rt.stats[self.name].dense += 1
             return func(*args, **kwargs)
-        if q.shape[-2] != k.shape[-2] or q.shape[1] != k.shape[1]:
-            return self._fallback(
-                func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads"
-            )
+        # layout (issue 10): grouped-query heads, image-only queries over image + dense keys, masks
+        # that are the same for every image query
+        hq, hk = q.shape[1], k.shape[1]
+        if hq != hk and (hq % hk or v.shape[1] != hk):
+            return self._fallback(func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in heads")
         if p.get("is_causal") or p.get("dropout_p", 0.0):
             return self._fallback(func, args, kwargs, "causal or dropout attention")
-        seq = q.shape[-2]
+        seq = k.shape[-2]
         split = self.split(seq)
         if isinstance(split, str):
             return self._fallback(func, args, kwargs, split)
         grid, img, dense = split.grid, split.image, split.dense
-        key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
+        q_rows = slice(0, seq)
+        if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
+            if q.shape[-2] != img.stop - img.start:
+                return self._fallback(
+                    func, args, kwargs, f"{q.shape[-2]} queries are neither the {seq} keys nor the grid {grid}"
+                )
+            q_rows = slice(0, q.shape[-2])
+            q = F.pad(q, (0, 0, img.start, seq - img.stop))  # [B, H, S, D]; only the image rows are read
+        key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq, img)
         if key_valid is False:
             return self._fallback(
                 func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask"
             )
         if isinstance(key_valid, Tensor) and not bool(key_valid[:, img].all()):
             return self._fallback(func, args, kwargs, "the attention mask hides image tokens")
+        if hq != hk:
+            k, v = (t.repeat_interleave(hq // hk, dim=1) for t in (k, v))
         qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
 
         def dense_part(t: Tensor, axis: int) -> Tensor:  # the dense tokens (text, references) of t, in order
@@ -243,22 +254,33 @@ class _PatchedAttention:
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         rt.stats[self.name].sparse += 1
-        if not dense:
+        if not dense or q_rows.stop != seq:
             return out_img
         # dense queries (text, references, registers) attend every key, with the model's own mask
-        dense_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
-        out_dense = func(dense_part(q, 2), k, v, **dense_kwargs)
+        mask = p.get("attn_mask")
+        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
+            mask = dense_part(mask, mask.dim() - 2)
+        dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
+        out_dense = func(dense_part(q, 2), k, v, attn_mask=mask, **dense_kwargs)
         before = img.start  # dense tokens ahead of the grid
         parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
         return torch.cat([t for t in parts if t.shape[2]], dim=2)
 
 
-def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:
-    """``[B, S]`` bool validity of keys if ``mask`` only pads keys; None if no mask; False if the
-    mask is of another kind (per-query masks, soft biases)."""
+def _key_padding(mask: Tensor | None, batch: int, seq: int, img: slice | None = None) -> Tensor | None | bool:
+    """``[B, S]`` bool validity of keys if ``mask`` only pads keys (for the queries ``img``: a per-query
+    mask whose image rows, over all heads, are equal counts too); None if no mask; False if the mask is
+    of another kind (differing rows, soft biases)."""
     if mask is None:
         return None
-    if mask.shape[-1] != seq or mask.numel() not in (seq, batch * seq):
+    if mask.shape[-1] != seq:
+        return False
+    if img is not None and mask.dim() >= 2 and mask.shape[-2] == seq and seq > 1:
+        rows = mask.reshape(mask.shape[0] if mask.dim() > 2 else 1, -1, seq, seq)[:, :, img]  # [B|1, H|1, S_img, S]
+        if not bool((rows == rows[:, :1, :1]).all()):
+            return False
+        mask = rows[:, 0, 0]  # [B|1, S]
+    if mask.numel() not in (seq, batch * seq):
         return False
     flat = mask.reshape(-1, seq).expand(batch, seq)
     if flat.dtype == torch.bool:
@@ -407,7 +429,7 @@ class AttentionHandle:
                 wrapper = _make_wrapper(patched)
                 had = hasattr(original, "_attention_backend")
                 record = _Installed(module, original, (had, getattr(original, "_attention_backend", None)))
-                module.set_processor(wrapper)
+                _set_processor(module, wrapper)
                 self._installed.append(record)
                 if had:  # flash/sage backends bypass SDPA: force the native path while patched
                     original._attention_backend = _native_backend()
@@ -427,7 +449,7 @@ class AttentionHandle:
                 getattr(current, "diffattn_patch", None) is not None
                 and current.diffattn_patch.original is record.original
             ):
-                record.module.set_processor(record.original)
+                _set_processor(record.module, record.original)
             else:
                 logger.warning("diffattn: the processor of %s was replaced after patching; leaving it", record.module)
         self._installed.clear()
@@ -456,6 +478,14 @@ class AttentionHandle:
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self._installed)} modules"
         return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend!r}, {state})"
+
+
+def _set_processor(module: nn.Module, processor: Any) -> None:
+    """``module.set_processor``; plain assignment for attention classes without it (Mochi)."""
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
 
 
 def _native_backend() -> Any:
@@ -490,7 +520,7 @@ def _attention_modules(denoiser: nn.Module, adapter: FamilyAdapter) -> list[tupl
     (1-D over frames) stays dense."""
     found = []
     for name, m in denoiser.named_modules():
-        if hasattr(m, "set_processor") and hasattr(m, "processor"):
+        if hasattr(m, "processor") and callable(m.processor):
             role = adapter.role(denoiser, name, m)
             if role is not None and role.kind == "self":
                 found.append((name, m, role))

@@ -53,21 +53,16 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
             "LuminaNextDiT2DModel",
             "PRXTransformer2DModel",
             "SanaTransformer2DModel",
-            "ErnieImageTransformer2DModel",
             "HiDreamImageTransformer2DModel",
-            "Lumina2Transformer2DModel",
         ),
         text_position="prefix",
     ),
     LatentGridAdapter(
         (
             "AllegroTransformer3DModel",
-            "AnyFlowTransformer3DModel",
             "ChronoEditTransformer3DModel",
             "CosmosTransformer3DModel",
             "EasyAnimateTransformer3DModel",
-            "HunyuanVideo15Transformer3DModel",
-            "LatteTransformer3DModel",
             "MochiTransformer3DModel",
             "MotifVideoTransformer3DModel",
             "SanaVideoTransformer3DModel",
@@ -82,7 +77,17 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         axes="cfhw",
         text_position="prefix",
     ),
-    LatentGridAdapter(("ConsisIDTransformer3DModel",), ndim=3, axes="fchw", text_position="prefix"),
+    LatentGridAdapter(
+        ("ConsisIDTransformer3DModel", "AnyFlowTransformer3DModel"), ndim=3, axes="fchw", text_position="prefix"
+    ),
+    LatentGridAdapter(
+        ("LatteTransformer3DModel",), ndim=3, axes="cfhw", temporal_marks=("temporal_transformer_blocks",)
+    ),
+    LatentGridAdapter(
+        ("HunyuanVideo15Transformer3DModel",), ndim=3, axes="cfhw", text_position="suffix", skip=("token_refiner",)
+    ),
+    LatentGridAdapter(("ErnieImageTransformer2DModel",), text_arg="text_bth", text_position="suffix"),
+    LatentGridAdapter(("Lumina2Transformer2DModel",), text_position="prefix", skip=("context_refiner",)),
     IdsGridAdapter(
         (
             "BriaTransformer2DModel",
@@ -96,9 +101,11 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     ),
     ShapesAdapter(("QwenImageTransformer2DModel", "NucleusMoEImageTransformer2DModel"), text_position="prefix"),
     SizeArgsAdapter(("LTX2VideoTransformer3DModel",), ndim=3, skip=("audio",)),
-    LatentGridAdapter(("StableAudio3DiTModel", "StableAudioDiTModel"), ndim=1, axes="cl", text_position="prefix"),
+    LatentGridAdapter(("StableAudio3DiTModel",), ndim=1, axes="cl", stream_prefix="num_memory_tokens"),
+    LatentGridAdapter(("StableAudioDiTModel",), ndim=1, axes="cl", stream_prefix=1),
+    LatentGridAdapter(("MiniMaxMusic3Transformer1DModel",), ndim=1, axes="cl", stream_prefix=1),
     LatentGridAdapter(
-        ("AceStepTransformer1DModel", "MiniMaxMusic3Transformer1DModel", "LongCatAudioDiTTransformer"),
+        ("AceStepTransformer1DModel", "LongCatAudioDiTTransformer"),
         ndim=1,
         axes="lc",
         text_position="prefix",

@@ -29,6 +29,8 @@ class FamilyAdapter:
     family: str = ""
     #: module-name substrings whose attention is never patched (text-only refiners, context blocks)
     skip: tuple[str, ...] = ()
+    #: module-name substrings marking temporal attention (over the frames of one position): 1-D, kept dense
+    temporal_marks: tuple[str, ...] = ()
     #: ``attn2`` is the cross-attention of BasicTransformerBlock-style blocks (SD3.5's is self-attention)
     attn2_is_cross: bool = True
 
@@ -49,8 +51,12 @@ class FamilyAdapter:
         text-only attention, temporal attention)."""
         if any(s in name for s in self.skip):
             return None
-        if getattr(module, "is_cross_attention", False) or (self.attn2_is_cross and name.endswith("attn2")):
+        if getattr(module, "is_cross_attention", False) or name.endswith(("cross_attn", "cross_attention")):
             return None
+        if self.attn2_is_cross and name.endswith("attn2"):
+            return None
+        if any(m in name for m in self.temporal_marks):
+            return ModuleRole("temporal")
         return ModuleRole()
 
     def bind(self, denoiser: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -38,12 +38,12 @@ class _Configured(FamilyAdapter):
 class LatentGridAdapter(_Configured):
     """The latent ``call[latent_arg]`` laid out as ``axes`` (``chw`` = [B, C, H, W], ``cfhw`` =
     [B, C, F, H, W], ``fchw`` = [B, F, C, H, W], ``cl`` = [B, C, L] audio, ``lc`` = [B, L, C]),
-    divided by the config's patch sizes. ``stream_prefix`` tokens (e.g. a global conditioning token)
-    are prepended to the latent tokens inside the denoiser."""
+    divided by the config's patch sizes. ``stream_prefix`` tokens (a timestep or memory tokens; an int
+    or the name of the config field holding it) are prepended to the latent tokens inside the denoiser."""
 
     latent_arg: str = "hidden_states"
     axes: Axes = "chw"
-    stream_prefix: int = 0
+    stream_prefix: int | str = 0
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         x = call[self.latent_arg]
@@ -61,8 +61,9 @@ class LatentGridAdapter(_Configured):
         else:
             grid = (ceil_div(x.shape[2] if self.axes == "cl" else x.shape[1], ph if ph > 1 else 1),)
         n = math.prod(grid)
-        stream = n + self.stream_prefix if self.stream_prefix else None
-        return self._layout(call, grid, stream_len=stream, grid_offset=self.stream_prefix)
+        prefix = self.stream_prefix
+        prefix = int(getattr(denoiser.config, prefix) or 0) if isinstance(prefix, str) else prefix
+        return self._layout(call, grid, stream_len=n + prefix if prefix else None, grid_offset=prefix)
 
 
 class IdsGridAdapter(_Configured):
@@ -125,7 +126,12 @@ class UNetGridAdapter(_Configured):
 
     latent_arg: str = "sample"
     axes: Literal["chw", "cfhw", "fchw"] = "chw"
-    temporal_marks: tuple[str, ...] = ("motion_modules", "temp_attentions", "temporal_transformer_blocks")
+    temporal_marks: tuple[str, ...] = (
+        "motion_modules",
+        "temp_attentions",
+        "temporal_transformer_blocks",
+        "transformer_in",
+    )
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         x = call[self.latent_arg]
@@ -137,15 +143,15 @@ class UNetGridAdapter(_Configured):
         return TokenLayout(grid=(int(x.shape[-2]), int(x.shape[-1])), frames=int(frames))
 
     def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
-        if super().role(denoiser, name, module) is None:
-            return None
-        if any(m in name for m in self.temporal_marks):
-            return ModuleRole("temporal")
+        role = super().role(denoiser, name, module)
+        if role is None or role.kind == "temporal":
+            return role
         return ModuleRole("self", level=unet_level(denoiser, name))
 
 
 def _has(block: nn.Module, attr: str) -> bool:
-    return getattr(block, attr, None) is not None
+    """Whether ``block`` has a non-empty ``*{attr}`` (ControlNet-XS names them ``base_downsamplers``)."""
+    return any(k.endswith(attr) and v is not None for k, v in vars(block).get("_modules", {}).items())
 
 
 def unet_level(denoiser: nn.Module, name: str) -> int:

@@ -42,6 +42,14 @@ class I:  # noqa: E742
     dtype: str = "int64"
 
 
+@dataclasses.dataclass(frozen=True)
+class M:
+    """Position ids ``[H*W, width]`` of a row-major grid: ``(0, row, col)`` per token (FLUX style)."""
+
+    grid: tuple[int, int]
+    width: int = 3
+
+
 TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     'AceStepTransformer1DModel': (
         {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'head_dim': 8, 'in_channels': 24, 'audio_acoustic_hidden_dim': 8, 'patch_size': 2, 'rope_theta': 10000.0, 'rms_norm_eps': 1e-06, 'sliding_window': 16},
@@ -65,15 +73,15 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'BriaFiboTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 48, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 8, 'num_attention_heads': 2, 'joint_attention_dim': 64, 'text_encoder_dim': 32, 'pooled_projection_dim': None, 'axes_dims_rope': [0, 4, 4]},
-        {'hidden_states': R((1, 256, 48)), 'encoder_hidden_states': R((1, 32, 64)), 'img_ids': R((256, 3)), 'txt_ids': R((32, 3)), 'timestep': T([1.0], 'float32'), 'text_encoder_layers': [R((1, 32, 32)), R((1, 32, 32))]},
+        {'hidden_states': R((1, 256, 48)), 'encoder_hidden_states': R((1, 32, 64)), 'img_ids': M((16, 16)), 'txt_ids': R((32, 3)), 'timestep': T([1.0], 'float32'), 'text_encoder_layers': [R((1, 32, 32)), R((1, 32, 32))]},
     ),
     'BriaTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 8, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'pooled_projection_dim': None, 'axes_dims_rope': [0, 4, 4]},
-        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': R((16, 3)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
+        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
     ),
     'ChromaTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'axes_dims_rope': [4, 4, 8], 'approximator_num_channels': 8, 'approximator_hidden_dim': 16, 'approximator_layers': 1},
-        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': R((16, 3)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
+        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
     ),
     'ChronoEditTransformer3DModel': (
         {'patch_size': (1, 2, 2), 'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 16, 'out_channels': 16, 'text_dim': 32, 'freq_dim': 16, 'ffn_dim': 32, 'num_layers': 2, 'cross_attn_norm': True, 'qk_norm': 'rms_norm_across_heads', 'eps': 1e-06, 'image_dim': None, 'added_kv_proj_dim': None, 'rope_max_seq_len': 64, 'pos_embed_seq_len': None, 'rope_temporal_skip_len': 8},
@@ -121,7 +129,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'FluxTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'pooled_projection_dim': 32, 'axes_dims_rope': [4, 4, 8]},
-        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'pooled_projections': R((1, 32)), 'img_ids': R((16, 3)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
+        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'pooled_projections': R((1, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
     ),
     'GlmImageTransformer2DModel': (
         {'patch_size': 2, 'in_channels': 4, 'out_channels': 4, 'num_layers': 1, 'attention_head_dim': 8, 'num_attention_heads': 2, 'text_embed_dim': 32, 'time_embed_dim': 16, 'condition_dim': 8, 'prior_vq_quantizer_codebook_size': 64},
@@ -161,7 +169,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'JoyImageEditTransformer3DModel': (
         {'patch_size': [1, 2, 2], 'in_channels': 16, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
-        {'hidden_states': R((1, 16, 1, 4, 4)), 'encoder_hidden_states': R((1, 12, 16)), 'timestep': T([1.0], 'float32')},
+        {'hidden_states': R((1, 16, 1, 8, 8)), 'encoder_hidden_states': R((1, 12, 16)), 'timestep': T([1.0], 'float32')},
     ),
     'Krea2Transformer2DModel': (
         {'in_channels': 16, 'num_layers': 2, 'attention_head_dim': 8, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'intermediate_size': 32, 'timestep_embed_dim': 8, 'text_hidden_dim': 16, 'num_text_layers': 3, 'text_num_attention_heads': 2, 'text_num_key_value_heads': 1, 'text_intermediate_size': 16, 'num_layerwise_text_blocks': 1, 'num_refiner_text_blocks': 1, 'axes_dims_rope': (4, 2, 2), 'rope_theta': 1000.0, 'norm_eps': 1e-05},
@@ -185,7 +193,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'LongCatImageTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'pooled_projection_dim': 32, 'axes_dims_rope': [4, 4, 8]},
-        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': R((16, 3)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32'), 'guidance': R((1,))},
+        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32'), 'guidance': R((1,))},
     ),
     'Lumina2Transformer2DModel': (
         {'sample_size': 16, 'patch_size': 2, 'in_channels': 4, 'hidden_size': 24, 'num_layers': 2, 'num_refiner_layers': 1, 'num_attention_heads': 3, 'num_kv_heads': 1, 'multiple_of': 2, 'ffn_dim_multiplier': None, 'norm_eps': 1e-05, 'scaling_factor': 1.0, 'axes_dim_rope': (4, 2, 2), 'axes_lens': (128, 128, 128), 'cap_feat_dim': 32},
@@ -221,7 +229,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'OvisImageTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'out_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'axes_dims_rope': (4, 4, 8)},
-        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': R((16, 3)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
+        {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
     ),
     'PRXTransformer2DModel': (
         {'in_channels': 16, 'patch_size': 2, 'context_in_dim': 1792, 'hidden_size': 1792, 'mlp_ratio': 3.5, 'num_heads': 28, 'depth': 4, 'axes_dim': [32, 32], 'theta': 10000},
@@ -312,6 +320,11 @@ def _make(spec: Any, gen: torch.Generator) -> Any:
         return torch.tensor(spec.values, dtype=getattr(torch, spec.dtype))
     if isinstance(spec, I):
         return torch.randint(0, spec.high, spec.shape, generator=gen, dtype=getattr(torch, spec.dtype))
+    if isinstance(spec, M):
+        rows, cols = torch.meshgrid(torch.arange(spec.grid[0]), torch.arange(spec.grid[1]), indexing="ij")
+        ids = torch.zeros(rows.numel(), spec.width)
+        ids[:, 1], ids[:, 2] = rows.flatten(), cols.flatten()
+        return ids
     if isinstance(spec, list):
         return [_make(s, gen) for s in spec]
     if isinstance(spec, tuple):
