@@ -113,6 +113,20 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
 )
 
 
+#: diffusers classes that cannot be mapped, and what they lack (matched along the MRO like adapters)
+REFUSED: dict[str, str] = {
+    "PriorTransformer": "it denoises CLIP image embeddings: no spatial, temporal or sequence token grid",
+    "T5FilmDecoder": "it denoises spectrogram frames with attention over note tokens: no latent token grid",
+    "TransformerTemporalModel": "it is the temporal building block of UNet3D/I2VGen-XL, not a denoiser; "
+    "patch the UNet that holds it",
+    "MotionAdapter": "it only holds motion-module weights for UNetMotionModel; patch that model",
+    "MiniMaxMusic3RVQDepthDecoder": "it is an autoregressive codebook decoder, not a diffusion denoiser",
+    "UNet1DModel": "it has no attention modules",
+    "SanaTransformer2DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
+    "SanaVideoTransformer3DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
+}
+
+
 def supported_models() -> list[str]:
     """Denoiser class names diffattn can patch (and their subclasses)."""
     return sorted(n for a in ADAPTERS for n in a.class_names)
@@ -131,6 +145,9 @@ def find_adapter(denoiser: nn.Module) -> FamilyAdapter:
         depth = adapter.match_depth(denoiser)
         if depth is not None and (best is None or depth < best[0]):
             best = (depth, adapter)
+    for depth, cls in enumerate(type(denoiser).__mro__):
+        if cls.__name__ in REFUSED and (best is None or depth < best[0]):
+            raise TypeError(f"diffattn cannot patch {type(denoiser).__name__}: {REFUSED[cls.__name__]}")
     if best is None:
         raise TypeError(
             f"unsupported denoiser {type(denoiser).__name__}: neither it nor a base class is a denoiser diffattn "
@@ -141,6 +158,7 @@ def find_adapter(denoiser: nn.Module) -> FamilyAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "REFUSED",
     "FamilyAdapter",
     "IdsGridAdapter",
     "LatentGridAdapter",

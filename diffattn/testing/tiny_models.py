@@ -334,6 +334,34 @@ def _make(spec: Any, gen: torch.Generator) -> Any:
     return spec
 
 
+#: module prefixes of diffusers' denoiser classes (controlnets, VAEs and encoders are not denoisers)
+_DENOISER_MODULES = ("diffusers.models.transformers.", "diffusers.models.unets.")
+#: denoisers diffusers defines elsewhere (ControlNet-XS is a whole UNet; pipeline-local UNets)
+_DENOISERS_ELSEWHERE = ("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel", "UniDiffuserModel")
+
+
+def denoiser_classes() -> list[str]:
+    """Names of every denoiser model class the installed diffusers exports, enumerated from it."""
+    import inspect
+
+    import diffusers
+    from diffusers import ModelMixin
+
+    names = []
+    for name in dir(diffusers):
+        if name.startswith("_"):
+            continue
+        try:
+            cls = getattr(diffusers, name)
+        except Exception:  # noqa: BLE001 - an optional dependency is missing: not exported here
+            continue
+        if not (inspect.isclass(cls) and issubclass(cls, ModelMixin)) or cls is ModelMixin:
+            continue
+        if cls.__module__.startswith(_DENOISER_MODULES) or name in _DENOISERS_ELSEWHERE:
+            names.append(name)
+    return sorted(names)
+
+
 def model_class(name: str) -> type:
     import diffusers
 
@@ -347,6 +375,10 @@ def build_tiny_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, dict[st
     config, inputs = TINY[name]
     torch.manual_seed(seed)
     model = model_class(name)(**config).eval()
+    with torch.no_grad():  # zero-initialised gates and output layers would hide attention from the output
+        for param in model.parameters():
+            if param.numel() and not bool(param.any()):
+                param.normal_(0.0, 0.2)
     return model, _make(inputs, torch.Generator().manual_seed(seed + 1))
 
 
