@@ -310,7 +310,20 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     'ZImageTransformer2DModel': (
         {'all_patch_size': (2,), 'all_f_patch_size': (1,), 'in_channels': 16, 'dim': 16, 'n_layers': 1, 'n_refiner_layers': 1, 'n_heads': 1, 'n_kv_heads': 2, 'qk_norm': True, 'cap_feat_dim': 16, 'rope_theta': 256.0, 't_scale': 1000.0, 'axes_dims': [8, 4, 4], 'axes_lens': [256, 32, 32]},
         {'x': [R((16, 1, 16, 16))], 'cap_feats': [R((16, 16))], 't': T([0.0], 'float32')},
-    ),}
+    ),
+    'UNet2DConditionModel': (
+        {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'), 'block_out_channels': (32, 64), 'layers_per_block': 1, 'attention_head_dim': (4, 8), 'cross_attention_dim': 32, 'norm_num_groups': 8},
+        {'sample': R((1, 4, 15, 17)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 7, 32))},
+    ),
+    'Transformer2DModel': (
+        {'in_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 8, 'num_layers': 1, 'cross_attention_dim': 16, 'norm_num_groups': 2},
+        {'hidden_states': R((1, 4, 7, 9)), 'encoder_hidden_states': R((1, 5, 16))},
+    ),
+    'StableAudioDiTModel': (
+        {'sample_size': 4, 'in_channels': 3, 'num_layers': 2, 'attention_head_dim': 4, 'num_key_value_attention_heads': 2, 'out_channels': 3, 'cross_attention_dim': 4, 'time_proj_dim': 8, 'global_states_input_dim': 8, 'cross_attention_input_dim': 4},
+        {'hidden_states': R((1, 3, 13)), 'timestep': T([10.0]), 'encoder_hidden_states': R((1, 5, 4)), 'global_hidden_states': R((1, 1, 8))},
+    ),
+}
 
 
 def _make(spec: Any, gen: torch.Generator) -> Any:
