@@ -68,8 +68,6 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
             "WanVACETransformer3DModel",
             "WanAnimateTransformer3DModel",
             "JoyImageEditTransformer3DModel",
-            "HeliosTransformer3DModel",
-            "HunyuanVideoFramepackTransformer3DModel",
         ),
         ndim=3,
         axes="cfhw",
