@@ -3,12 +3,15 @@
 diffattn generate                       # offline default: tiny SD, 256x256, GNA blocked 16x16
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
+diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
+diffattn eval --prompts prompts.txt --inception pt_inception.pth --config msw   # FID / CLIP, torchrun-ready
 diffattn methods | diffattn models | diffattn presets
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -19,7 +22,8 @@ from typing import Any
 import torch
 
 from . import apply_attention, list_methods, supported_models
-from .testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
+from .methods import get_method
+from .tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs
 
 
 def _ints(text: str) -> int | tuple[int, ...]:
@@ -89,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, default=128, help="head dim for the roofline estimate, >= 1")
     s.add_argument("--batch", type=int, default=1, help="batch for the roofline estimate, >= 1")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    from .report.cli import add_commands
+
+    add_commands(sub, TINY_MODELS)
     sub.add_parser("methods", help="list attention methods")
     sub.add_parser("models", help="list supported denoisers and the offline tiny models")
     sub.add_parser("presets", help="list the default knobs, layers and steps per (method, model family)")
@@ -143,14 +150,28 @@ def _save(out: Any, path: Path) -> Path:
     return target
 
 
-def generate(args: argparse.Namespace) -> int:
-    pipe, kw = _load(args)
+def _knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's knobs from the command line; a ValueError/TypeError for an unknown method or knob
+    name (checked before any model is loaded)."""
     knobs: dict[str, Any] = dict(args.knob)
     if args.method == "gna" and not knobs:
         window = 16 if args.window is None else args.window  # the offline default: blocked 16x16
         knobs = {"window": window, "stride": args.stride or window, "dilation": args.dilation}
     elif args.window is not None or args.stride is not None:
         raise ValueError("--window/--stride/--dilation are GNA's knobs; give other knobs as --knob NAME=VALUE")
+    known = [f.name for f in dataclasses.fields(get_method(args.method).Config)]
+    unknown = sorted(set(knobs) - set(known))
+    if unknown:
+        raise TypeError(f"unknown knob(s) {unknown} for method {args.method!r}; accepted knobs: {known}")
+    return knobs
+
+
+def generate(args: argparse.Namespace) -> int:
+    knobs = _knobs(args)
+    pipe, kw = _load(args)
+    # Validate knob values, preset, layers and backend on this pipeline before any generation: a
+    # trial install that is removed at once (apply/remove is bit-exact).
+    apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs).remove()
     args.out.mkdir(parents=True, exist_ok=True)
     dense_time = None
     if not args.no_dense:
@@ -226,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(presets_table())
         return 0
     try:
+        if args.command in ("compare", "eval"):
+            from .report.cli import run
+
+            return run(args)
         return simulate(args) if args.command == "simulate" else generate(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"diffattn: error: {e}", file=sys.stderr)
         return 2
 

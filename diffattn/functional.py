@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from .kernels import choose_backend
 from .methods.base import AttendCall
 from .methods.gna import GNA, GNAConfig
 
@@ -100,7 +101,8 @@ def gna(
         )
     _warn_non_finite(q, k, v)
     method = GNA(cfg)
-    call = AttendCall(grid=grid, extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, scale=scale, backend=backend)
+    chosen = choose_backend(q, backend)  # once per call: the kernels do not check again
+    call = AttendCall(grid=grid, extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, scale=scale, backend=chosen)
     return method.plan_attention(q, k, v, method.plan(grid), call, return_lse=return_lse)
 
 

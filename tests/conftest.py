@@ -24,12 +24,29 @@ settings.load_profile("ci")
 
 import pytest  # noqa: E402
 
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output  # noqa: E402
+from diffattn.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output  # noqa: E402
+
+
+def _built(name: str):
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, tiny_output(pipe, name)
 
 
 @pytest.fixture(scope="module", params=TINY_MODELS)
 def tiny(request):
-    """(name, pipeline, unpatched output) per tiny family, built once per test module."""
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
+    """(name, pipeline, unpatched output) per tiny family, built once per test module. A module can
+    narrow the families with ``@pytest.mark.parametrize("tiny", [...], indirect=True)``."""
+    return (request.param, *_built(request.param))
+
+
+@pytest.fixture(scope="module")
+def sd():
+    """(tiny SD pipeline, its unpatched output), built once per test module."""
+    return _built("tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def wan():
+    """(tiny Wan pipeline, its unpatched output), built once per test module."""
+    return _built("tiny-wan")

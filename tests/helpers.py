@@ -1,10 +1,11 @@
-"""Small helpers shared by the tests (the `tiny` fixture itself lives in conftest.py)."""
+"""Small helpers shared by the tests (the `tiny` and `sd` fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from diffattn.methods import AttentionMethod, get_method
+from diffattn.patch import _ACTIVE
 
 
 def denoiser(pipe) -> torch.nn.Module:
@@ -22,13 +23,42 @@ def same_objects(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
+def attention_state(pipe) -> dict:
+    """Everything patching may touch on the pipeline's denoiser, by identity where identity matters."""
+    den = denoiser(pipe)
+    modules = [(n, m) for n, m in den.named_modules() if hasattr(m, "set_processor")]
+    return {
+        "processors": [(n, id(m.processor)) for n, m in modules],
+        "backends": [(n, getattr(m.processor, "_attention_backend", "absent")) for n, m in modules],
+        "pre_hooks": list(den._forward_pre_hooks),
+        "kwarg_hooks": list(den._forward_pre_hooks_with_kwargs),
+        "attrs": sorted(den.__dict__),
+        "active": den in _ACTIVE,
+    }
+
+
 def make_method(name: str, **knobs) -> AttentionMethod:
     """A registered method instance with a config built from ``knobs``."""
     cls = get_method(name)
     return cls(cls.make_config(**knobs))
 
 
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal fp32 tensor."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
 def random_qkv(n: int, dtype=torch.float32, seed: int = 0, batch: int = 2, heads: int = 2, dim: int = 8):
     """Three seeded ``[batch, n, heads, dim]`` tensors."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, n, heads, dim, generator=g).to(dtype) for _ in range(3)]
+
+
+def random_text(t: int, dtype=torch.float32, seed: int = 1, batch: int = 2, padded: bool = True, dim: int = 8):
+    """Text keys, values ``[batch, t, 2, dim]`` and their key-padding mask ``[batch, t]`` (True = valid);
+    ``padded``: batch row 0 has its last ``t - t // 2`` keys padded."""
+    k, v, _ = random_qkv(t, dtype, seed, batch, dim=dim)
+    mask = torch.ones(batch, t, dtype=torch.bool)
+    if padded:
+        mask[0, t // 2 :] = False
+    return k, v, mask

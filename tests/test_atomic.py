@@ -7,33 +7,12 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.patch import _ACTIVE
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import tiny_output
 
-from .helpers import denoiser
+from .helpers import attention_state, denoiser
 
 FAMILIES = ["tiny-sd", "tiny-flux", "tiny-wan"]  # attention_processor processors and dispatch ones
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def tiny(request):
-    pipe = build_tiny_pipeline(request.param)
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe, tiny_output(pipe, request.param)
-
-
-def _snapshot(pipe) -> dict:
-    """Everything patching may touch, by identity where identity matters."""
-    den = denoiser(pipe)
-    modules = [(n, m) for n, m in den.named_modules() if hasattr(m, "set_processor")]
-    return {
-        "processors": [(n, id(m.processor)) for n, m in modules],
-        "backends": [(n, getattr(m.processor, "_attention_backend", "absent")) for n, m in modules],
-        "pre_hooks": list(den._forward_pre_hooks),
-        "kwarg_hooks": list(den._forward_pre_hooks_with_kwargs),
-        "attrs": sorted(den.__dict__),
-        "active": den in _ACTIVE,
-    }
+pytestmark = pytest.mark.parametrize("tiny", FAMILIES, indirect=True)
 
 
 def _self_attention(pipe) -> list[torch.nn.Module]:
@@ -49,7 +28,7 @@ def test_failing_set_processor_rolls_back(tiny, position, monkeypatch):
     name, pipe, base = tiny
     targets = _self_attention(pipe)
     victim = targets[{"first": 0, "middle": len(targets) // 2, "last": -1}[position]]
-    before = _snapshot(pipe)
+    before = attention_state(pipe)
     original_set = type(victim).set_processor
 
     def failing(self, processor):
@@ -61,13 +40,13 @@ def test_failing_set_processor_rolls_back(tiny, position, monkeypatch):
     with pytest.raises(RuntimeError, match="injected failure"):
         diffattn.apply_attention(pipe, "gna", window=3)
     monkeypatch.undo()
-    assert _snapshot(pipe) == before
+    assert attention_state(pipe) == before
     assert torch.equal(tiny_output(pipe, name), base)
 
 
 def test_failing_hook_registration_rolls_back(tiny, monkeypatch):
     name, pipe, base = tiny
-    before = _snapshot(pipe)
+    before = attention_state(pipe)
 
     def failing(*args, **kwargs):
         raise RuntimeError("injected hook failure")
@@ -76,14 +55,14 @@ def test_failing_hook_registration_rolls_back(tiny, monkeypatch):
     with pytest.raises(RuntimeError, match="injected hook failure"):
         diffattn.apply_attention(pipe, "gna", window=3)
     monkeypatch.undo()
-    assert _snapshot(pipe) == before
+    assert attention_state(pipe) == before
     assert torch.equal(tiny_output(pipe, name), base)
 
 
 def test_failed_reapply_keeps_previous_patch_intact(tiny, monkeypatch):
     name, pipe, base = tiny
     first = diffattn.apply_attention(pipe, "gna", window=3)
-    patched_state = _snapshot(pipe)
+    patched_state = attention_state(pipe)
     patched = tiny_output(pipe, name)
     victim = _self_attention_while_patched(pipe, first)
     original_set = type(victim).set_processor
@@ -99,7 +78,7 @@ def test_failed_reapply_keeps_previous_patch_intact(tiny, monkeypatch):
         diffattn.apply_attention(pipe, "gna", window=5)
     monkeypatch.undo()
     assert not first.removed
-    after = _snapshot(pipe)
+    after = attention_state(pipe)
     # the previous patch is re-installed around the same originals (fresh wrappers and hook ids)
     stable = ("backends", "attrs", "active")
     assert {k: after[k] for k in stable} == {k: patched_state[k] for k in stable}

@@ -7,21 +7,9 @@ import torch
 
 import diffattn
 from diffattn.functional import gna
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import tiny_output
 
-
-@pytest.fixture(scope="module")
-def sd():
-    pipe = build_tiny_pipeline("tiny-sd")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, tiny_output(pipe, "tiny-sd")
-
-
-@pytest.fixture(scope="module")
-def wan():
-    pipe = build_tiny_pipeline("tiny-wan")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, tiny_output(pipe, "tiny-wan")
+from .helpers import random_qkv
 
 
 def _state(pipe):
@@ -155,21 +143,17 @@ def test_bare_denoiser_can_be_patched(sd):
         diffattn.apply_attention(pipe.unet, "gna", window=3, steps=(0, 1))
 
 
-def _qkv(*shape, dtype=torch.float32):
-    return [torch.randn(*shape, dtype=dtype) for _ in range(3)]
-
-
 @pytest.mark.parametrize(
     "make,exc,match",
     [
-        (lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 11, 2, 8)), ValueError, r"share one shape"),
+        (lambda: (*random_qkv(12, batch=1)[:2], torch.randn(1, 11, 2, 8)), ValueError, r"share one shape"),
         (
-            lambda: (*_qkv(1, 12, 2, 8)[:2], torch.randn(1, 12, 2, 8, dtype=torch.float64)),
+            lambda: (*random_qkv(12, batch=1)[:2], torch.randn(1, 12, 2, 8, dtype=torch.float64)),
             TypeError,
             r"share one dtype",
         ),
-        (lambda: tuple(_qkv(12, 2, 8)), ValueError, r"must be \[B, S, H, D\]"),
-        (lambda: tuple(t.long() for t in _qkv(1, 12, 2, 8)), TypeError, r"floating point"),
+        (lambda: tuple(t[0] for t in random_qkv(12, batch=1)), ValueError, r"must be \[B, S, H, D\]"),
+        (lambda: tuple(t.long() for t in random_qkv(12, batch=1)), TypeError, r"floating point"),
     ],
     ids=["shape-mismatch", "dtype-mismatch", "3d-tensor", "int-dtype"],
 )
@@ -191,13 +175,13 @@ def test_functional_rejects_bad_tensors(make, exc, match):
     ids=["grid-size", "grid-ndim", "dilation-too-big", "stride-gt-window", "window-0"],
 )
 def test_functional_rejects_bad_config(grid, window, stride, dilation, match):
-    q, k, v = _qkv(1, 12, 2, 8)
+    q, k, v = random_qkv(12, batch=1)
     with pytest.raises(ValueError, match=match):
         gna(q, k, v, grid, window, stride, dilation)
 
 
 def test_functional_warns_on_non_finite():
-    q, k, v = _qkv(1, 12, 2, 8)
+    q, k, v = random_qkv(12, batch=1)
     q[0, 3, 0, 0] = float("nan")
     with pytest.warns(RuntimeWarning, match="NaN or Inf"):
         out = gna(q, k, v, (3, 4), 2)

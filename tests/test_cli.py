@@ -49,6 +49,27 @@ def test_generate_bad_window_exits_with_clear_error(tmp_path, capsys):
     assert "window=0 must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--window", "0"], "window=0 must be >= 1"),
+        (["--method", "gna", "--knob", "window=4", "--knob", "stride=5"], "stride=5 exceeds window=4"),
+        (["--method", "nope"], "unknown attention method 'nope'"),
+        (["--method", "msw", "--knob", "windw=4"], "unknown knob(s) ['windw'] for method 'msw'"),
+        (["--method", "proxy", "--knob", "proxy=median"], "proxy='median' is not one of"),
+    ],
+    ids=["gna-window-0", "gna-stride-over-window", "unknown-method", "unknown-knob", "bad-knob-value"],
+)
+def test_generate_validates_before_any_generation(tmp_path, capsys, monkeypatch, argv, message):
+    import diffattn.cli as cli
+
+    runs = []
+    monkeypatch.setattr(cli, "_run", lambda *a: runs.append(a) or pytest.fail("a generation ran"))
+    assert main(["generate", "--height", "32", "--width", "32", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert runs == [] and not list(tmp_path.iterdir())  # not even the dense run
+
+
 def test_list_commands(capsys):
     assert main(["methods"]) == 0
     assert capsys.readouterr().out.split() == ["agent", "dense", "gna", "msw", "proxy"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.testing.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_output
 
 from .helpers import denoiser, processors, same_objects
 

@@ -1,7 +1,7 @@
-"""Property-based tests: every method's kernel path against the exact reference (fp32).
+"""Property-based tests: every method's kernel path against its exact definition (fp32).
 
-The independent per-method definitions (shifted-window masks, proxy brute force, agent closed form)
-live beside each method's own tests and are imported from there.
+The independent per-method definitions (GNA and shifted-window masks, proxy brute force, agent closed
+form) are the oracles of `diffattn.methods.naive`, reached through each method's ``oracle``.
 
 Grids of 1-3 axes include primes and sizes of 1; windows, strides and dilations are drawn within
 their valid ranges (including windows past the grid, which clamp to dense); head dims, heads and
@@ -22,14 +22,9 @@ from hypothesis import strategies as st
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
-from diffattn.methods.base import call_generator
-from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
+from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.methods.msw import MSWConfig
-from diffattn.methods.proxy import sampled_tokens
-
-from .test_agent import _closed_form, _pooled_agents
-from .test_msw import _window_mask
-from .test_proxy import _brute_force as proxy_brute_force
+from diffattn.methods.naive import gna_mask, msw_mask
 
 try:
     from diffattn.kernels import triton_bsa
@@ -110,7 +105,7 @@ def test_msw_matches_shifted_window_reference(data):
     q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
     call = _call(grid, extra, data)
     method = get_method("msw")(cfg)
-    mask = _window_mask(grid, cfg.resolve_window(grid), method.shift(call))
+    mask = msw_mask(grid, cfg.resolve_window(grid), method.shift(call))
     want, _ = reference_attention(q, k, v, mask, extra_k=call.extra_k, extra_v=call.extra_v, extra_mask=call.extra_mask)
     torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
 
@@ -143,12 +138,7 @@ def test_proxy_matches_brute_force(data):
     q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
     call = dataclasses.replace(_call(grid, extra, data), layer_index=data.draw(st.integers(0, 3), label="layer_index"))
     method = get_method("proxy")(get_method("proxy").Config(**cfg))
-    shifted = cfg["shift"] and call.layer_index % 2 == 1
-    index = None
-    if kind == "sample":
-        layout = method.layout(grid, call.layer_index)
-        index = sampled_tokens(layout, call_generator(cfg["seed"], call.layer, call.timestep))
-    want = proxy_brute_force(q, k, v, grid, method.config.resolve(grid), shifted, index, extra)
+    want = method.oracle(q, k, v, call)  # naive.proxy_attention: brute force over tokens + proxies
     torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
 
 
@@ -165,13 +155,5 @@ def test_agent_matches_closed_form(data):
     q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
     call = _call(grid, extra, data)
     method = get_method("agent")(get_method("agent").Config(**knobs))
-    c, agent_grid = method.config, method.config.agent_grid(grid)
-    scale = q.shape[-1] ** -0.5
-    if c.dense_fallback and 2 * math.prod(agent_grid) >= math.prod(grid):  # AgentSD's rule: plain attention
-        want, _ = reference_attention(q, k, v, extra_k=call.extra_k, extra_v=call.extra_v, extra_mask=call.extra_mask)
-    else:
-        agents = _pooled_agents(q, grid, agent_grid)
-        if extra is not None and extra[2] is None:  # the closed form takes an explicit all-valid mask
-            extra = (extra[0], extra[1], torch.ones(extra[0].shape[:2], dtype=torch.bool))
-        want = _closed_form(q, k, v, agents, scale, c.scale_power, c.shortcut, extra).to(q.dtype)
-    torch.testing.assert_close(method.attend(q, k, v, call), want, **FP32_TOL)
+    want = method.oracle(q, k, v, call)  # naive.agent_attention (or plain attention under AgentSD's fallback rule)
+    torch.testing.assert_close(method.attend(q, k, v, call), want.to(q.dtype), **FP32_TOL)

@@ -9,17 +9,17 @@ import torch
 
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
-from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
+from diffattn.methods.gna import GNAConfig, gna_plan
+from diffattn.methods.naive import gna_mask
 
 from .gna_cases import GNA_CASES, case_id
+from .helpers import random_qkv
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
-def _qkv(grid: tuple[int, ...], dtype: torch.dtype = torch.float32, batch: int = 2, heads: int = 2, dim: int = 16):
-    g = torch.Generator().manual_seed(math.prod(grid))
-    n = math.prod(grid)
-    return [torch.randn(batch, n, heads, dim, generator=g).to(dtype) for _ in range(3)]
+def _qkv(grid: tuple[int, ...], dtype: torch.dtype = torch.float32):
+    return random_qkv(math.prod(grid), dtype, seed=math.prod(grid), dim=16)
 
 
 @pytest.mark.parametrize("case", GNA_CASES, ids=case_id)

@@ -19,7 +19,7 @@ from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.models import family_key, find_adapter
 from diffattn.patch import StepFraction
 from diffattn.presets import FAMILIES, PRESETS, Preset, Unsupported
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
 
 TINY_FAMILY = {
     "tiny-sd": "sd",
@@ -34,13 +34,6 @@ TINY_FAMILY = {
     "tiny-ltx": "ltx",
 }
 FAMILY_NDIM = {f: 3 if f in ("wan", "cogvideox", "hunyuanvideo", "ltx") else 2 for f in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def sd():
-    pipe = build_tiny_pipeline("tiny-sd")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, tiny_output(pipe, "tiny-sd")
 
 
 # --------------------------------------------------------------------------- the table

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from diffattn.cli import main
-from diffattn.methods.gna import GNAConfig, gna_mask, gna_plan
+from diffattn.methods.gna import GNAConfig, gna_plan
+from diffattn.methods.naive import gna_mask
 from diffattn.sim import GPUS, amdahl, plan_bound, simulate
 
 

@@ -1,4 +1,4 @@
-"""Tests for the tiny offline pipelines in ``diffattn.testing.tiny``."""
+"""Tests for the tiny offline pipelines in ``diffattn.tiny``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from diffattn.testing.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs, tiny_output
+from diffattn.tiny import TINY_MODELS, build_tiny_pipeline, tiny_call_kwargs, tiny_output
 
 
 def _expected_shape(name: str, **size: int) -> tuple[int, ...]:

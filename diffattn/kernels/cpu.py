@@ -41,15 +41,6 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask.bool(), float("-inf"))
 
 
-def can_run_cpu(q: Tensor) -> tuple[bool, str]:
-    """Whether the CPU path can run on tensors like ``q``; the reason when it cannot."""
-    if q.device.type != "cpu":
-        return False, f"tensors are on {q.device.type}, the cpu backend needs CPU tensors"
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False, f"dtype {q.dtype} is not one of float32, bfloat16, float16"
-    return True, "CPU tensors of a supported dtype"
-
-
 def block_sparse_attention_cpu(
     q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None = None
 ) -> tuple[Tensor, Tensor]:

@@ -89,6 +89,9 @@ class BlockPlan:
     gna:      per-axis ``(window, stride, dilation)`` when the plan is exactly GNA on ``grid``
               (NATTEN rule, see methods/gna.py), else None. Kernels that can evaluate that rule
               (triton) compute partial-tile masks from it instead of loading ``axes[*].mask``.
+    kv_block: per-axis block shape such that every tile's keys are whole, aligned blocks and every
+              tile is full (tile-aligned strides), else None. Ordering tokens block-major then makes
+              each tile's keys contiguous runs of ``prod(kv_block)`` tokens (see `key_blocks`).
     """
 
     grid: tuple[int, ...]
@@ -98,6 +101,7 @@ class BlockPlan:
     tile_axes: Tensor
     groups: tuple[tuple[int, int, bool], ...]
     gna: tuple[tuple[int, int, int], ...] | None = None
+    kv_block: tuple[int, ...] | None = None
 
     @staticmethod
     def from_axes(axes: tuple[AxisTiling, ...], gna: tuple[tuple[int, int, int], ...] | None = None) -> BlockPlan:
@@ -119,7 +123,7 @@ class BlockPlan:
         groups = tuple((s, e, int(v) == 0) for s, e, v in zip(starts, ends, values.tolist()))
         q_index = _product_index([a.q_pos for a in axes], tile_axes, grid)
         kv_index = _product_index([a.kv_pos for a in axes], tile_axes, grid)
-        return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups, gna)
+        return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups, gna, key_blocks(axes))
 
     @property
     def num_tokens(self) -> int:
@@ -178,6 +182,21 @@ class BlockPlan:
     def density(self) -> float:
         """Work of the plan relative to dense attention (partial tiles count as full work)."""
         return self.computed_pairs() / float(self.num_tokens) ** 2
+
+
+def key_blocks(axes: tuple[AxisTiling, ...]) -> tuple[int, ...] | None:
+    """Per axis, the largest ``b`` such that the axis length and every axis tile's key range are
+    multiples of ``b`` and aligned to it, i.e. every tile's keys are whole blocks of ``b`` positions;
+    None when some axis has a partial or ragged tile or non-consecutive keys (dilation)."""
+    out = []
+    for axis in axes:
+        if not bool((axis.mask_id == 0).all()):
+            return None
+        pos = axis.kv_pos
+        if bool((pos < 0).any()) or not bool((pos[:, 1:] - pos[:, :-1] == 1).all()):
+            return None
+        out.append(math.gcd(axis.length, pos.shape[1], *pos[:, 0].tolist()))
+    return tuple(out)
 
 
 def _product_index(per_axis: list[Tensor], tile_axes: Tensor, grid: tuple[int, ...]) -> Tensor:

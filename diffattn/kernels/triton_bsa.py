@@ -6,18 +6,30 @@ those queries through ``plan.q_index``, then runs an online softmax over the til
 with an optional key-padding mask) that every query attends. Both key sets share one softmax, so
 text keys cost no second pass and no merge.
 
-Element masks are evaluated only on *partial* tiles (the plan's groups say which); full tiles run
-a mask-free loop. How a partial tile's mask is obtained depends on the plan:
+Full and partial tiles (the plan's groups say which) run as two launches of the kernel, so the
+full-tile loop has no element-mask code at all. How a partial tile's mask is obtained depends on the plan:
   - GNA plans (``plan.gna`` set) compute it in the kernel from integer arithmetic on the grid
     coordinates: per axis, same dilation group and key inside ``[start(query), start + window)``
     with NATTEN's centre-leader rule (see ``methods/gna.py``). Nothing is loaded.
   - Any other plan loads its small per-axis masks (``AxisTiling.mask``, ``[tiles, q_len, kv_len]``
     per axis, as int8) and ANDs them; that costs three tiny gathers per partial key block.
+Key indices: when every tile's keys are, per axis, an arithmetic progression (GNA plans always are:
+a window start and the dilation), the kernel computes each key's token index from six per-tile
+scalars; nothing is loaded before a K/V load, which lets the compiler pipeline K/V 3-4 deep (a
+gathered index defeats that: 1-2 buffers, see ``scripts/triton_report.py``). Other plans gather
+``plan.kv_index``.
+Block-major order: when every tile is full and its keys are whole aligned blocks (``plan.kv_block``,
+GNA at tile-aligned strides: 16x16 blocks at FLUX-4K stride 16x16, 6x8x8 at HunyuanVideo stride
+16x8x8), q, k, v are permuted once per call so that each block is consecutive rows; every
+``BLOCK_N`` keys are then one contiguous box, loaded by TMA (``tl.make_tensor_descriptor``, sm90+)
+or by plain pointers (older GPUs), and the outputs are permuted back. Cost: four extra gathers of
+``[B, S, H, D]`` (q, k, v, out) plus lse, i.e. about 8 x 0.4 GB of memory traffic at FLUX-4K with
+24 heads of 128 in bf16 (an estimate: ~1 ms at H100 bandwidth, not measured).
 Padding (tiles not a multiple of ``BLOCK_M``/``BLOCK_N``, ragged tiles, head dims that are not a
 power of two) is masked on load and never read out of bounds.
 
-fp16/bf16 inputs use fp32 accumulation; fp32 inputs use IEEE fp32 dots unless the user allowed TF32
-(``torch.backends.cuda.matmul.allow_tf32``). Runs on CUDA (and ROCm) tensors. Under
+fp16/bf16 inputs use fp32 accumulation; fp32 inputs use IEEE fp32 dots (small tiles of their own)
+unless the caller passes ``allow_tf32=True``. Runs on CUDA (and ROCm) tensors. Under
 ``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how the tests check it against
 ``reference.py``; the interpreter needs two concessions that are made only there: one autotune
 config, and an fp32 upcast before ``tl.dot`` (it multiplies the raw bits of bf16). Forward only
@@ -27,6 +39,8 @@ File order follows Triton's fused-attention tutorial: jit helpers, autotuned ker
 public functions.
 """
 
+import contextlib
+import math
 import os
 import weakref
 from dataclasses import dataclass
@@ -42,11 +56,16 @@ from .plan import BlockPlan
 INTERPRET = bool(getattr(getattr(triton, "knobs", None), "runtime", None) and triton.knobs.runtime.interpret) or (
     os.environ.get("TRITON_INTERPRET", "0") == "1"
 )
+#: Read once at import: autotune only the first kept config per launch (GPU test runs, where
+#: benchmarking every config of every test shape would take many minutes).
+QUICK_TUNE = os.environ.get("DIFFATTN_TRITON_QUICK_TUNE", "0") == "1"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
 # How a partial tile's element mask is obtained (a constexpr of the kernel).
 MASK_NONE, MASK_GNA, MASK_LOADED = 0, 1, 2
+#: Block-major order needs key blocks of a multiple of this many tokens (the smallest BLOCK_N kept).
+BLOCK_TOKENS = 64
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)  # read inside the kernel: must be a constexpr global
@@ -120,22 +139,68 @@ def _softmax_step(acc, m_i, l_i, s, v, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _box_keys(slot, R, N, box, G1, G2, KS0, KS1, KS2, RA1, RA2):
+    """Key token indices of slots ``slot`` of a tile whose keys are, per axis, ``len_a`` positions
+    ``start_a + KS_a * r`` (``box`` = start0..2, len0..2): the index is arithmetic in the loop
+    counter, so no load precedes the K/V load and the software pipeliner can run ahead."""
+    s0, s1, s2, l0, l1, l2 = box
+    r0 = slot // (RA1 * RA2)
+    r1 = (slot // RA2) % RA1
+    r2 = slot % RA2
+    ok = (slot < R) & (r0 < l0) & (r1 < l1) & (r2 < l2)
+    return tl.where(ok, (s0 + KS0 * r0) * (G1 * G2) + (s1 + KS1 * r1) * G2 + (s2 + KS2 * r2), N)
+
+
+@triton.jit
+def _block_keys(slot, R, N, box, NB1, NB2, RA1, RA2, KBLOCK):
+    """Key token indices in *block-major* token order (tokens permuted so that each block of
+    ``KBLOCK`` tokens is contiguous): the tile's keys are whole blocks, per axis ``len_a`` blocks
+    from ``start_a`` on a ``(NB0, NB1, NB2)`` block grid (``box`` in block units)."""
+    s0, s1, s2, l0, l1, l2 = box
+    blk = slot // KBLOCK
+    r0 = blk // (RA1 * RA2)
+    r1 = (blk // RA2) % RA1
+    r2 = blk % RA2
+    ok = (slot < R) & (r0 < l0) & (r1 < l1) & (r2 < l2)
+    return tl.where(ok, (((s0 + r0) * NB1 + (s1 + r1)) * NB2 + (s2 + r2)) * KBLOCK + slot % KBLOCK, N)
+
+
+@triton.jit
 def _sparse_keys(
     acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
     g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
     M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
-    MASK_MODE: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    box, KS0, KS1, KS2, KBLOCK, HEAD_DIM,
+    MASK_MODE: tl.constexpr, INDEX_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Online softmax over the ``R`` key slots of tile ``t``; ``MASK_MODE`` 0 = full tile."""
+    """Online softmax over the ``R`` key slots of tile ``t``; ``MASK_MODE`` 0 = full tile (no
+    element mask code at all). ``INDEX_MODE``: 0 = key indices gathered from ``KV_INDEX``, 1 =
+    computed from ``box`` (grid order), 2 = block-major order, where each ``BLOCK_N`` keys are
+    contiguous rows (``USE_TMA``: loaded as one tensor-memory-access box, sm90+)."""
+    if USE_TMA:
+        k_desc = tl.make_tensor_descriptor(K_base, [N, HEAD_DIM], [sks, 1], [BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V_base, [N, HEAD_DIM], [svs, 1], [BLOCK_N, BLOCK_D])
     for n0 in range(0, R, BLOCK_N):
         slot = n0 + offs_n
         slot_ok = slot < R
-        kidx = tl.load(KV_INDEX + t * R + slot, mask=slot_ok, other=N)
+        if INDEX_MODE == 2:
+            kidx = _block_keys(slot, R, N, box, G1, G2, RA1, RA2, KBLOCK)
+        elif INDEX_MODE == 1:
+            kidx = _box_keys(slot, R, N, box, G1, G2, KS0, KS1, KS2, RA1, RA2)
+        else:
+            kidx = tl.load(KV_INDEX + t * R + slot, mask=slot_ok, other=N)
         k_ok = kidx < N  # padding slots of ragged tiles point at token N
-        rows = kidx.to(tl.int64)
-        # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
-        k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
-        v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+        if USE_TMA:  # BLOCK_N divides KBLOCK: slot n0 starts a run of BLOCK_N rows, all live or all padding
+            row0 = _block_keys(n0, R, N, box, G1, G2, RA1, RA2, KBLOCK)
+            row0 = tl.where(row0 < N, row0, 0)
+            k = k_desc.load([row0, 0])
+            v = v_desc.load([row0, 0])
+        else:
+            rows = kidx.to(tl.int64)
+            # rows of D contiguous elements: [BLOCK_N, BLOCK_D] loads vectorize along D, then transpose
+            k = tl.load(K_base + rows[:, None] * sks + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
+            v = tl.load(V_base + rows[:, None] * svs + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
@@ -177,63 +242,141 @@ def _extra_keys(
 # -------------------------------------------------------------------------------- autotuned kernel
 
 
+# Shared memory per block (bytes) by compute capability major.minor; configs whose estimate exceeds
+# it cannot launch. sm80/sm90: 163 / 227 KB opt-in; consumer Ampere/Ada (8.6/8.9): 99 KB.
+SMEM_LIMIT = {(8, 0): 163 * 1024, (8, 6): 99 * 1024, (8, 7): 163 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024}
+DEFAULT_SMEM_LIMIT = 99 * 1024
+
+
 def _keep(cfg: triton.Config) -> bool:
-    """Drop configs that cannot be fast on any GPU: 8 warps on a 64-row block idle half the warps,
-    and a 128x128 fp32 score tile spills with 4 warps."""
+    """Drop 16-bit configs that cannot be fast on any GPU: 8 warps on a 64-row block idle half the
+    warps; a 128x128 score tile spills with 4 warps; BN128 at 4 stages needs 273-288 KB of shared
+    memory at D=128 (ptxas, sm90), over every GPU's limit."""
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     if cfg.num_warps == 8 and bm < 128:
+        return False
+    if bn == 128 and cfg.num_stages >= 4:
         return False
     return not (cfg.num_warps == 4 and bm * bn >= 128 * 128)
 
 
-_CONFIGS = [
+_HALF_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm in (64, 128)
-    for bn in (64, 32, 128)
-    for w in (4, 8)
-    for s in (2, 3, 4)
+    for bm in (128, 64)
+    for bn in (64, 128, 32)
+    for w in (8, 4)
+    for s in (3, 4, 2)
 ]
-_CONFIGS = list(filter(_keep, _CONFIGS))
+_HALF_CONFIGS = list(filter(_keep, _HALF_CONFIGS))
+# fp32 runs IEEE dots on CUDA cores (no tensor cores): the 16-bit tiles spill 1.8-38 KB per thread,
+# so it gets small tiles of its own. At D=128 these are spill-free on sm80; on sm90 they still spill
+# 0.6-1.7 KB (scripts/triton_report.py --dtype fp32). 32x32 with 4 warps spilled on both: dropped.
+# TF32 (tensor cores, ~1e-3 error) only when the caller asks.
+_FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=2)
+    for bm, bn, w in ((64, 32, 8), (64, 16, 4))
+]
+_CONFIGS = _HALF_CONFIGS + _FP32_CONFIGS
 if INTERPRET:  # the interpreter cannot benchmark: autotune with more than one config fails there
-    _CONFIGS = _CONFIGS[:1]
+    _CONFIGS = _HALF_CONFIGS[:1]
+
+
+def smem_estimate(cfg: triton.Config, block_d: int, elem_bytes: int) -> int:
+    """Shared memory of a config in bytes, as the pipeliner lays it out: ``num_stages - 1`` K and V
+    buffers plus one more in flight, Q staged once (an upper estimate; the report prints ptxas's)."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    return (2 * cfg.num_stages * bn + bm) * block_d * elem_bytes
+
+
+def kept_configs(
+    configs: list[triton.Config],
+    *,
+    fp32: bool,
+    block_d: int,
+    partial: bool,
+    tq: int,
+    capability: tuple[int, int],
+    kv_block: int = 0,
+) -> list[triton.Config]:
+    """The configs worth benchmarking for one launch (what autotune prunes to; the report compiles these).
+
+    fp32 (without TF32) gets the small-tile set. 16-bit, from ptxas on sm80/sm90 (scripts/triton_report.py):
+      - no query block larger than the plan tile needs;
+      - at D >= 128: no BLOCK_N=128 (spills 16-128 B, 224 KB of shared memory at 3 stages), no BLOCK_M=128
+        with 4 warps (spills 88-652 B), and in partial-tile launches no BLOCK_M=64 (the mask spills 40-56 B);
+      - in partial-tile launches no BLOCK_N=128 (the mask spills 0.4-5.3 KB on sm80);
+      - BLOCK_N=32 only for D > 128, where larger key blocks do not fit; there no BLOCK_N=128, <= 2 stages;
+      - otherwise at least 3 stages: 2 stages leave a single K/V buffer in the sparse loop (no overlap);
+      - nothing over the GPU's shared memory;
+      - block-major launches (``kv_block`` tokens per key block): BLOCK_N divides ``kv_block``.
+    """
+    fp32_ids = {id(c) for c in _FP32_CONFIGS}
+    out = [c for c in configs if (id(c) in fp32_ids) == fp32]
+    out = [c for c in out if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(tq))]
+    if kv_block:
+        out = [c for c in out if kv_block % c.kwargs["BLOCK_N"] == 0]
+    if not fp32:
+        if block_d >= 128:
+            out = [c for c in out if c.kwargs["BLOCK_N"] < 128]
+            out = [c for c in out if not (c.kwargs["BLOCK_M"] == 128 and c.num_warps == 4)]
+            if partial:
+                out = [c for c in out if c.kwargs["BLOCK_M"] == 128]
+        if partial:
+            out = [c for c in out if c.kwargs["BLOCK_N"] < 128]
+        if block_d > 128:
+            out = [c for c in out if c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2]
+        else:
+            out = [c for c in out if c.kwargs["BLOCK_N"] > 32 and c.num_stages >= 3]
+        limit = SMEM_LIMIT.get(capability, DEFAULT_SMEM_LIMIT)
+        out = [c for c in out if smem_estimate(c, block_d, 2) <= limit]
+    return out or [c for c in configs if (id(c) in fp32_ids) == fp32][-1:] or configs[:1]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Shape-dependent pruning: no query block larger than the plan tile needs, and for head dims
-    above 128 no 128-wide key blocks or deep pipelines (they overflow shared memory)."""
+    """Autotune's shape-dependent pruning: `kept_configs` for this launch's dtype, head dim, mask
+    mode, plan tile and the GPU of the tensors."""
     args = {**named_args, **kwargs}
-    tq, block_d = int(args["TQ"]), int(args["BLOCK_D"])
-    out = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(tq))]
-    if block_d > 128:
-        out = [c for c in out if c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2]
-    return out or configs[:1]
+    q = args["Q"]
+    capability = (9, 0)
+    if getattr(q, "is_cuda", False) and torch.version.hip is None:
+        capability = torch.cuda.get_device_capability(q.device)
+    fp32 = q.dtype == torch.float32 and args["INPUT_PRECISION"] == "ieee"
+    kept = kept_configs(
+        configs, fp32=fp32, block_d=int(args["BLOCK_D"]), partial=int(args["MASK_MODE"]) != 0, tq=int(args["TQ"]),
+        capability=capability, kv_block=int(args["KBLOCK"]) if int(args["INDEX_MODE"]) == 2 else 0,
+    )  # fmt: skip
+    return kept[:1] if QUICK_TUNE else kept
 
 
 @triton.autotune(
     configs=_CONFIGS,
-    key=["TQ", "R", "T_EXTRA", "BLOCK_D", "MASK_MODE", "HAS_EXTRA_MASK"],
+    key=["TQ", "R", "T_EXTRA", "KBLOCK", "BLOCK_D", "MASK_MODE", "INDEX_MODE", "USE_TMA", "HAS_EXTRA_MASK",
+         "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
 def _bsa_fwd_kernel(
     Q, K, V, EK, EV, EMASK, OUT, LSE,
-    Q_INDEX, KV_INDEX, TILE_FULL, TILE_AXES, M0, M1, M2,
+    Q_INDEX, KV_INDEX, KV_BOX, TILE_AXES, M0, M1, M2,
     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
     sekb, seks, sekh, sevb, sevs, sevh, semb,
     sob, sos, soh, slb, sls, slh,
-    H, N, TQ, R, T_EXTRA, qk_scale,
-    G0, G1, G2, W0, W1, W2, S0, S1, S2, D0, D1, D2,
+    H, N, TQ, R, T_EXTRA, qk_scale, TILE0, KBLOCK,
+    G0, G1, G2, W0, W1, W2, S0, S1, S2, D0, D1, D2, KS0, KS1, KS2,
     QA0, QA1, QA2, RA0, RA1, RA2,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_MODE: tl.constexpr, HAS_EXTRA: tl.constexpr,
-    HAS_EXTRA_MASK: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_MODE: tl.constexpr, INDEX_MODE: tl.constexpr,
+    USE_TMA: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(tiles * cdiv(TQ, BLOCK_M), B * H)``. Token rows are gathered through the plan's
-    index tensors (int32, ``N`` = padding); ``qk_scale`` is the softmax scale times log2(e)."""
+    """Grid ``(tiles * cdiv(TQ, BLOCK_M), B * H)`` over plan tiles ``TILE0 ..``, all of one kind:
+    full (``MASK_MODE`` 0) or partial. Query rows are gathered through ``Q_INDEX`` (int32, ``N`` =
+    padding); key rows are gathered through ``KV_INDEX`` (``INDEX_MODE`` 0) or computed from
+    ``KV_BOX [T, 6]``: in grid order (1) or, with q/k/v permuted block-major, as whole blocks of
+    ``KBLOCK`` rows (2); ``qk_scale`` is the softmax scale times log2(e)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     q_blocks = tl.cdiv(TQ, BLOCK_M)
-    t = pid // q_blocks
+    t = TILE0 + pid // q_blocks
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
 
@@ -273,24 +416,19 @@ def _bsa_fwd_kernel(
 
     K_base = K + b * skb + h * skh
     V_base = V + b * svb + h * svh
-    partial = False
-    if MASK_MODE != 0:
-        partial = tl.load(TILE_FULL + t) == 0
-    # Two loops instead of a branch per key block: the full-tile loop stays mask-free.
-    if partial:
-        acc, m_i, l_i = _sparse_keys(
-            acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
-            g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
-            M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
-            MASK_MODE, BLOCK_N, UPCAST, INPUT_PRECISION,
+    box = (0, 0, 0, 0, 0, 0)
+    if INDEX_MODE != 0:  # six scalars per program, loaded before the loop
+        box = (
+            tl.load(KV_BOX + t * 6), tl.load(KV_BOX + t * 6 + 1), tl.load(KV_BOX + t * 6 + 2),
+            tl.load(KV_BOX + t * 6 + 3), tl.load(KV_BOX + t * 6 + 4), tl.load(KV_BOX + t * 6 + 5),
         )  # fmt: skip
-    else:
-        acc, m_i, l_i = _sparse_keys(
-            acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
-            g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
-            M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
-            0, BLOCK_N, UPCAST, INPUT_PRECISION,
-        )  # fmt: skip
+    acc, m_i, l_i = _sparse_keys(
+        acc, m_i, l_i, q, t, K_base, V_base, sks, svs, KV_INDEX, R, N, qk_scale, offs_n, offs_d, d_ok,
+        g0, st0, g1, st1, g2, st2, G1, G2, W0, W1, W2, D0, D1, D2,
+        M0, M1, M2, ta0, ta1, ta2, i0, i1, i2, slot_q_ok, QA0, QA1, QA2, RA0, RA1, RA2,
+        box, KS0, KS1, KS2, KBLOCK, HEAD_DIM,
+        MASK_MODE, INDEX_MODE, USE_TMA, BLOCK_N, BLOCK_D, UPCAST, INPUT_PRECISION,
+    )  # fmt: skip
     if HAS_EXTRA:
         acc, m_i, l_i = _extra_keys(
             acc, m_i, l_i, q, EK + b * sekb + h * sekh, EV + b * sevb + h * sevh, seks, sevs, EMASK + b * semb,
@@ -313,14 +451,30 @@ def _bsa_fwd_kernel(
 # ------------------------------------------------------------------------------------ host wrapper
 
 
+def _key_box(plan: BlockPlan) -> tuple[Tensor, Tensor]:
+    """``(start, len)``, each ``[T, ndim]``, for plans whose tile keys per axis are ``len`` positions
+    ``start + step * r`` followed by padding: GNA (step = dilation: one dilation group, a contiguous
+    window range; see ``methods/gna.gna_axis_tiling``) and ``kv_block`` plans (step 1, no padding)."""
+    starts = [a.kv_pos[:, 0][plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
+    lens = [(a.kv_pos >= 0).sum(1)[plan.tile_axes[:, i]] for i, a in enumerate(plan.axes)]
+    return torch.stack(starts, 1), torch.stack(lens, 1)
+
+
 @dataclass(frozen=True)
 class KernelPlan:
     """A `BlockPlan` as the kernel reads it, on one device.
 
     q_index [T, Tq] / kv_index [T, R] int32 (``N`` = padding); tile_full [T] int8 (1 = no element
-    mask); tile_axes [T, 3] int32 and masks (3 x int8 ``[tiles_a, q_len_a, kv_len_a]``) only for
-    generic masked plans; axis_shape = (q_len_0..2, kv_len_0..2); gna = grid, window, stride,
-    dilation (3 each, leading axes padded with length 1) for GNA plans, else empty.
+    mask), with the full tiles first (``num_full`` of them: they run as their own launch, with no
+    mask code); kv_box [T, 6] int32 (key start and length per axis, leading axes padded) for GNA
+    plans, else empty: the kernel then computes key indices instead of loading them; geometry =
+    grid (3) and key steps (3, the dilation); for fully block-sparse plans (``plan.kv_block``, a
+    multiple of `BLOCK_TOKENS` tokens) ``kv_block`` > 0 selects block-major order: ``perm`` = (perm,
+    inverse) permutes the tokens, q_index is in permuted positions, kv_box and the key lengths of
+    axis_shape are in blocks and geometry is the block grid;
+    tile_axes [T, 3] int32 and masks (3 x int8 ``[tiles_a, q_len_a, kv_len_a]``) only for generic
+    masked plans; axis_shape = (q_len_0..2, kv_len_0..2); gna = grid, window, stride, dilation
+    (3 each, leading axes padded with length 1) for GNA plans with partial tiles, else empty.
     """
 
     mask_mode: int
@@ -331,17 +485,29 @@ class KernelPlan:
     masks: tuple[Tensor, ...]
     axis_shape: tuple[int, ...]
     gna: tuple[int, ...]
+    kv_box: Tensor
+    geometry: tuple[int, ...]
+    num_full: int
+    perm: tuple[Tensor, ...] = ()
+    kv_block: int = 0
 
     @staticmethod
     def build(plan: BlockPlan, device: torch.device) -> "KernelPlan":
+        # No data-dependent Python here (no int() of a tensor): torch.compile traces through it.
         n_pad = 3 - len(plan.grid)
-        tile_full = torch.zeros(plan.num_tiles, dtype=torch.int8)
-        for start, end, full in plan.groups:
-            tile_full[start:end] = int(full)
         mode = MASK_NONE if not plan.has_mask else MASK_GNA if plan.gna is not None else MASK_LOADED
+        fulls = [full or mode == MASK_NONE for _, _, full in plan.groups]
+        # plans put full tiles first (group id 0 sorts first): one launch for them, one for the rest
+        num_full = sum(end - start for (start, end, _), full in zip(plan.groups, fulls) if full)
+        if any(fulls[i + 1] and not fulls[i] for i in range(len(fulls) - 1)):
+            raise ValueError(f"plan groups {plan.groups} do not put the full tiles first")
+        tile_full = torch.zeros(plan.num_tiles, dtype=torch.int8)
+        tile_full[:num_full] = 1
         empty = torch.zeros(0, dtype=torch.int32, device=device)
         masks: tuple[Tensor, ...] = ()
-        tile_axes, axis_shape = empty, (1, 1, 1, 1, 1, 1)
+        tile_axes = empty
+        per_axis_len = [(1, 1)] * n_pad + [(a.q_pos.shape[1], a.kv_pos.shape[1]) for a in plan.axes]
+        axis_shape = tuple(q for q, _ in per_axis_len) + tuple(r for _, r in per_axis_len)
         if mode == MASK_LOADED:
             per_axis = []
             for axis in plan.axes:
@@ -352,12 +518,21 @@ class KernelPlan:
             masks = tuple(m.to(device=device, dtype=torch.int8).contiguous() for m in per_axis)
             pad = torch.zeros((plan.num_tiles, n_pad), dtype=torch.long)
             tile_axes = torch.cat([pad, plan.tile_axes], 1).to(device=device, dtype=torch.int32).contiguous()
-            axis_shape = tuple(m.shape[1] for m in per_axis) + tuple(m.shape[2] for m in per_axis)
         gna: tuple[int, ...] = ()
         if mode == MASK_GNA:
             assert plan.gna is not None
             params = [(1, 1, 1, 1)] * n_pad + [(g, *p) for g, p in zip(plan.grid, plan.gna)]
             gna = tuple(p[i] for i in range(4) for p in params)  # grid x3, window x3, stride x3, dilation x3
+        grid3 = (1,) * n_pad + tuple(plan.grid)
+        if plan.kv_block is not None and num_full == plan.num_tiles and math.prod(plan.kv_block) % BLOCK_TOKENS == 0:
+            return KernelPlan._block_major(plan, device, mode, axis_shape, tile_full)
+        kv_box, steps = empty, (1, 1, 1)
+        if plan.gna is not None and plan.kv_index.shape[1] > 0:
+            starts, lens = _key_box(plan)
+            t = plan.num_tiles
+            zeros, ones = torch.zeros((t, n_pad), dtype=torch.long), torch.ones((t, n_pad), dtype=torch.long)
+            kv_box = torch.cat([zeros, starts, ones, lens], 1).to(device=device, dtype=torch.int32).contiguous()
+            steps = (1,) * n_pad + tuple(d for _, _, d in plan.gna)
         return KernelPlan(
             mode,
             plan.q_index.to(device=device, dtype=torch.int32).contiguous(),
@@ -367,6 +542,51 @@ class KernelPlan:
             masks,
             axis_shape,
             gna,
+            kv_box,
+            grid3 + steps,
+            num_full,
+        )
+
+    @staticmethod
+    def _block_major(plan: BlockPlan, device: torch.device, mode: int, axis_shape: tuple[int, ...],
+                     tile_full: Tensor) -> "KernelPlan":  # fmt: skip
+        """Block-major token order for fully block-sparse plans: tokens are permuted so that each
+        ``plan.kv_block`` block is ``prod(kv_block)`` consecutive rows; a tile's keys are then whole
+        blocks, given as a box in block units. Queries are still gathered (through a remapped
+        ``q_index``); ``perm`` = (perm, inverse): permuted row ``p`` is token ``perm[p]``."""
+        assert plan.kv_block is not None
+        n_pad = 3 - len(plan.grid)
+        kb = (1,) * n_pad + plan.kv_block
+        grid3 = (1,) * n_pad + tuple(plan.grid)
+        nb = tuple(g // b for g, b in zip(grid3, kb))
+        coords = torch.cartesian_prod(*[torch.arange(n) for n in nb + kb]).reshape(-1, 6)  # block, then inside
+        x = [coords[:, a] * kb[a] + coords[:, 3 + a] for a in range(3)]
+        perm = (x[0] * grid3[1] + x[1]) * grid3[2] + x[2]
+        n = plan.num_tokens
+        inv = torch.empty(n + 1, dtype=torch.long)
+        inv[perm] = torch.arange(n)
+        inv[n] = n  # padding stays padding
+        starts, lens = _key_box(plan)
+        t = plan.num_tiles
+        kbt = torch.tensor(plan.kv_block)
+        zeros, ones = torch.zeros((t, n_pad), dtype=torch.long), torch.ones((t, n_pad), dtype=torch.long)
+        box = torch.cat([zeros, starts // kbt, ones, lens // kbt], 1)
+        blocks = tuple(r // b for r, b in zip(axis_shape[3:], kb))
+        empty = torch.zeros(0, dtype=torch.int32, device=device)
+        return KernelPlan(
+            MASK_NONE,
+            inv[plan.q_index].to(device=device, dtype=torch.int32).contiguous(),
+            plan.kv_index.to(device=device, dtype=torch.int32).contiguous(),  # grid order: reference only
+            tile_full.to(device),
+            empty,
+            (),
+            axis_shape[:3] + blocks,
+            (),
+            box.to(device=device, dtype=torch.int32).contiguous(),
+            nb + (1, 1, 1),
+            plan.num_tiles,
+            (perm.to(device), inv[:n].to(device)),
+            math.prod(kb),
         )
 
     @staticmethod
@@ -381,7 +601,16 @@ class KernelPlan:
             (),
             (1, 1, 1, 1, 1, 1),
             (),
+            torch.zeros(0, dtype=torch.int32, device=device),
+            (1, 1, num_tokens, 1, 1, 1),
+            1,
         )
+
+    def op_args(self) -> tuple:
+        """The plan fields of `block_sparse_attention_op`, in its order (after q, k, v)."""
+        return (self.q_index, self.kv_index, self.kv_box, self.tile_axes, list(self.masks), list(self.axis_shape),
+                list(self.gna), list(self.geometry), self.mask_mode, self.num_full, list(self.perm),
+                self.kv_block)  # fmt: skip
 
 
 # Device copies of plans, dropped with the plan (plans are cached per shape by the methods).
@@ -396,6 +625,25 @@ def kernel_plan(plan: BlockPlan, device: torch.device) -> KernelPlan:
     return per_device[device]
 
 
+def _tma_scratch(size: int, alignment: int, stream: int | None) -> Tensor:
+    """Global scratch for the kernel's on-device TMA descriptors (triton asks through set_allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRET else "cuda")
+
+
+def _can_use_tma(k: Tensor, v: Tensor) -> bool:
+    """Whether block-major K/V rows can be loaded with TMA (sm90+, CUDA): it needs 16-byte aligned
+    bases and row/head strides and rows of >= 16 bytes. The pointer path serves every other case."""
+    if not k.is_cuda or torch.version.hip is not None or INTERPRET:
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    return all(
+        t.data_ptr() % 16 == 0 and (t.stride(1) * t.element_size()) % 16 == 0
+        and (t.stride(2) * t.element_size()) % 16 == 0 and t.shape[-1] * t.element_size() >= 16
+        for t in (k, v)
+    )  # fmt: skip
+
+
 def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -406,18 +654,28 @@ def _launch(
     v: Tensor,
     q_index: Tensor,
     kv_index: Tensor,
-    tile_full: Tensor,
+    kv_box: Tensor,
     tile_axes: Tensor,
     masks: list[Tensor],
     axis_shape: list[int],
     gna: list[int],
+    geometry: list[int],
     mask_mode: int,
+    num_full: int,
+    perm: list[Tensor],
+    kv_block: int,
     extra_k: Tensor | None,
     extra_v: Tensor | None,
     extra_mask: Tensor | None,
     scale: float,
+    allow_tf32: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Allocate outputs and launch the kernel. q, k, v ``[B, S, H, D]`` (any strides)."""
+    """Allocate outputs and launch the kernel: once over the full tiles (no mask code), once over
+    the partial ones. q, k, v ``[B, S, H, D]`` (any strides). Block-major plans permute q, k, v
+    into block-major order first and the outputs back (four gathers of ``[B, S, H, D]``)."""
+    block_major = kv_block > 0
+    if block_major:  # one gather per tensor into block-major order; the outputs are gathered back
+        q, k, v = (t.index_select(1, perm[0]) for t in (q, k, v))
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     b, s, h, d = q.shape
     out = q.new_empty((b, s, h, d))
@@ -431,30 +689,45 @@ def _launch(
     else:
         ek, ev = q, v  # never read
     has_mask = has_extra and extra_mask is not None
-    em = extra_mask.to(torch.int8).contiguous() if has_mask and extra_mask is not None else tile_full
-    m0, m1, m2 = masks if masks else (tile_full, tile_full, tile_full)
-    grid_axes, window, stride, dilation = (gna[i : i + 3] for i in range(0, 12, 3)) if gna else ([1] * 3,) * 4
-    precision = "tf32" if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    em = extra_mask.to(torch.int8).contiguous() if has_mask and extra_mask is not None else q_index
+    m0, m1, m2 = masks if masks else (q_index, q_index, q_index)
+    _, window, stride, dilation = (gna[i : i + 3] for i in range(0, 12, 3)) if gna else ([1] * 3,) * 4
+    precision = "tf32" if q.dtype == torch.float32 and allow_tf32 else "ieee"
     tiles, tq = q_index.shape
     r = kv_index.shape[1]
+    index_mode = 2 if block_major else 1 if kv_box.numel() else 0
+    use_tma = block_major and _can_use_tma(k, v)
+    if use_tma:
+        triton.set_allocator(_tma_scratch)
+    launches = [(0, num_full, MASK_NONE), (num_full, tiles - num_full, mask_mode)]
+    # the launch runs on the tensors' GPU, not on whichever device is current
+    guard = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+    with guard:
+        for tile0, count, mode in launches:
+            if count == 0:
+                continue
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return (tiles * triton.cdiv(tq, meta["BLOCK_M"]), b * h)
+            def grid(meta: dict, count: int = count) -> tuple[int, int]:
+                return (count * triton.cdiv(tq, meta["BLOCK_M"]), b * h)
 
-    _bsa_fwd_kernel[grid](
-        q, k, v, ek, ev, em, out, lse,
-        q_index, kv_index, tile_full, tile_axes, m0, m1, m2,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1), ev.stride(2),
-        em.stride(0) if has_mask else 0,
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-        h, s, tq, r, ek.shape[1] if has_extra else 0, scale * LOG2E,
-        *grid_axes, *window, *stride, *dilation,
-        *axis_shape,
-        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), MASK_MODE=mask_mode, HAS_EXTRA=has_extra,
-        HAS_EXTRA_MASK=has_mask, UPCAST=INTERPRET, INPUT_PRECISION=precision,
-    )  # fmt: skip
+            _bsa_fwd_kernel[grid](
+                q, k, v, ek, ev, em, out, lse,
+                q_index, kv_index, kv_box if index_mode else q_index, tile_axes if mode == MASK_LOADED else q_index,
+                m0, m1, m2,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1), ev.stride(2),
+                em.stride(0) if has_mask else 0,
+                out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+                h, s, tq, r, ek.shape[1] if has_extra else 0, scale * LOG2E, tile0, kv_block if block_major else 1,
+                *geometry[:3], *window, *stride, *dilation, *geometry[3:],
+                *axis_shape,
+                HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), MASK_MODE=mode, INDEX_MODE=index_mode,
+                USE_TMA=use_tma, HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, UPCAST=INTERPRET,
+                INPUT_PRECISION=precision,
+            )  # fmt: skip
+    if block_major:
+        return out.index_select(1, perm[1]), lse.index_select(1, perm[1])
     return out, lse
 
 
@@ -465,30 +738,35 @@ def block_sparse_attention_op(
     v: Tensor,
     q_index: Tensor,
     kv_index: Tensor,
-    tile_full: Tensor,
+    kv_box: Tensor,
     tile_axes: Tensor,
     masks: list[Tensor],
     axis_shape: list[int],
     gna: list[int],
+    geometry: list[int],
     mask_mode: int,
+    num_full: int,
+    perm: list[Tensor],
+    kv_block: int,
     extra_k: Tensor | None,
     extra_v: Tensor | None,
     extra_mask: Tensor | None,
     scale: float,
+    allow_tf32: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The kernel as an opaque op, so ``torch.compile`` traces through pipelines that use it.
 
-    Inputs are a `KernelPlan`'s fields; returns ``(out [B, S, H, D], lse [B, S, H] fp32)``.
+    Inputs are `KernelPlan.op_args()`; returns ``(out [B, S, H, D], lse [B, S, H] fp32)``.
     """
     return _launch(
-        q, k, v, q_index, kv_index, tile_full, tile_axes, masks, axis_shape, gna, mask_mode,
-        extra_k, extra_v, extra_mask, scale,
+        q, k, v, q_index, kv_index, kv_box, tile_axes, masks, axis_shape, gna, geometry, mask_mode, num_full,
+        perm, kv_block, extra_k, extra_v, extra_mask, scale, allow_tf32,
     )  # fmt: skip
 
 
 @block_sparse_attention_op.register_fake
-def _(q, k, v, q_index, kv_index, tile_full, tile_axes, masks, axis_shape, gna, mask_mode, extra_k, extra_v,
-      extra_mask, scale):  # fmt: skip
+def _(q, k, v, q_index, kv_index, kv_box, tile_axes, masks, axis_shape, gna, geometry, mask_mode, num_full, perm,
+      kv_block, extra_k, extra_v, extra_mask, scale, allow_tf32=False):  # fmt: skip
     b, s, h, d = q.shape
     return q.new_empty((b, s, h, d)), q.new_empty((b, s, h), dtype=torch.float32)
 
@@ -529,6 +807,7 @@ def block_sparse_attention_triton(
     extra_v: Tensor | None = None,
     extra_mask: Tensor | None = None,
     scale: float | None = None,
+    allow_tf32: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Block-sparse attention over ``plan`` plus dense extra keys, in one kernel.
 
@@ -538,6 +817,8 @@ def block_sparse_attention_triton(
         extra_k, extra_v: ``[B, T, H, D]`` keys every query also attends (text tokens), or None.
         extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
         scale: softmax scale, default ``D ** -0.5``.
+        allow_tf32: fp32 inputs only: run the dots in TF32 (tensor cores, about 1e-3 relative error)
+            instead of IEEE fp32. Never implied by ``torch.backends.cuda.matmul.allow_tf32``.
     Returns:
         ``(out [B, S, H, D] in q's dtype, lse [B, S, H] fp32)``.
     """
@@ -546,8 +827,8 @@ def block_sparse_attention_triton(
         raise ValueError(f"sequence length {q.shape[1]} does not match the plan's grid {plan.grid} ({plan.num_tokens})")
     kp = kernel_plan(plan, q.device)
     return torch.ops.diffattn.block_sparse_attention(
-        q, k, v, kp.q_index, kp.kv_index, kp.tile_full, kp.tile_axes, list(kp.masks), list(kp.axis_shape),
-        list(kp.gna), kp.mask_mode, extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
+        q, k, v, *kp.op_args(), extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
+        allow_tf32,
     )  # fmt: skip
 
 
@@ -560,6 +841,5 @@ def dense_extra_attention_triton(
     _check(q, q, q, extra_k, extra_v, extra_mask)
     kp = KernelPlan.dense_queries(q.shape[1], q.device)
     return torch.ops.diffattn.block_sparse_attention(
-        q, q, q, kp.q_index, kp.kv_index, kp.tile_full, kp.tile_axes, [], list(kp.axis_shape), [], kp.mask_mode,
-        extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
+        q, q, q, *kp.op_args(), extra_k, extra_v, extra_mask, q.shape[-1] ** -0.5 if scale is None else scale,
     )  # fmt: skip

@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import attend_extra, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod
+from .base import AttendCall, AttentionMethod, FlopBound, pairs_bound
 from .gna import _as_tuple, _broadcast
+from .naive import agent_attention, agent_pooled_queries, masked_attention
 from .registry import register_method
 
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -112,6 +113,26 @@ class AgentAttention(AttentionMethod):
     name = "agent"
     Config = AgentConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Agents score every key (image + text), then every query scores the agents; dense where
+        ``dense_fallback`` applies."""
+        grid = tuple(grid)
+        n, agents = math.prod(grid), math.prod(self.config.agent_grid(grid))
+        if self.config.dense_fallback and 2 * agents >= n:
+            return pairs_bound(grid, extra_tokens, n * (n + extra_tokens), "dense (fallback: 2 x agents >= N)")
+        pairs = agents * (n + extra_tokens) + n * agents
+        return pairs_bound(grid, extra_tokens, pairs, f"N / (2 x {agents} agents)")
+    example_knobs = {"ratio": 0.25}
+    invalid_knobs = (
+        ({"ratio": 0}, ValueError, r"ratio=0 must be a number in \(0, 1\]"),
+        ({"ratio": 1.5}, ValueError, r"ratio=1.5 must be a number in \(0, 1\]"),
+        ({"agents": 0}, ValueError, r"agents=0 must be >= 1"),
+        ({"agents": (2, 2, 2, 2)}, ValueError, r"1 to 3 ints"),
+        ({"scale_power": 0}, ValueError, r"scale_power=0 must be a number in \(0, 2\]"),
+        ({"shortcut": -0.1}, ValueError, r"shortcut=-0.1 must be a finite number >= 0"),
+        ({"dense_fallback": "yes"}, TypeError, r"dense_fallback='yes' must be a bool"),
+        ({"agent_ratio": 0.5}, TypeError, r"unknown knob\(s\) \['agent_ratio'\]"),
+    )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         grid = tuple(call.grid)
@@ -137,3 +158,17 @@ class AgentAttention(AttentionMethod):
         if self.config.shortcut:
             out = out + self.config.shortcut * v
         return out
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        grid, c = tuple(call.grid), self.config
+        agent_grid = c.agent_grid(grid)
+        extra = (call.extra_k, call.extra_v, call.extra_mask) if call.extra_k is not None else None
+        if c.dense_fallback and 2 * math.prod(agent_grid) >= math.prod(grid):  # AgentSD's rule: plain attention
+            return masked_attention(q, k, v, None, extra, call.scale)
+        scale = q.shape[-1] ** -0.5 if call.scale is None else call.scale
+        agents = agent_pooled_queries(q, grid, agent_grid)
+        return agent_attention(q, k, v, agents, scale, c.scale_power, c.shortcut, extra)
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> AgentConfig:
+        return AgentConfig(ratio=1.0)  # as many agents as tokens: AgentSD's fallback runs plain attention

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, ClassVar
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..kernels import BlockPlan, block_sparse_attention
+from ..kernels import Backend, BlockPlan, block_sparse_attention, get_backend
+from .lifecycle import UNKNOWN_BRANCH, Branch, DenoiserCall, ModuleCall
+
+if TYPE_CHECKING:
+    from ..models import FamilyAdapter
 
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
@@ -36,12 +42,16 @@ class AttendCall:
     extra_k, extra_v: ``[B, T, H, D]`` keys every query attends (text), or None.
     extra_mask: bool ``[B, T]`` key padding of the extra keys (True = valid), or None.
     scale: softmax scale (None = ``D ** -0.5``).
-    backend: resolved kernel backend name.
+    backend: the kernel `Backend`, resolved once by `choose_backend` (a name is looked up, unchecked).
     layer: qualified name of the patched attention module (e.g. ``unet.down_blocks.0...attn1``).
     layer_index: position of that module among the patched modules of its denoiser (0, 1, ...).
     timestep: the denoiser's timestep of this call in scheduler units, or None if unknown. Methods
         that vary per call (e.g. a random shift) derive it from (config seed, layer, timestep), so a
         rerun with the same seed reproduces whatever order or thread the calls arrive in.
+    step: index of this call's timestep in ``scheduler.timesteps``, or None without a pipeline scheduler.
+    branch: the classifier-free-guidance pass of this call (`Branch`: cond, uncond, cfg rows, full, unknown).
+    state: this layer's state dict for the current generation (per handle and thread), or None
+        outside a patched pipeline.
     """
 
     grid: tuple[int, ...]
@@ -49,19 +59,67 @@ class AttendCall:
     extra_v: Tensor | None = None
     extra_mask: Tensor | None = None
     scale: float | None = None
-    backend: str = "cpu"
+    backend: Backend = get_backend("cpu")
     layer: str = ""
     layer_index: int = 0
     timestep: float | None = None
+    step: int | None = None
+    branch: Branch = UNKNOWN_BRANCH
+    state: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopBound:
+    """Speedup bound of a method over dense attention from score FLOPs: dense (query, key) pairs over
+    the pairs the method computes. ``formula`` says how it was counted, e.g. ``"N / window 64"``."""
+
+    value: float
+    formula: str
+
+
+def pairs_bound(grid: tuple[int, ...], extra_tokens: int, method_pairs: float, formula: str) -> FlopBound:
+    """`FlopBound` of a method computing ``method_pairs`` (query, key) pairs on ``grid`` where dense
+    attention computes ``N x (N + extra_tokens)`` (image queries over image + text keys)."""
+    if isinstance(extra_tokens, bool) or not isinstance(extra_tokens, int) or extra_tokens < 0:
+        raise ValueError(f"extra_tokens={extra_tokens!r} must be an int >= 0")
+    n = math.prod(grid)
+    if extra_tokens:
+        formula += f", each query also attends {extra_tokens} text keys"
+    return FlopBound(n * (n + extra_tokens) / method_pairs, formula)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backend, str):
+            object.__setattr__(self, "backend", get_backend(self.backend))
+
+
+#: ``(knobs, exception type, message regex)``: knobs a config must reject, and the error it raises
+BadKnobs = tuple[dict[str, Any], type[Exception], str]
 
 
 class AttentionMethod:
-    """Base class of registered methods. Subclasses set ``name`` and ``Config``."""
+    """Base class of registered methods. Subclasses set ``name`` and ``Config``.
+
+    Lifecycle (all optional; diffusers' ``ModelHook`` is the model): ``targets`` says which attention
+    modules are wrapped; `supports` refuses a model family at apply time; `new_forward` wraps each
+    denoiser call (run it twice, or not at all); `process` wraps each call of a targeted module's
+    processor (e.g. return a cached cross-attention output without running the module); `attend`
+    replaces the self-attention call itself. State lives in ``AttendCall.state`` / ``ModuleCall.state``
+    (per layer) and ``DenoiserCall.state``: dicts reset when a new generation starts.
+    The method-contract suite (``tests/test_method_contract.py``) runs every registered method on
+    what the class declares: ``example_knobs``, `oracle`, `dense_limit` and ``invalid_knobs``.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     #: True when the method keeps the model's own attention call (the ``dense`` proof method).
     passthrough: ClassVar[bool] = False
+    #: attention the method is installed on: ``"self"`` and/or ``"cross"`` (cross-attention modules get
+    #: their processor wrapped for `process`; their attention call is never routed to `attend`)
+    targets: ClassVar[frozenset[str]] = frozenset({"self"})
+    #: knobs the contract suite applies on every tiny family; a non-passthrough method must run sparse there
+    example_knobs: ClassVar[dict[str, Any]] = {}
+    #: examples of knobs the config rejects, with the error each raises
+    invalid_knobs: ClassVar[tuple[BadKnobs, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -101,6 +159,23 @@ class AttentionMethod:
             f"({AXIS_NAMES[ndim]}); give ints or {ndim}-tuples"
         )
 
+    def supports(self, adapter: FamilyAdapter) -> str | None:
+        """Why this method cannot run on ``adapter``'s model family (the patcher names the family and
+        raises a ValueError with it), or None when it can. Checked at apply time, with or without presets."""
+        return None
+
+    def new_forward(self, call: DenoiserCall, *args: Any, **kwargs: Any) -> Any:
+        """Wrap one denoiser call; ``call.run(*args, **kwargs)`` runs the model's own forward,
+        ``call.run_as("full", ...)`` runs it again under another branch label. Installed only when a
+        subclass overrides it, and only inside ``steps=``."""
+        return call.run(*args, **kwargs)
+
+    def process(self, run: Callable[..., Any], call: ModuleCall) -> Any:
+        """Wrap one call of a targeted module's processor: ``run(**overrides)`` runs it (self-attention
+        then reaches `attend`) with ``call.arguments`` updated by ``overrides``; returning without
+        calling ``run`` skips the module (counted as cached). Only called when overridden, inside ``steps=``."""
+        return run()
+
     @staticmethod
     def plan_attention(
         q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, call: AttendCall, return_lse: bool = False
@@ -120,6 +195,21 @@ class AttentionMethod:
             return_lse=return_lse,
         )
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """FLOP bound of this config on a token ``grid`` with ``extra_tokens`` text keys every query
+        also attends: the most a kernel doing only the method's score FLOPs can gain over dense."""
+        raise NotImplementedError(f"method {self.name!r} does not state its FLOP bound")
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
         raise NotImplementedError
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        """What `attend` must return, from the method's exact, slow definition (`methods.naive`):
+        ``[B, S, H, D]`` in fp32 or fp64. Small shapes only (``O(S^2)`` memory)."""
+        raise NotImplementedError(f"method {self.name!r} has no oracle: add its exact definition to methods/naive.py")
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> Any | None:
+        """A config under which the method is exactly dense attention on ``grid``; None if it has no such limit."""
+        return None

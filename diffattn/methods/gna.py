@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
-from .base import AXIS_NAMES, AttendCall, AttentionMethod
+from .base import AXIS_NAMES, AttendCall, AttentionMethod, FlopBound, pairs_bound
+from .naive import gna_mask, masked_attention
 from .registry import register_method
 
 IntOrTuple = int | tuple[int, ...]
@@ -176,24 +177,6 @@ def gna_plan(
     return BlockPlan.from_axes(axes, gna=tuple(zip(window, stride, dilation)))
 
 
-def gna_mask(
-    grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
-) -> Tensor:
-    """``[N, N]`` bool GNA mask straight from the definition (independent of the tiling code)."""
-    mask = torch.ones((1, 1), dtype=torch.bool)
-    for length, k, s, d in zip(grid, window, stride, dilation):
-        x = torch.arange(length)
-        g, xc = x % d, x // d
-        group_len = (length - g + d - 1) // d
-        leader = torch.minimum((xc // s) * s + s // 2, group_len - 1)
-        start = (leader - k // 2).clamp_min(0)
-        start = torch.minimum(start, group_len - k)
-        axis = (g[:, None] == g[None, :]) & (xc[None, :] >= start[:, None]) & (xc[None, :] < start[:, None] + k)
-        n = mask.shape[0]
-        mask = (mask[:, None, :, None] & axis[None, :, None, :]).reshape(n * length, n * length)
-    return mask
-
-
 @register_method
 class GNA(AttentionMethod):
     """Generalized Neighborhood Attention (NATTEN 0.21 semantics) over the image token grid."""
@@ -201,6 +184,19 @@ class GNA(AttentionMethod):
     name = "gna"
     Config = GNAConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Token-level bound: every query attends ``prod(window)`` image keys (after clamping)."""
+        window = math.prod(self.config.resolve(tuple(grid))[0])
+        return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), f"N / window {window}")
+    example_knobs = {"window": 3}
+    invalid_knobs = (
+        ({"window": 0}, ValueError, r"window=0 must be >= 1"),
+        ({"window": 2.5}, TypeError, r"window=2.5 must hold ints"),
+        ({"window": (1, 2, 3, 4)}, ValueError, r"window=\(1, 2, 3, 4\) must be an int or a tuple of 1 to 3 ints"),
+        ({"window": 2, "stride": 3}, ValueError, r"stride=3 exceeds window=2; stride must be in \[1, window\]"),
+        ({"window": (3, 3), "stride": (1, 1, 1)}, ValueError, r"disagree on the number of axes"),
+        ({"window": 3, "dilation": 0}, ValueError, r"dilation=0 must be >= 1"),
+    )
 
     def plan(self, grid: tuple[int, ...]) -> BlockPlan:
         return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))
@@ -209,3 +205,12 @@ class GNA(AttentionMethod):
         out = self.plan_attention(q, k, v, self.plan(call.grid), call)
         assert isinstance(out, Tensor)
         return out
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        grid = tuple(call.grid)
+        mask = gna_mask(grid, *self.config.resolve(grid))
+        return masked_attention(q, k, v, mask, (call.extra_k, call.extra_v, call.extra_mask), call.scale)
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> GNAConfig:
+        return GNAConfig(window=max(grid))  # a window covering every axis

@@ -37,8 +37,9 @@ from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
-from .base import AttendCall, AttentionMethod, call_generator
+from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
 from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
+from .naive import masked_attention, msw_mask
 from .registry import register_method
 
 #: HiDiffusion's shift choices as quarters of the window
@@ -126,6 +127,19 @@ class MSW(AttentionMethod):
     name = "msw"
     Config = MSWConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Every query attends its (shifted) window of ``prod(window)`` image keys."""
+        window = math.prod(self.config.resolve_window(tuple(grid)))
+        return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), f"N / window {window}")
+    invalid_knobs = (
+        ({"window": 0}, ValueError, r"window=0 must be >= 1"),
+        ({"window": (4, -1)}, ValueError, r"window=\(4, -1\) must be >= 1"),
+        ({"window": 2.5}, TypeError, r"window=2.5 must hold ints"),
+        ({"window": (1, 2, 3, 4)}, ValueError, r"tuple of 1 to 3 ints"),
+        ({"shift": "yes"}, TypeError, r"shift='yes' must be True or False"),
+        ({"seed": 1.5}, TypeError, r"seed=1.5 must be an int"),
+        ({"seed": True}, TypeError, r"seed=True must be an int"),
+    )
 
     def plan(self, grid: tuple[int, ...], shift: tuple[int, ...] | None = None) -> BlockPlan:
         """The windows of ``grid`` shifted by ``shift`` per axis (None = unshifted)."""
@@ -141,3 +155,11 @@ class MSW(AttentionMethod):
         out = self.plan_attention(q, k, v, self.plan(call.grid, self.shift(call)), call)
         assert isinstance(out, Tensor)
         return out
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        mask = msw_mask(tuple(call.grid), self.config.resolve_window(tuple(call.grid)), self.shift(call))
+        return masked_attention(q, k, v, mask, (call.extra_k, call.extra_v, call.extra_mask), call.scale)
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> MSWConfig:
+        return MSWConfig(window=max(grid))  # one window covering the grid: no shift, dense

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod, call_generator
+from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
 from .gna import _as_tuple, _broadcast
+from .naive import proxy_attention
 from .registry import register_method
 
 PROXY_KINDS = ("mean", "sample")
@@ -163,6 +164,26 @@ class ProxyAttention(AttentionMethod):
     name = "proxy"
     Config = ProxyConfig
 
+    def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """Each query scores its own window exactly and one proxy per window (none when one window
+        covers the grid: then it is exactly dense)."""
+        grid = tuple(grid)
+        windows = self.layout(grid).num_windows
+        window = math.prod(self.config.resolve(grid))
+        if windows == 1:
+            return pairs_bound(grid, extra_tokens, math.prod(grid) * (window + extra_tokens), "dense (one window)")
+        pairs = math.prod(grid) * (window + windows + extra_tokens)
+        return pairs_bound(grid, extra_tokens, pairs, f"N / (window {window} + windows {windows})")
+    example_knobs = {"window": 2, "shift": True}
+    invalid_knobs = (
+        ({"window": 0}, ValueError, r"window=0 must be >= 1"),
+        ({"window": (2, 2, 2, 2)}, ValueError, r"1 to 3 ints"),
+        ({"window": 2.5}, TypeError, r"must hold ints"),
+        ({"proxy": "max"}, ValueError, r"proxy='max' is not one of \('mean', 'sample'\)"),
+        ({"shift": 1}, TypeError, r"shift=1 must be a bool"),
+        ({"seed": -1}, ValueError, r"seed=-1 must be an int >= 0"),
+        ({"windw": 2}, TypeError, r"unknown knob\(s\) \['windw'\]"),
+    )
 
     def layout(self, grid: tuple[int, ...], layer_index: int = 0) -> ProxyLayout:
         """Windows used for ``grid`` at patched layer ``layer_index`` (odd layers shift if enabled)."""
@@ -189,3 +210,17 @@ class ProxyAttention(AttentionMethod):
         far = dense_attention(q, pk, pv, bias=layout.bias.to(q.device), scale=call.scale, backend=call.backend)
         out, _ = merge_attention([local, far])
         return out
+
+    def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        grid = tuple(call.grid)
+        index = None
+        if self.config.proxy == "sample":
+            layout = self.layout(grid, call.layer_index)
+            index = sampled_tokens(layout, call_generator(self.config.seed, call.layer, call.timestep))
+        shifted = self.config.shift and call.layer_index % 2 == 1
+        extra = (call.extra_k, call.extra_v, call.extra_mask) if call.extra_k is not None else None
+        return proxy_attention(q, k, v, grid, self.config.resolve(grid), shifted, index, extra, call.scale)
+
+    @classmethod
+    def dense_limit(cls, grid: tuple[int, ...]) -> ProxyConfig:
+        return ProxyConfig(window=1)  # one-token windows: each proxy is its token, with bias log(1) = 0

@@ -26,7 +26,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel")),
     LatentGridAdapter(("SD3Transformer2DModel",), family="sd3", text_position="suffix", attn2_is_cross=False),
     # packed-token image DiTs, grid from position ids
-    IdsGridAdapter(("FluxTransformer2DModel",), family="flux", text_position="prefix", timestep_divisor=1000.0),
+    IdsGridAdapter(("FluxTransformer2DModel",), family="flux", text_position="prefix", timestep_scale=1000.0),
     # video DiTs
     LatentGridAdapter(("WanTransformer3DModel",), family="wan", ndim=3, axes="cfhw"),
     LatentGridAdapter(

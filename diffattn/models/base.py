@@ -23,8 +23,8 @@ class FamilyAdapter:
     class_names: tuple[str, ...] = ()
     #: number of axes of the token grid of self-attention
     ndim: int = 2
-    #: the denoiser gets ``timestep / timestep_divisor`` relative to ``scheduler.timesteps`` units
-    timestep_divisor: float = 1.0
+    #: the denoiser's ``timestep`` times this is in ``scheduler.timesteps`` units (FLUX gets t / 1000)
+    timestep_scale: float = 1.0
     #: key of this family in ``diffattn.presets.PRESETS`` (see `family_key`); "" = no presets
     family: str = ""
     #: module-name substrings whose attention is never patched (text-only refiners, context blocks)

@@ -1,0 +1,155 @@
+"""`apply_attention`, `remove_attention`, `attention`: resolve what to patch, build the undo records,
+install them atomically on one `AttentionHandle`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..kernels import Backend, choose_backend
+from ..methods import AttentionMethod, get_method
+from ..methods.lifecycle import TARGET_KINDS
+from ..models import FamilyAdapter, find_adapter
+from .generation import Generations
+from .install import _ACTIVE, AttentionHandle
+from .intercept import _PatchedAttention
+from .processors import make_wrapper
+from .records import ForwardPreHook, ProcessorSwap, SetAttr, UndoRecord
+from .runtime import _Runtime
+from .select import LayerSpec, StepSpec, attention_modules, denoisers_of, layer_filter, steps_range, with_preset
+
+logger = logging.getLogger("diffattn")
+
+
+def apply_attention(
+    target: Any,
+    method: str,
+    *,
+    layers: LayerSpec = None,
+    steps: StepSpec = None,
+    backend: str = "auto",
+    config: Any = None,
+    preset: bool = True,
+    **knobs: Any,
+) -> AttentionHandle:
+    """Swap the self-attention of a pipeline (or bare denoiser) for ``method``. Atomic.
+
+    Args:
+        target: a diffusers pipeline or denoiser (``UNet2DConditionModel``, ``*Transformer*Model``).
+        method: a name from `list_methods()`.
+        layers: regex searched in module names, or a predicate; None = the preset's layers, or
+            every self-attention if there is no preset (cross-attention too for methods targeting it).
+        steps: where the method is active (dense elsewhere): ``(start, end)`` ints are denoising-step
+            indices (half-open); floats in [0, 1] are fractions of the schedule, resolved per call
+            against ``len(scheduler.timesteps)`` (``(0.0, 0.4)`` = the first 40% of the steps).
+            None = the preset's steps, or every step.
+        backend: "auto", "triton", "cpu" or "reference"; chosen once, here.
+        config: a method config object (instead of keyword knobs).
+        preset: fill knobs, layers and steps the user left unset from `diffattn.presets` for this
+            model family (knobs only if no knob and no config is given). False = no defaults.
+            The method's own `supports` check runs either way.
+        **knobs: the method's config fields, e.g. ``window=(16, 16), stride=(4, 4)``.
+
+    Returns:
+        An `AttentionHandle`; ``handle.remove()`` or `remove_attention` restores the originals.
+        Re-applying on a patched target replaces the previous patch.
+    """
+    method_cls = get_method(method)
+    knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)
+    impl = method_cls(method_cls.make_config(config, **knobs))
+    kinds = _targets_of(impl)
+    keep = layer_filter(layers)
+    step_range = steps_range(steps)
+    pipe_scheduler = None if isinstance(target, nn.Module) else getattr(target, "scheduler", None)
+    if step_range is not None and pipe_scheduler is None:
+        raise ValueError("steps= needs a pipeline (its scheduler maps timesteps to steps); got a bare denoiser")
+
+    generations = Generations()
+    records: list[UndoRecord] = [] if isinstance(target, nn.Module) else list(generations.records(target))
+    runtimes: dict[nn.Module, _Runtime] = {}
+    swaps: list[UndoRecord] = []
+    chosen: Backend | None = None
+    processes = type(impl).process is not AttentionMethod.process
+    for attr, denoiser in denoisers_of(target):
+        adapter = find_adapter(denoiser)
+        impl.check_ndim(adapter.ndim)
+        _check_supported(impl, adapter, denoiser, kinds)
+        param = next(denoiser.parameters(), None)
+        probe = torch.empty(
+            0,
+            device=param.device if param is not None else "cpu",
+            dtype=param.dtype if param is not None else torch.float32,
+        )
+        chosen = choose_backend(probe, backend)
+        rt = runtimes[denoiser] = _Runtime(adapter, impl, chosen, step_range, pipe_scheduler, generations, processes)
+        records.append(ForwardPreHook(denoiser, rt.pre_hook, with_kwargs=True))
+        if type(impl).new_forward is not AttentionMethod.new_forward:
+            records.append(SetAttr(denoiser, "forward", rt.make_forward(denoiser.forward)))
+        prefix = f"{attr}." if attr else ""
+        for kind in sorted(kinds, key=("self", "cross").index):
+            targets = [(prefix + n, m, r) for n, m, r in attention_modules(denoiser, adapter, kind) if keep(prefix + n)]
+            for index, (name, module, role) in enumerate(targets):
+                patched = _PatchedAttention(name, module.processor, rt, index=index, kind=kind, role=role)
+                swaps.append(ProcessorSwap(module, make_wrapper(patched)))
+    if not swaps:
+        origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
+        raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
+
+    previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
+    for old in previous:
+        old.remove()
+    assert chosen is not None  # denoisers_of found at least one denoiser
+    handle = AttentionHandle(impl, chosen, runtimes, generations)
+    handle.preset = entry
+    handle._records = records + swaps
+    try:
+        handle._install()
+    except BaseException:
+        for old in previous:  # re-applying failed: the previous patch stays as it was
+            old._install()
+            old.removed = False
+        raise
+    logger.info("diffattn: %s on %d modules, backend %s", method, len(swaps), chosen)
+    return handle
+
+
+def _targets_of(impl: AttentionMethod) -> frozenset[str]:
+    kinds = impl.targets
+    if not isinstance(kinds, frozenset | set) or not kinds or not set(kinds) <= TARGET_KINDS:
+        raise TypeError(
+            f"method {impl.name!r} has targets={kinds!r}; it must be a non-empty subset of {sorted(TARGET_KINDS)}"
+        )
+    return frozenset(kinds)
+
+
+def _check_supported(impl: AttentionMethod, adapter: FamilyAdapter, denoiser: nn.Module, kinds: frozenset[str]) -> None:
+    """A ValueError naming the model family and what the method needs, if it cannot run here."""
+    family = f"{adapter.family_key(denoiser)} models ({type(denoiser).__name__})"
+    reason = impl.supports(adapter)
+    if reason is None and "cross" in kinds and not attention_modules(denoiser, adapter, "cross"):
+        reason = "it needs separate cross-attention modules, and this model puts text and image in one joint attention"
+    if reason is not None:
+        raise ValueError(f"method {impl.name!r} does not support {family}: {reason}")
+
+
+def remove_attention(target: Any) -> int:
+    """Remove whatever diffattn installed on ``target``'s denoisers. Returns how many handles."""
+    handles = {_ACTIVE[d] for _, d in denoisers_of(target) if d in _ACTIVE}
+    for h in handles:
+        h.remove()
+    return len(handles)
+
+
+@contextlib.contextmanager
+def attention(target: Any, method: str, **kwargs: Any) -> Iterator[AttentionHandle]:
+    """``with attention(pipe, "gna", window=16): ...`` restores the pipeline on exit, even on error."""
+    handle = apply_attention(target, method, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.remove()

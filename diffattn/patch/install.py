@@ -1,0 +1,110 @@
+"""`AttentionHandle`: one installed patch, as an ordered list of undo records applied all or nothing."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+
+from ..kernels import Backend
+from ..methods import AttentionMethod
+from ..presets import Preset
+from .generation import Generations
+from .records import UndoRecord, apply_all, undo_all
+from .runtime import CallStats, _Runtime
+
+# denoiser -> the handle currently installed on it (weak: a dropped pipeline drops its entry)
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionHandle] = weakref.WeakKeyDictionary()
+
+
+class AttentionHandle:
+    """An installed patch. ``remove()`` restores every original processor, hook and attribute; usable
+    as a context manager."""
+
+    def __init__(
+        self,
+        method: AttentionMethod,
+        backend: Backend,
+        runtimes: dict[nn.Module, _Runtime],
+        generations: Generations | None = None,
+    ) -> None:
+        self.method = method
+        self.backend = backend
+        self._runtimes = runtimes
+        self._generations = generations or Generations()
+        #: what `_install` applies, in order (processor swaps, hooks, attributes, swapped submodules)
+        self._records: list[UndoRecord] = []
+        self._applied: list[UndoRecord] = []
+        self.removed = False
+        #: the `Preset` that filled unset knobs/layers/steps, or None
+        self.preset: Preset | None = None
+
+    @property
+    def config(self) -> Any:
+        return self.method.config
+
+    @property
+    def modules(self) -> list[str]:
+        """Qualified names of every patched attention module (self-attention, then cross-attention if targeted)."""
+        return [name for rt in self._runtimes.values() for name in rt.stats]
+
+    def stats(self) -> dict[str, CallStats]:
+        """Per patched module (qualified name): sparse / fallback / dense (and cross / cached) call counts."""
+        return {name: s for rt in self._runtimes.values() for name, s in rt.stats.items()}
+
+    @property
+    def sparse_calls(self) -> int:
+        return sum(s.sparse for s in self.stats().values())
+
+    @property
+    def fallback_calls(self) -> int:
+        return sum(s.fallback for s in self.stats().values())
+
+    def reset_state(self) -> None:
+        """Start a new generation for the calling thread: drop its method state now (the pipeline's own
+        calls do this by themselves; for a bare denoiser this is the way)."""
+        self._generations.start()
+        for rt in self._runtimes.values():
+            rt.reset()
+
+    def extend(self, records: list[UndoRecord]) -> None:
+        """Join more changes to this installed patch (e.g. RAU-Net's `SwapSubmodule` records): applied
+        now, all or nothing, and undone by `remove` (in reverse, before the earlier records)."""
+        if self.removed:
+            raise RuntimeError("cannot extend a removed AttentionHandle")
+        self._applied += apply_all(records)
+        self._records += records
+
+    def _install(self) -> None:
+        """Install all or nothing: on any error, undo what was done and re-raise."""
+        self._applied = apply_all(self._records)
+        for denoiser, rt in self._runtimes.items():
+            rt.installed = True
+            _ACTIVE[denoiser] = self
+
+    def _uninstall(self) -> None:
+        for rt in self._runtimes.values():
+            rt.installed = False
+        errors = undo_all(self._applied)
+        for denoiser in self._runtimes:
+            if _ACTIVE.get(denoiser) is self:
+                del _ACTIVE[denoiser]
+        if errors:
+            raise errors[0]
+
+    def remove(self) -> None:
+        """Restore the original processors, hooks and attributes. Idempotent."""
+        if not self.removed:
+            self.removed = True
+            self._uninstall()
+
+    def __enter__(self) -> AttentionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else f"{len(self.stats())} modules"
+        return f"AttentionHandle({self.method.name}, {self.config}, backend={self.backend.name!r}, {state})"

@@ -1,0 +1,200 @@
+"""The attention call itself: a wrapped processor runs the original one under a ``TorchFunctionMode``
+that routes its one ``F.scaled_dot_product_attention`` call to the method, after splitting the
+sequence into the token grid and dense tokens (`split`); anything unexpected falls back to dense, loudly, counted."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import types
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from ..layout import SELF, ModuleRole
+from ..methods import AttendCall, ModuleCall
+from ..methods.lifecycle import AttentionKind
+from .runtime import CallStats
+from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
+
+if TYPE_CHECKING:
+    from .runtime import _Runtime
+
+logger = logging.getLogger("diffattn")
+
+
+class _Interceptor(TorchFunctionMode):
+    """Routes the one SDPA call of a wrapped processor to the method."""
+
+    def __init__(self, target: _PatchedAttention) -> None:
+        super().__init__()
+        self.target = target
+        self.cats: list[SeqCat] = []  # this run's sequence concatenations (per run: threads share the module)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.target.attend(func, args, kwargs, self.cats)
+        out = func(*args, **kwargs)
+        if func is torch.cat:  # layout (issue 10): how the processor joins text and image tokens
+            cat = seq_cat(args, kwargs, out)
+            if cat is not None:
+                self.cats.append(cat)
+        return out
+
+
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+class _PatchedAttention:
+    """Wrapper processor state and logic; the callable shell is `processors.make_wrapper`'s.
+
+    ``kind="self"``: the SDPA call goes to the method's `attend`; ``kind="cross"``: the processor runs
+    as is (cross-attention is wrapped only so a method's `process` can see, replace or skip it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        original: Any,
+        runtime: _Runtime,
+        index: int = 0,
+        kind: AttentionKind = "self",
+        role: ModuleRole | None = SELF,
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.kind = kind
+        self.role = role or SELF  # layout (issue 10): the grid this module attends over
+        self.original = original
+        self.runtime = runtime
+        self.signature = inspect.signature(original.__call__)
+        runtime.stats.setdefault(name, CallStats())
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        rt = self.runtime
+        if rt.processes and rt.active:
+            return self._process(args, kwargs)
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self.kind == "cross":
+            self.runtime.stats[self.name].cross += 1
+            return self.original(*args, **kwargs)
+        with _Interceptor(self):
+            return self.original(*args, **kwargs)
+
+    def _process(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Hand this call to the method's `process` with a ``run(**overrides)`` that runs the original."""
+        rt = self.runtime
+        bound = self.signature.bind(*args, **kwargs)
+        ran = False
+
+        def run(**overrides: Any) -> Any:
+            nonlocal ran
+            ran = True
+            unknown = sorted(set(overrides) - set(self.signature.parameters))
+            if unknown:
+                accepted = list(self.signature.parameters)
+                raise TypeError(f"{self.name}: unknown processor argument(s) {unknown}; accepted: {accepted}")
+            again = inspect.BoundArguments(self.signature, {**bound.arguments, **overrides})  # type: ignore[arg-type]
+            return self._call(again.args, again.kwargs)
+
+        call = ModuleCall(
+            layer=self.name,
+            layer_index=self.index,
+            kind=self.kind,
+            step=rt.step,
+            timestep=rt.timestep,
+            branch=rt.branch,
+            state=rt.layer_state(self.name),
+            arguments=types.MappingProxyType(dict(bound.arguments)),
+        )
+        out = rt.method.process(run, call)
+        if not ran:
+            stats = rt.stats[self.name]
+            if self.kind == "cross":
+                stats.cross_cached += 1
+            else:
+                stats.cached += 1
+        return out
+
+    def _fallback(self, func: Callable, args: tuple, kwargs: dict, reason: str) -> Tensor:
+        rt = self.runtime
+        rt.stats[self.name].fallback += 1
+        if self.name not in rt.warned:
+            rt.warned.add(self.name)
+            logger.warning("diffattn: %s falls back to dense attention: %s", self.name, reason)
+        return func(*args, **kwargs)
+
+    def attend(self, func: Callable, args: tuple, kwargs: dict[str, Any], cats: Sequence[SeqCat] = ()) -> Tensor:
+        """Replace ``F.scaled_dot_product_attention(q, k, v, ...)`` on ``[B, H, S, D]`` tensors; ``cats``: the
+        sequence concatenations the processor made before it."""
+        rt = self.runtime
+        p = dict(zip(_SDPA_PARAMS, args))
+        p.update(kwargs)
+        q, k, v = p["query"], p["key"], p["value"]
+        if rt.method.passthrough or not rt.active:
+            rt.stats[self.name].dense += 1
+            return func(*args, **kwargs)
+        # layout (issue 10): grouped-query heads, image-only queries over image + dense keys, masks
+        # that are the same for every image query
+        hq, hk = q.shape[1], k.shape[1]
+        if hq != hk and (hq % hk or v.shape[1] != hk):
+            return self._fallback(func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in heads")
+        if p.get("is_causal") or p.get("dropout_p", 0.0):
+            return self._fallback(func, args, kwargs, "causal or dropout attention")
+        seq = k.shape[-2]
+        split = split_of(rt, self.role, cats, seq)
+        if isinstance(split, str):
+            return self._fallback(func, args, kwargs, split)
+        grid, img, dense = split.grid, split.image, split.dense
+        q_rows = seq
+        if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
+            if q.shape[-2] != img.stop - img.start:
+                return self._fallback(
+                    func, args, kwargs, f"{q.shape[-2]} queries are neither the {seq} keys nor the grid {grid}"
+                )
+            q_rows = q.shape[-2]
+            q = F.pad(q, (0, 0, img.start, seq - img.stop))  # [B, H, S, D]; only the image rows are read
+        key_valid = key_padding(p.get("attn_mask"), q.shape[0], seq, img)
+        if key_valid is False:
+            return self._fallback(
+                func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask"
+            )
+        if isinstance(key_valid, Tensor) and not bool(key_valid[:, img].all()):
+            return self._fallback(func, args, kwargs, "the attention mask hides image tokens")
+        if hq != hk:
+            k, v = (t.repeat_interleave(hq // hk, dim=1) for t in (k, v))
+        qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
+        call = AttendCall(
+            grid=grid,
+            extra_k=dense_part(ks, 1, dense) if dense else None,
+            extra_v=dense_part(vs, 1, dense) if dense else None,
+            extra_mask=dense_part(key_valid, 1, dense) if dense and isinstance(key_valid, Tensor) else None,
+            scale=p.get("scale"),
+            backend=rt.backend,
+            layer=self.name,
+            layer_index=self.index,
+            timestep=rt.timestep,
+            step=rt.step,
+            branch=rt.branch,
+            state=rt.layer_state(self.name),
+        )
+        out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
+        rt.stats[self.name].sparse += 1
+        if not dense or q_rows != seq:
+            return out_img
+        # dense queries (text, references, registers) attend every key, with the model's own mask
+        mask = p.get("attn_mask")
+        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
+            mask = dense_part(mask, mask.dim() - 2, dense)
+        dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
+        out_dense = func(dense_part(q, 2, dense), k, v, attn_mask=mask, **dense_kwargs)
+        before = img.start  # dense tokens ahead of the grid
+        parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
+        return torch.cat([t for t in parts if t.shape[2]], dim=2)

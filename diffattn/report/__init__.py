@@ -1,0 +1,33 @@
+"""Measurement: timing, bounds, targets, the kernel benchmark, and speed/quality reports.
+
+``diffattn.report.compare(pipe, configs, prompts, seeds, ...)``: dense vs method configs (speed beside
+bounds, quality vs dense, report files); ``diffattn.report.evaluate(...)``: FID / CLIP / scorer over
+a prompt list, data-parallel under torchrun.
+"""
+
+from .bounds import GNABounds, MethodBounds, gna_bounds, method_bounds
+from .compare import compare
+from .evaluate import evaluate
+from .runner import RunConfig, load_configs, load_prompts
+from .targets import Target, check_target, check_targets, target_lines
+from .timing import TimingSummary, speedup_fields, synchronizer, time_round_robin
+
+__all__ = [
+    "GNABounds",
+    "MethodBounds",
+    "RunConfig",
+    "Target",
+    "TimingSummary",
+    "check_target",
+    "check_targets",
+    "compare",
+    "evaluate",
+    "gna_bounds",
+    "load_configs",
+    "load_prompts",
+    "method_bounds",
+    "speedup_fields",
+    "synchronizer",
+    "target_lines",
+    "time_round_robin",
+]

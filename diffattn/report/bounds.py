@@ -1,0 +1,90 @@
+"""Every speedup bound a report prints, from one place.
+
+- FLOP bound: ``method.flop_bound(grid, extra_tokens)`` (each method class states its own count);
+- token and tile bounds of GNA-like patterns (GNA; MSW's windows are blocked GNA): `diffattn.sim`;
+- the tile bound of the `BlockPlan` the CPU backend actually runs: `diffattn.sim.plan_bound`;
+- the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..methods import AttentionMethod
+from ..methods.gna import GNAConfig, gna_plan
+from ..sim import amdahl, plan_bound, simulate
+
+
+@dataclasses.dataclass(frozen=True)
+class GNABounds:
+    """Bounds of resolved GNA parameters on a grid.
+
+    token_bound: ``N^2 / attended pairs``; tile_bound: all / live tile pairs on `diffattn.sim`'s
+    default (H100 FNA) tiles; plan_bound: ``1 / density`` of the CPU `BlockPlan` that runs;
+    plan_has_mask: that plan has element-masked tiles.
+    """
+
+    token_bound: float
+    tile_bound: float
+    plan_bound: float
+    plan_has_mask: bool
+
+
+def gna_bounds(
+    grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...] | int = 1
+) -> GNABounds:
+    """`GNABounds` of GNA ``window/stride/dilation`` (ints or per-axis tuples) on ``grid``."""
+    sim = simulate(tuple(grid), window, stride, dilation)
+    plan = gna_plan(sim.grid, sim.window, sim.stride, sim.dilation)  # what `gna(..., backend="cpu")` runs
+    return GNABounds(sim.token_bound, sim.tile_bound, plan_bound(plan), plan.has_mask)
+
+
+def gna_pattern(method: AttentionMethod, grid: tuple[int, ...]) -> tuple[tuple[int, ...], ...] | None:
+    """(window, stride, dilation) when ``method``'s pattern on ``grid`` is a GNA pattern (GNA itself;
+    MSW's unshifted windows are blocked GNA), else None."""
+    grid = tuple(grid)
+    if method.name == "gna":
+        return method.config.resolve(grid)
+    if method.name == "msw":
+        window = method.config.resolve_window(grid)
+        return GNAConfig(window=window, stride=window).resolve(grid)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodBounds:
+    """All bounds of one method config on one grid; None where a bound does not apply.
+
+    flop_bound / flop_formula: the method's own FLOP count (`AttentionMethod.flop_bound`).
+    token_bound, tile_bound, plan_bound: GNA-like patterns only (see `GNABounds`).
+    attention_share: measured share of step time in attention, if given.
+    end_to_end_bound: Amdahl bound of the step with the FLOP bound on that share.
+    """
+
+    flop_bound: float
+    flop_formula: str
+    token_bound: float | None = None
+    tile_bound: float | None = None
+    plan_bound: float | None = None
+    attention_share: float | None = None
+    end_to_end_bound: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def method_bounds(
+    method: AttentionMethod, grid: tuple[int, ...], extra_tokens: int = 0, attention_share: float | None = None
+) -> MethodBounds:
+    """Every bound of ``method`` on a token ``grid`` with ``extra_tokens`` text keys per query, and
+    the Amdahl end-to-end bound when the measured ``attention_share`` (in [0, 1]) is given."""
+    grid = tuple(grid)
+    flop = method.flop_bound(grid, extra_tokens)
+    gna = {}
+    pattern = gna_pattern(method, grid)
+    if pattern is not None:
+        gb = gna_bounds(grid, *pattern)
+        gna = dict(token_bound=gb.token_bound, tile_bound=gb.tile_bound, plan_bound=gb.plan_bound)
+    e2e = None if attention_share is None else amdahl(attention_share, flop.value)
+    return MethodBounds(flop.value, flop.formula, attention_share=attention_share, end_to_end_bound=e2e, **gna)

@@ -1,0 +1,122 @@
+"""``diffattn compare`` and ``diffattn eval``: the report commands of the ``diffattn`` CLI.
+
+diffattn compare --model tiny-sd --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
+torchrun --nproc_per_node 8 -m diffattn.cli eval --model PATH --prompts coco.txt --inception pt_inception.pth \
+    --config "gna window=32 stride=16" --out eval/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .runner import check_device, load_configs, load_prompts
+
+
+def add_commands(sub: Any, tiny_models: tuple[str, ...]) -> None:
+    """Add the ``compare`` and ``eval`` subcommands to the CLI's subparsers."""
+    c = sub.add_parser("compare", help="dense vs method configs: speed beside its bounds, quality vs dense, plots")
+    e = sub.add_parser("eval", help="FID / CLIP / scorer over a prompt file, dense and each config (data-parallel)")
+    for p in (c, e):
+        p.add_argument("--model", default="tiny-sd", help=f"{', '.join(tiny_models)} (offline), a hub id or a path")
+        p.add_argument("--prompts", type=Path, required=True, help="prompt file, one prompt per non-empty line")
+        p.add_argument("--num-images", type=int, default=None, help="samples (prompts cycle); default: one per prompt")
+        p.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            metavar="'METHOD [NAME=VALUE ...]'",
+            help="a method config, repeatable: e.g. --config 'gna window=8,8 stride=8,8' --config msw",
+        )
+        p.add_argument("--configs", type=Path, default=None, help='JSON list of {"method": ..., "knobs": {...}}')
+        p.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 2, hub default 30)")
+        p.add_argument("--height", type=int, default=None)
+        p.add_argument("--width", type=int, default=None)
+        p.add_argument("--frames", type=int, default=None, help="video frames (video models)")
+        p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+        p.add_argument("--backend", default="auto", choices=["auto", "triton", "cpu", "reference"])
+        p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
+        p.add_argument("--clip", default=None, help="local Hugging Face CLIP model directory (CLIP score)")
+        p.add_argument("--inception", default=None, help="FID Inception weights file (needs torch-fidelity)")
+        p.add_argument("--out", type=Path, default=Path("diffattn_report"), help="output directory")
+        p.add_argument("--no-progress", action="store_true")
+    c.add_argument("--lpips", default=None, help="TorchScript LPIPS module file (LPIPS vs dense)")
+    c.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up generation per config")
+    e.add_argument("--no-fid", action="store_true", help="skip FID (no Inception weights needed)")
+
+
+def _samples(args: argparse.Namespace) -> list[str]:
+    prompts = load_prompts(args.prompts)
+    n = len(prompts) if args.num_images is None else args.num_images
+    if n < 1:
+        raise ValueError(f"--num-images {n} must be >= 1")
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
+    from ..cli import _load
+
+    load_args = argparse.Namespace(**vars(args), prompt="")
+    pipe, kw = _load(load_args)
+    pipe.to(device)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    kw = {k: v for k, v in kw.items() if k not in ("prompt", "generator", "output_type")}
+    return pipe, kw
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``compare`` or ``eval``; every input check happens before the model is loaded or run."""
+    check_device(args.device)
+    prompts = _samples(args)
+    configs = load_configs(args.config, args.configs)
+    fid = args.inception is not None if args.command == "compare" else not args.no_fid
+    if fid and len(prompts) < 2:
+        raise ValueError(f"FID needs >= 2 images per config, got --num-images {len(prompts)}; use >= 2")
+    if fid and args.inception is None:
+        raise ValueError(
+            "FID needs Inception weights: pass --inception PATH (a local pt_inception weights file), or --no-fid"
+        )
+    from .quality import load_clip, load_feature_extractor
+
+    clip = load_clip(args.clip)  # missing paths fail here, before any model is loaded
+    extractor = None if getattr(args, "no_fid", False) else load_feature_extractor(args.inception)
+    if args.command == "compare":
+        from .compare import compare
+        from .quality import load_lpips
+
+        lpips = load_lpips(args.lpips)
+        pipe, kw = _pipeline(args, args.device)
+        seeds = [args.seed + i for i in range(len(prompts))]
+        report = compare(
+            pipe, configs, prompts, seeds, call_kwargs=kw, backend=args.backend, device=args.device, lpips=lpips,
+            clip=clip, feature_extractor=extractor, out_dir=args.out, warmup=not args.no_warmup,
+            progress=not args.no_progress,
+        )
+        print((args.out / "report.md").read_text())
+        print(f"wrote {args.out}/report.json, report.md, speedup_quality.png, grid.png", file=sys.stderr)
+        return 0 if report else 1
+    from accelerate import PartialState
+
+    from .evaluate import evaluate
+
+    # under torchrun each process takes its own GPU (state.device); on CPU, gloo
+    state = PartialState(cpu=check_device(args.device).type == "cpu")
+    pipe, kw = _pipeline(args, state.device if state.device.type == "cuda" else args.device)
+    result = evaluate(
+        pipe, configs, prompts, kw, seed=args.seed, backend=args.backend, feature_extractor=extractor, clip=clip,
+        state=state,
+    )
+    if state.is_main_process:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        for s in result["configs"]:
+            print(json.dumps(s))
+        print(f"wrote {args.out / 'eval.json'} ({result['processes']} process(es), torch {torch.__version__})")
+    return 0

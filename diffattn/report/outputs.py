@@ -1,0 +1,122 @@
+"""Files of a `compare` report: ``report.json``, ``report.md``, ``speedup_quality.png``, ``grid.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write every file of ``report`` under ``out``; returns their paths by kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in r.items() if k != "images"} for r in report["configs"]]
+    paths = {
+        "json": out / "report.json",
+        "markdown": out / "report.md",
+        "plot": out / "speedup_quality.png",
+        "grid": out / "grid.png",
+    }
+    paths["json"].write_text(json.dumps({"meta": report["meta"], "configs": rows}, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(report["meta"], rows))
+    plot(rows, report["meta"]["psnr_cap_db"], paths["plot"])
+    image_grid(report, paths["grid"])
+    return paths
+
+
+def _f(value: Any, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One table row per config (dense first)."""
+    head = (
+        "| config | step min / med (ms) | total (s) | speedup (step med) | end-to-end bound | of bound "
+        "| attention share (dense / this) | attention bound | FLOP bound | token / tile bound | peak mem (MiB) "
+        "| sparse / fallback / dense calls | PSNR (dB) | SSIM | LPIPS | CLIP | accuracy | FID vs dense |"
+    )
+    lines = [
+        f"# diffattn compare: {meta['pipeline']} on {meta['device']}",
+        "",
+        f"{len(meta['prompts'])} prompt(s), seeds {meta['seeds']}, backend {meta['backend']}, "
+        f"{meta['threads']} threads, "
+        f"torch {meta['torch']}. PSNR is capped at {meta['psnr_cap_db']:.0f} dB. Peak memory: "
+        f"{rows[0]['peak_memory_kind']}.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for r in rows:
+        b = r["bounds"]
+        mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**20
+        token_tile = f"{_f(b.get('token_bound'))} / {_f(b.get('tile_bound'))}"
+        calls = f"{r.get('sparse_calls', '-')} / {r.get('fallback_calls', '-')} / {r.get('dense_calls', '-')}"
+        lines.append(
+            f"| {r['config']} | {r['step_min_s'] * 1e3:.1f} / {r['step_median_s'] * 1e3:.1f} | {r['total_s']:.2f} "
+            f"| {r['speedup_step_median']:.2f} | {b['end_to_end_bound']:.2f} | {r['fraction_of_bound']:.2f} "
+            f"| {_f(b.get('dense_attention_share'))} / {r['attention_share']:.2f} | {_f(b.get('attention_bound'))} "
+            f"| {_f(b.get('flop_bound'))} | {token_tile} | {_f(mem, '.1f')} | {calls} "
+            f"| {_f(r['psnr_db'], '.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['lpips'], '.3f')} "
+            f"| {_f(r['clip_score'])} | {_f(r['accuracy'])} | {_f(r['fid_vs_dense'], '.4g')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], psnr_cap: float, path: Path) -> None:
+    """Speedup (step median) vs PSNR against dense, one point per config, its end-to-end bound drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for i, r in enumerate(rows):
+        x, y, bound = r["psnr_db"], r["speedup_step_median"], r["bounds"]["end_to_end_bound"]
+        color = f"C{i % 10}"
+        ax.plot([x, x], [y, bound], color=color, linestyle=":", linewidth=1)
+        ax.scatter([x], [bound], marker="_", s=300, color=color, linewidths=2)
+        ax.scatter([x], [y], marker="o", s=40, color=color, label=f"{r['config']} (bound {bound:.2f}x)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(f"PSNR vs dense (dB, capped at {psnr_cap:.0f})")
+    ax.set_ylabel("speedup per step (dense / config)")
+    ax.set_title("speed vs quality (dot: measured; bar: Amdahl bound)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _to_pil(image: Tensor, size: int) -> Any:
+    from PIL import Image
+
+    if image.ndim == 4:  # video: first frame
+        image = image[0]
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array)
+    scale = max(1, -(-size // max(pil.size)))  # nearest-neighbour upscale to at least `size` pixels
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+
+
+def image_grid(report: dict[str, Any], path: Path, cell: int = 128) -> None:
+    """Rows = prompts, columns = configs (dense first), a header with each config's label."""
+    from PIL import Image, ImageDraw
+
+    rows = report["configs"]
+    tiles = [[_to_pil(img, cell) for img in r["images"]] for r in rows]
+    w = max(t.width for col in tiles for t in col)
+    h = max(t.height for col in tiles for t in col)
+    header, pad = 28, 4
+    grid = Image.new("RGB", (len(rows) * (w + pad) + pad, header + len(tiles[0]) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (r, col) in enumerate(zip(rows, tiles)):
+        x = pad + c * (w + pad)
+        label = r["config"] if len(r["config"]) <= w // 6 else r["config"][: w // 6 - 1] + "~"
+        draw.text((x, 4), label, fill="black")
+        if c:
+            draw.text((x, 15), f"{r['speedup_step_median']:.2f}x, {r['psnr_db']:.1f} dB", fill="black")
+        for p, tile in enumerate(col):
+            grid.paste(tile, (x, header + pad + p * (h + pad)))
+    grid.save(path)

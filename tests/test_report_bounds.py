@@ -1,0 +1,86 @@
+"""Bounds from one place: each method's FLOP bound, GNA token/tile bounds from sim.py, Amdahl; and the timer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from diffattn.methods import get_method, list_methods
+from diffattn.methods.gna import gna_mask, gna_plan
+from diffattn.report import gna_bounds, method_bounds, time_round_robin
+from diffattn.sim import amdahl, plan_bound, simulate
+
+KNOBS = {"gna": {"window": (3, 5)}, "msw": {"window": 4}, "proxy": {"window": 4}, "agent": {"agents": (2, 3)}}
+
+
+def _method(name: str, knobs: dict | None = None):
+    cls = get_method(name)
+    return cls(cls.make_config(**(KNOBS.get(name, {}) if knobs is None else knobs)))
+
+
+def test_every_method_states_a_flop_bound():
+    for name in list_methods():
+        bound = _method(name).flop_bound((7, 9))
+        assert bound.value >= 1.0 and bound.formula, name
+
+
+# (method, knobs, grid, text tokens, image+text pairs each query computes -> N (N + T) / (N * per_query))
+CASES = [
+    ("dense", {}, (7, 9), 0, lambda n: n),
+    ("gna", {"window": (3, 5)}, (7, 9), 0, lambda n: 15),
+    ("gna", {"window": (3, 5)}, (7, 9), 5, lambda n: 15 + 5),
+    ("gna", {"window": 50}, (7, 9), 0, lambda n: n),  # window clamped to the grid: dense
+    ("msw", {"window": 4}, (7, 9), 0, lambda n: 16),
+    ("msw", {}, (5, 8), 3, lambda n: 3 * 4 + 3),  # default 2x2 windows: ceil(5/2) x ceil(8/2)
+    ("proxy", {"window": 4}, (8, 12), 0, lambda n: 16 + 6),  # own window + one proxy per window (2 x 3)
+    ("proxy", {"window": 20}, (8, 12), 2, lambda n: n + 2),  # one window: dense
+    ("agent", {"agents": (2, 3)}, (8, 12), 0, lambda n: 2 * 6),
+    ("agent", {"agents": (2, 3)}, (8, 12), 4, lambda n: 6 + 6 * (n + 4) / n),  # agents also score text keys
+    ("agent", {"agents": (6, 8)}, (8, 12), 0, lambda n: n),  # 2 x 48 agents >= 96 tokens: dense fallback
+]
+
+
+@pytest.mark.parametrize(
+    "name, knobs, grid, text, per_query", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-t{c[3]}" for c in CASES]
+)
+def test_flop_bound_counts_pairs(name, knobs, grid, text, per_query):
+    n = math.prod(grid)
+    assert _method(name, knobs).flop_bound(grid, text).value == pytest.approx((n + text) / per_query(n))
+
+
+def test_flop_bound_rejects_negative_text():
+    with pytest.raises(ValueError, match="extra_tokens=-1"):
+        _method("gna").flop_bound((7, 9), -1)
+
+
+@pytest.mark.parametrize("grid, window, stride", [((9, 11), (3, 5), (1, 1)), ((16, 16), (8, 8), (8, 8))])
+def test_gna_bounds_match_the_mask_and_the_plan(grid, window, stride):
+    b = gna_bounds(grid, window, stride)
+    mask = gna_mask(grid, window, stride, (1, 1))
+    assert b.token_bound == pytest.approx(mask.numel() / mask.sum().item())
+    assert b.plan_bound == plan_bound(gna_plan(grid, window, stride, (1, 1)))
+    assert b.tile_bound == simulate(grid, window, stride).tile_bound
+    assert b.plan_bound <= b.token_bound + 1e-9  # the kernel never does less work than the pattern
+
+
+def test_method_bounds_gna_like_and_amdahl():
+    gna = method_bounds(_method("gna", {"window": 4, "stride": 4}), (16, 16), attention_share=0.6)
+    assert gna.flop_bound == gna.token_bound == 16.0 and gna.tile_bound is not None
+    assert gna.end_to_end_bound == pytest.approx(amdahl(0.6, 16.0)) and gna.end_to_end_bound < 1 / 0.4
+    msw = method_bounds(_method("msw", {}), (16, 16))
+    assert msw.token_bound == msw.flop_bound == 4.0 and msw.end_to_end_bound is None
+    agent = method_bounds(_method("agent"), (8, 12), attention_share=0.0)
+    assert agent.token_bound is None and agent.end_to_end_bound == 1.0
+    with pytest.raises(ValueError, match="share"):
+        method_bounds(_method("agent"), (8, 12), attention_share=1.5)
+
+
+def test_round_robin_order_and_counts():
+    calls = []
+    times = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="repeats=0"):
+        time_round_robin({"a": lambda: None}, repeats=0)

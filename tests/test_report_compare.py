@@ -1,0 +1,142 @@
+"""`diffattn.report.compare` and the ``compare`` / ``eval`` commands on a tiny random pipeline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from diffattn.cli import main
+from diffattn.methods import list_methods
+from diffattn.report import compare
+from diffattn.report.compare import REFERENCE
+from diffattn.report.quality import PSNR_CAP_DB
+from diffattn.report.runner import RunConfig
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
+
+MODEL = "tiny-pixart-alpha"  # the cheapest tiny pipeline: 8x8 image tokens
+KNOBS = {"gna": "window=4 stride=4", "proxy": "window=4"}  # the rest use their presets
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _pipe():
+    pipe = build_tiny_pipeline(MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {k: v for k, v in tiny_call_kwargs(MODEL).items() if k not in ("prompt", "generator")}
+    return pipe, kw
+
+
+def _processors(pipe) -> dict[str, object]:
+    return {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
+
+
+class TinyFeatures(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)[:, :2]
+
+
+@pytest.mark.slow
+def test_compare_every_method(tmp_path: Path):
+    pipe, kw = _pipe()
+    before = _processors(pipe)
+    configs = [RunConfig.parse(f"{m} {KNOBS.get(m, '')}") for m in list_methods()]
+    scorer = lambda images, prompts: images.mean((1, 2, 3)) > 0.0  # noqa: E731
+    report = compare(
+        pipe, configs, ["a red fox", "two cats"], [3, 4], call_kwargs=kw, out_dir=tmp_path, warmup=False,
+        progress=False, scorer=scorer, feature_extractor=TinyFeatures(),
+    )
+    assert _processors(pipe) == before  # unpatched afterwards
+    data = json.loads((tmp_path / "report.json").read_text())
+    rows = data["configs"]
+    assert [r["config"] for r in rows] == [REFERENCE] + [c.label for c in configs]
+    assert data["meta"]["seeds"] == [3, 4] and data["meta"]["psnr_cap_db"] == PSNR_CAP_DB
+    for r in rows:
+        for key in ("step_min_s", "step_median_s", "total_s", "speedup_step_median", "attention_share", "psnr_db"):
+            assert isinstance(r[key], float) and r[key] > 0, (r["config"], key)
+        assert r["step_min_s"] <= r["step_median_s"] and r["steps_timed"] == 2 * 2  # 2 prompts x 2 steps
+        assert 0 < r["attention_share"] <= 1 and r["bounds"]["end_to_end_bound"] >= 1
+        assert r["fraction_of_bound"] == pytest.approx(r["speedup_step_median"] / r["bounds"]["end_to_end_bound"])
+        assert r["accuracy"] == 1.0 and r["fid_vs_dense"] is not None and r["peak_memory_kind"]
+    by_name = {r["config"].split()[0]: r for r in rows[1:]}
+    for r in (rows[0], by_name["dense"]):  # dense vs dense (the passthrough method is bit-identical)
+        assert r["psnr_db"] == PSNR_CAP_DB and r["ssim"] == pytest.approx(1.0)
+        assert r["fid_vs_dense"] == pytest.approx(0.0, abs=1e-9)
+    assert by_name["dense"]["bounds"]["end_to_end_bound"] == 1.0 and by_name["dense"]["sparse_calls"] == 0
+    for name in ("gna", "msw", "proxy"):
+        r = by_name[name]
+        assert r["sparse_calls"] > 0 and r["fallback_calls"] == 0 and r["psnr_db"] < PSNR_CAP_DB
+        b = r["bounds"]
+        assert b["finest_grid"] == [8, 8] and b["flop_bound"] > 1 and b["attention_bound"] > 1
+        assert 1 <= b["end_to_end_bound"] <= b["attention_bound"]
+    assert by_name["gna"]["bounds"]["token_bound"] == 4.0 and by_name["proxy"]["bounds"]["token_bound"] is None
+    for png in ("speedup_quality.png", "grid.png"):
+        raw = (tmp_path / png).read_bytes()
+        assert raw[:8] == PNG_MAGIC
+        with Image.open(tmp_path / png) as im:
+            im.verify()
+    with Image.open(tmp_path / "grid.png") as im:  # one column per config (dense first), one row per prompt
+        assert im.width > len(rows) * 128 and im.height > 2 * 128
+    table = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(rows)  # header + one row per config
+    assert all(line.startswith(f"| {r['config']} |") for line, r in zip(table[1:], rows))
+    assert report["configs"][1]["images"][0].shape == (3, 32, 32)
+
+
+def test_bad_config_value_leaves_pipeline_unpatched(monkeypatch):
+    cmp = sys.modules["diffattn.report.compare"]  # the attribute diffattn.report.compare is the function
+
+    pipe, kw = _pipe()
+    before = _processors(pipe)
+    monkeypatch.setattr(cmp, "render", lambda *a, **k: pytest.fail("a generation ran"))
+    configs = [RunConfig.parse("msw"), RunConfig.parse("gna window=0")]
+    with pytest.raises(ValueError, match=r"config 'gna window=0': .*window=0 must be >= 1"):
+        compare(pipe, configs, ["a fox"], call_kwargs=kw)
+    assert _processors(pipe) == before
+    with pytest.raises(ValueError, match="FID needs >= 2 images per config, got 1"):
+        compare(pipe, configs[:1], ["a fox"], call_kwargs=kw, feature_extractor=TinyFeatures())
+    with pytest.raises(ValueError, match="got 1 seeds for 2 prompts"):
+        compare(pipe, configs[:1], ["a", "b"], [0], call_kwargs=kw)
+    assert _processors(pipe) == before
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red fox\n\ntwo cats\n")
+    return path
+
+
+CLI_ERRORS = [
+    ("compare", ["--config", "msw"], "empty", "has no prompts"),
+    ("compare", ["--config", "nope window=3"], None, "unknown attention method 'nope'"),
+    ("compare", ["--config", "gna windw=3"], None, "unknown knob(s) ['windw'] for method 'gna'"),
+    ("compare", [], None, "no method config given"),
+    ("eval", ["--config", "msw", "--num-images", "1", "--inception", "x.pth"], None, "FID needs >= 2 images"),
+    ("eval", ["--config", "msw"], None, "FID needs Inception weights: pass --inception PATH"),
+    ("eval", ["--config", "msw", "--inception", "/nonexistent/inception.pth"], None, "pass --inception PATH to"),
+    ("compare", ["--config", "msw", "--clip", "/nonexistent/clip"], None, "CLIP weights not found at"),
+    ("compare", ["--config", "msw", "--lpips", "/nonexistent/lpips.pt"], None, "LPIPS weights not found at"),
+    ("compare", ["--config", "msw", "--device", "cuda"], None, "no CUDA device"),
+]
+
+
+@pytest.mark.parametrize(
+    "command, argv, prompts, message",
+    CLI_ERRORS,
+    ids=["empty-prompts", "unknown-method", "unknown-knob", "no-config", "fid-one-image", "no-inception",
+         "missing-inception", "missing-clip", "missing-lpips", "cuda-without-gpu"],
+)
+def test_cli_bad_input(tmp_path, capsys, prompt_file, command, argv, prompts, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if prompts == "empty":
+        prompt_file.write_text("\n  \n")
+    out = tmp_path / "out"
+    code = main([command, "--model", MODEL, "--prompts", str(prompt_file), "--out", str(out), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing ran, nothing written
