@@ -152,3 +152,27 @@ def test_ids_that_are_no_grid_fall_back_loudly_once_per_module(caplog):
     assert len(warnings) == len(stats) and all("row-major grid" in w for w in warnings), warnings
     torch.testing.assert_close(out, base, atol=1e-6, rtol=1e-6)
 
+
+
+def test_summary_shows_grid_kind_bound_and_warns_when_never_sparse(caplog):
+    """handle.summary(): per module the family, kind (joint for FLUX), grid, text tokens and bound after a
+    run; with ids that are no grid every module is listed as never sparse, loudly."""
+    model, inputs = build_tiny_model("FluxTransformer2DModel")
+    with diffattn.attention(model, "gna", window=3, preset=False) as h:
+        before = h.summary()
+        tiny_forward(model, inputs)
+        after = h.summary()
+    assert "WARNING" not in before and " - " in before  # nothing seen yet
+    n_text = inputs["encoder_hidden_states"].shape[1]
+    rows = [line.split() for line in after.splitlines()[2:]]
+    assert rows and all(r[1] == "flux" and r[2] == "joint" and r[4] == str(n_text) for r in rows), after
+    assert all(r[3] != "-" and r[6].endswith("x") for r in rows), after
+    assert "WARNING" not in after
+
+    order = torch.randperm(len(inputs["img_ids"]), generator=torch.Generator().manual_seed(0))
+    inputs["img_ids"] = inputs["img_ids"][order]
+    with caplog.at_level("WARNING", logger="diffattn"), diffattn.attention(model, "gna", window=3, preset=False) as h:
+        tiny_forward(model, inputs)
+        text = h.summary()
+    assert f"WARNING: {len(h.stats())} module(s) ran but never sparse" in text, text
+    assert any("never sparse" in r.getMessage() for r in caplog.records)

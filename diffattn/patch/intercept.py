@@ -73,7 +73,7 @@ class _PatchedAttention:
         self.original = original
         self.runtime = runtime
         self.signature = inspect.signature(original.__call__)
-        runtime.stats.setdefault(name, CallStats())
+        runtime.stats.setdefault(name, CallStats(kind=kind))
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         rt = self.runtime
@@ -186,7 +186,8 @@ class _PatchedAttention:
             state=rt.layer_state(self.name),
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
-        rt.stats[self.name].sparse += 1
+        stats = rt.stats[self.name]
+        stats.sparse, stats.grid, stats.extra = stats.sparse + 1, grid, seq - (img.stop - img.start)
         if not dense or q_rows != seq:
             return out_img
         # dense queries (text, references, registers) attend every key, with the model's own mask
