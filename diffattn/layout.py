@@ -1,4 +1,10 @@
-"""`TokenLayout`: where the image grid and the text tokens sit in one attention call's sequence."""
+"""Where the token grid sits in one attention call's sequence.
+
+`TokenLayout` is what the denoiser's pre-forward hook records per call (the grid, the denoiser's own
+token stream, the text it received); `ModuleRole` is what an attention module attends over, fixed at
+install time from the block it sits in; `TokenLayout.split` puts the two together with the sequence
+length of one attention call into a `TokenSplit`, or says why it cannot.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +12,176 @@ import dataclasses
 import math
 from typing import Literal
 
+import torch
+
 TextPosition = Literal["none", "prefix", "suffix"]
+RoleKind = Literal["self", "temporal"]
+
+
+class LayoutError(ValueError):
+    """The denoiser call's inputs do not give a token grid (e.g. position ids that are no grid)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleRole:
+    """What one patched attention module attends over, chosen at install time.
+
+    kind: ``self`` = the (image, video or audio) token grid, alone or joint with dense tokens (text,
+        references, registers) in one sequence; ``temporal`` = the frames of one spatial position
+        (motion modules): a 1-D grid of ``frames`` tokens.
+    level: resolution level of a UNet block: its grid is the latent grid ceil-halved ``level`` times.
+    """
+
+    kind: RoleKind = "self"
+    level: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("self", "temporal"):
+            raise ValueError(f"role kind {self.kind!r} is not 'self' or 'temporal'")
+        if self.level < 0:
+            raise ValueError(f"role level {self.level} must be >= 0")
+
+
+SELF = ModuleRole()
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSplit:
+    """One attention sequence of ``S`` tokens: the grid's tokens ``image`` (a contiguous range, in
+    frames-rows-columns order) and every other token (text, references, registers, in ``dense``), which
+    attend and are attended densely."""
+
+    grid: tuple[int, ...]
+    image: slice
+    seq_len: int
+    #: (position, count) of the tokens outside the latent stream when the call showed them as one piece
+    #: before or after it (what later single-stream modules of the same call expect), else None
+    joint: tuple[TextPosition, int] | None = None
+
+    @property
+    def dense(self) -> tuple[slice, ...]:
+        """The ranges outside ``image``, in sequence order (empty for an image-only call)."""
+        parts = (slice(0, self.image.start), slice(self.image.stop, self.seq_len))
+        return tuple(s for s in parts if s.stop > s.start)
+
+    @property
+    def dense_len(self) -> int:
+        return self.seq_len - (self.image.stop - self.image.start)
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
     """Token layout of one denoiser call, recorded by the pre-forward hook.
 
-    grid: image token grid at the finest attention level, ``(H, W)`` or ``(F, H, W)``.
-    text_len: text tokens that joint-attention modules append to the image tokens.
-    text_position: where those text tokens sit in a joint sequence.
-    multiscale: UNets attend at several levels; level ``l`` has the grid ceil-halved ``l`` times.
+    grid: token grid at the finest level, ``(L,)``, ``(H, W)`` or ``(F, H, W)``.
+    stream_len: tokens of the denoiser's own latent stream, the grid plus extras packed with it
+        (reference-image tokens of edit models, a prepended global token); None = just the grid.
+    grid_offset: where the grid starts inside that stream.
+    text_len: text tokens the denoiser received (``encoder_hidden_states.shape[1]``), 0 if none.
+    text_position: where dense tokens sit in a joint sequence when the call itself does not show it
+        (single-stream blocks concatenate outside the attention processor).
+    frames: frames of a video UNet, the grid of its temporal attention.
     """
 
     grid: tuple[int, ...]
+    stream_len: int | None = None
+    grid_offset: int = 0
     text_len: int = 0
     text_position: TextPosition = "none"
-    multiscale: bool = False
+    frames: int = 1
 
-    def image_grid(self, num_image_tokens: int) -> tuple[int, ...] | None:
-        """The grid holding ``num_image_tokens`` tokens, or None if no level matches."""
+    def __post_init__(self) -> None:
+        if not self.grid or any(int(g) < 1 for g in self.grid):
+            raise LayoutError(f"token grid {self.grid} must have 1-3 positive axes")
+        n = math.prod(self.grid)
+        if self.stream_len is not None and not 0 <= self.grid_offset <= self.stream_len - n:
+            raise LayoutError(
+                f"grid {self.grid} ({n} tokens) at offset {self.grid_offset} does not fit a stream of "
+                f"{self.stream_len} tokens"
+            )
+
+    def level_grid(self, role: ModuleRole = SELF) -> tuple[int, ...]:
+        """The grid a module of ``role`` attends over."""
+        if role.kind == "temporal":
+            return (self.frames,)
         grid = self.grid
-        while True:
-            if math.prod(grid) == num_image_tokens:
-                return grid
-            if not self.multiscale or all(g == 1 for g in grid):
-                return None
+        for _ in range(role.level):
             grid = tuple((g + 1) // 2 for g in grid)
+        return grid
 
-    def split(self, seq_len: int) -> tuple[tuple[int, ...], int, int] | None:
-        """For a self-attention sequence of ``seq_len`` tokens: ``(grid, image_start, text_len)``.
+    def split(
+        self,
+        seq_len: int,
+        role: ModuleRole = SELF,
+        segments: tuple[int, ...] | None = None,
+        observed: tuple[TextPosition, int] | None = None,
+    ) -> TokenSplit | str:
+        """Where the grid sits in a sequence of ``seq_len`` tokens, or the reason it cannot be placed.
 
-        ``text_len`` is 0 for image-only modules. None when the length matches no known layout
-        (another plugin changed the token count): the caller then falls back to dense attention.
+        segments: lengths of the pieces the processor concatenated into this sequence (e.g. text
+            then image), when it did so: the piece as long as the latent stream is the image.
+        observed: ``(position, count)`` of dense tokens an earlier module of this call showed, for
+            single-stream blocks that receive the sequence already concatenated.
         """
-        grid = self.image_grid(seq_len)
-        if grid is not None:
-            return grid, 0, 0
-        if self.text_len and self.text_position != "none":
-            grid = self.image_grid(seq_len - self.text_len)
-            if grid is not None:
-                start = self.text_len if self.text_position == "prefix" else 0
-                return grid, start, self.text_len
-        return None
+        grid = self.level_grid(role)
+        n = math.prod(grid)
+        top = role.kind == "self" and role.level == 0
+        stream = self.stream_len if top and self.stream_len is not None else n
+        offset = self.grid_offset if top else 0
+        what = f"the grid {grid} ({n} tokens" + (f" in a stream of {stream})" if stream != n else ")")
+        if seq_len == stream:
+            return TokenSplit(grid, slice(offset, offset + n), seq_len)
+        if seq_len < stream:
+            return f"sequence length {seq_len} is shorter than {what}"
+        if segments is not None and sum(segments) == seq_len:
+            at = [i for i, s in enumerate(segments) if s == stream]
+            if len(at) != 1:
+                return (
+                    f"the sequence concatenates pieces of {list(segments)} tokens; "
+                    f"{'none' if not at else 'more than one'} is {what}"
+                )
+            before = sum(segments[: at[0]])
+            after = seq_len - before - stream
+            joint = None if before and after else ("prefix" if before else "suffix", before + after)
+            return TokenSplit(grid, slice(before + offset, before + offset + n), seq_len, joint)
+        extra = seq_len - stream
+        position, count = observed if observed is not None else (self.text_position, self.text_len)
+        if position == "none" or extra != count:
+            return (
+                f"sequence length {seq_len} is neither {what} nor it plus the {count} dense "
+                f"{'text ' if observed is None else ''}tokens expected here"
+            )
+        start = (extra if position == "prefix" else 0) + offset
+        return TokenSplit(grid, slice(start, start + n), seq_len)
+
+
+def grid_from_ids(ids: torch.Tensor, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """``(grid, grid_len)`` of position ids ``[S, K]`` (or ``[B, S, K]``, batch-equal) whose columns
+    ``spatial`` hold each token's (frame,) row, column.
+
+    The grid is the leading run of tokens that share the other columns (e.g. FLUX Kontext's image
+    index), and must be a row-major mesh of consecutive integers at any offset; tokens after it are
+    extras (reference images). A LayoutError says why otherwise.
+    """
+    if ids.dim() == 3:
+        if ids.shape[0] > 1 and not bool((ids == ids[:1]).all()):
+            raise LayoutError("position ids differ across the batch")
+        ids = ids[0]
+    if ids.dim() != 2 or ids.shape[0] == 0:
+        raise LayoutError(f"position ids of shape {tuple(ids.shape)} are not [S, K]")
+    ids = ids.detach().to("cpu", torch.float64)
+    if not bool((ids == ids.round()).all()):
+        raise LayoutError("position ids are not integers (scaled or interpolated positions)")
+    others = [c for c in range(ids.shape[1]) if c not in spatial]
+    same = (ids[:, others] == ids[:1, others]).all(dim=1) if others else torch.ones(len(ids), dtype=torch.bool)
+    run = int(same.long().cumprod(0).sum())
+    lead = ids[:run][:, list(spatial)].long()
+    lo, hi = lead.min(0).values, lead.max(0).values
+    grid = tuple(int(x) for x in hi - lo + 1)
+    mesh = torch.stack(torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij"), -1).reshape(-1, len(grid))
+    if math.prod(grid) != run or not torch.equal(lead - lo, mesh):
+        raise LayoutError(
+            f"position ids of the first {run} tokens do not form a row-major grid of consecutive integers "
+            f"(span {grid}, {math.prod(grid)} cells)"
+        )
+    return grid, run

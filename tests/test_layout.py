@@ -1,35 +1,99 @@
-"""TokenLayout: which grid and text span a sequence length belongs to."""
+"""TokenLayout.split: where the grid sits in one call's sequence, by module role, never by token count."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
-from diffattn.layout import TokenLayout
+from diffattn.layout import LayoutError, ModuleRole, TokenLayout, grid_from_ids
+
+
+@pytest.mark.parametrize("level,expected", [(0, (15, 17)), (1, (8, 9)), (2, (4, 5)), (3, (2, 3)), (5, (1, 1))])
+def test_unet_levels_are_ceil_halved(level, expected):
+    layout = TokenLayout(grid=(15, 17))
+    split = layout.split(expected[0] * expected[1], ModuleRole("self", level=level))
+    assert split.grid == expected and split.image == slice(0, expected[0] * expected[1]) and not split.dense
+
+
+def test_a_level_is_not_guessed_from_the_token_count():
+    """72 tokens are level 1 of a 15x17 latent; a level-2 module seeing 72 tokens falls back with a reason."""
+    assert isinstance(TokenLayout(grid=(15, 17)).split(72, ModuleRole("self", level=2)), str)
+
+
+def test_temporal_attention_is_1d_over_frames():
+    """4 frames must not match a 2x2 spatial level: the temporal role gives a 1-D grid of frames."""
+    layout = TokenLayout(grid=(4, 4), frames=4)
+    assert layout.split(4, ModuleRole("temporal")).grid == (4,)
+    assert isinstance(layout.split(16, ModuleRole("temporal")), str)
 
 
 @pytest.mark.parametrize(
-    "seq,expected", [(255, (15, 17)), (72, (8, 9)), (20, (4, 5)), (6, (2, 3)), (1, (1, 1)), (100, None)]
-)
-def test_unet_levels_are_ceil_halved(seq, expected):
-    layout = TokenLayout(grid=(15, 17), multiscale=True)
-    assert layout.image_grid(seq) == expected
-
-
-@pytest.mark.parametrize(
-    "position,seq,expected",
+    "position,seq,image,dense",
     [
-        ("prefix", 96 + 16, ((8, 12), 16, 16)),
-        ("suffix", 96 + 16, ((8, 12), 0, 16)),
-        ("prefix", 96, ((8, 12), 0, 0)),  # an image-only module of a joint model
-        ("suffix", 96 + 15, None),  # token count changed by another plugin -> dense fallback
+        ("prefix", 96 + 16, slice(16, 112), (slice(0, 16),)),
+        ("suffix", 96 + 16, slice(0, 96), (slice(96, 112),)),
+        ("prefix", 96, slice(0, 96), ()),  # an image-only module of a joint model
     ],
 )
-def test_joint_sequences_split_into_image_and_text(position, seq, expected):
-    layout = TokenLayout(grid=(8, 12), text_len=16, text_position=position)
-    assert layout.split(seq) == expected
+def test_joint_sequences_split_into_image_and_dense_tokens(position, seq, image, dense):
+    split = TokenLayout(grid=(8, 12), text_len=16, text_position=position).split(seq)
+    assert split.grid == (8, 12) and split.image == image and split.dense == dense
 
 
-def test_video_grid_is_not_multiscale():
-    layout = TokenLayout(grid=(3, 6, 8))
-    assert layout.split(144) == ((3, 6, 8), 0, 0)
-    assert layout.split(36) is None
+@pytest.mark.parametrize("seq", [96 + 15, 95, 96 + 17])
+def test_unexpected_length_gives_a_reason(seq):
+    reason = TokenLayout(grid=(8, 12), text_len=16, text_position="suffix").split(seq)
+    assert isinstance(reason, str) and str(seq) in reason
+
+
+def test_concatenated_pieces_place_the_stream_and_its_extras():
+    """[text 7, target 3x5 + reference 9]: the piece as long as the latent stream is the image; the
+    reference tokens after the grid and the text before it are dense."""
+    layout = TokenLayout(grid=(3, 5), stream_len=24, text_len=7)
+    split = layout.split(31, segments=(7, 24))
+    assert split.image == slice(7, 22) and split.dense == (slice(0, 7), slice(22, 31))
+    assert split.joint == ("prefix", 7)  # what single-stream modules of this call expect outside the stream
+    assert isinstance(layout.split(31, segments=(24, 7)).image, slice)
+    assert isinstance(layout.split(31, segments=(10, 21)), str)
+
+
+def test_observed_placement_serves_single_stream_modules():
+    layout = TokenLayout(grid=(4, 4), text_len=5, text_position="suffix")
+    joint = layout.split(21, segments=(5, 16)).joint
+    assert joint == ("prefix", 5)
+    assert layout.split(21, observed=joint).image == slice(5, 21)
+
+
+def test_prefixed_stream_token():
+    """Audio DiTs prepend a global token to the latent stream: the grid starts after it."""
+    split = TokenLayout(grid=(16,), stream_len=17, grid_offset=1).split(17)
+    assert split.image == slice(1, 17) and split.dense == (slice(0, 1),)
+
+
+def _mesh(rows: int, cols: int, row0: int = 0, col0: int = 0, index: int = 0) -> torch.Tensor:
+    r, c = torch.meshgrid(torch.arange(rows) + row0, torch.arange(cols) + col0, indexing="ij")
+    return torch.stack([torch.full_like(r, index), r, c], -1).reshape(-1, 3).float()
+
+
+@pytest.mark.parametrize("row0,col0", [(0, 0), (5, 3)], ids=["zero-based", "offset"])
+def test_ids_grid_any_offset(row0, col0):
+    assert grid_from_ids(_mesh(3, 7, row0, col0), (1, 2)) == ((3, 7), 21)
+
+
+def test_ids_grid_with_reference_tokens_after_it():
+    ids = torch.cat([_mesh(3, 4), _mesh(2, 2, index=1)])
+    assert grid_from_ids(ids, (1, 2)) == ((3, 4), 12)
+
+
+@pytest.mark.parametrize(
+    "ids,why",
+    [
+        (_mesh(3, 4)[torch.randperm(12, generator=torch.Generator().manual_seed(0))], "row-major"),
+        (_mesh(3, 4) * 0.5, "not integers"),
+        (torch.cat([_mesh(2, 4), _mesh(1, 3, row0=2)]), "row-major"),
+    ],
+    ids=["shuffled", "scaled", "ragged"],
+)
+def test_ids_that_are_no_grid_give_a_reason(ids, why):
+    with pytest.raises(LayoutError, match=why):
+        grid_from_ids(ids, (1, 2))

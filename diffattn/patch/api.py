@@ -93,9 +93,9 @@ def apply_attention(
             records.append(SetAttr(denoiser, "forward", rt.make_forward(denoiser.forward)))
         prefix = f"{attr}." if attr else ""
         for kind in sorted(kinds, key=("self", "cross").index):
-            targets = [(prefix + n, m) for n, m in attention_modules(denoiser, adapter, kind) if keep(prefix + n)]
-            for index, (name, module) in enumerate(targets):
-                patched = _PatchedAttention(name, _unpatched_processor(module), rt, index=index, kind=kind)
+            targets = [(prefix + n, m, r) for n, m, r in attention_modules(denoiser, adapter, kind) if keep(prefix + n)]
+            for index, (name, module, role) in enumerate(targets):
+                patched = _PatchedAttention(name, _unpatched_processor(module), rt, index=index, kind=kind, role=role)
                 swaps.append(ProcessorSwap(module, make_wrapper(patched)))
     if not swaps:
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""

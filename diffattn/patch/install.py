@@ -61,6 +61,13 @@ class AttentionHandle:
     def fallback_calls(self) -> int:
         return sum(s.fallback for s in self.stats().values())
 
+    def summary(self) -> str:
+        """A table per patched module: family, kind, grid and extra tokens seen, method, bound, counts
+        (`diffattn.inspect.summary`); warns about modules that ran but never sparse."""
+        from ..inspect import summary
+
+        return summary(self)
+
     def reset_state(self) -> None:
         """Start a new generation for the calling thread: drop its method state now (the pipeline's own
         calls do this by themselves; for a bare denoiser this is the way)."""

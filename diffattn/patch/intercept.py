@@ -1,13 +1,13 @@
 """The attention call itself: a wrapped processor runs the original one under a ``TorchFunctionMode``
 that routes its one ``F.scaled_dot_product_attention`` call to the method, after splitting the
-sequence into image grid and text tokens; anything unexpected falls back to dense, loudly, counted."""
+sequence into the token grid and dense tokens (`split`); anything unexpected falls back to dense, loudly, counted."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ..layout import SELF, ModuleRole
 from ..methods import AttendCall, ModuleCall
 from ..methods.lifecycle import AttentionKind
 from ..parallel import gathered_order, ulysses_of
 from .runtime import CallStats
+from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
 
 if TYPE_CHECKING:
     from .runtime import _Runtime
@@ -32,12 +34,18 @@ class _Interceptor(TorchFunctionMode):
     def __init__(self, target: _PatchedAttention) -> None:
         super().__init__()
         self.target = target
+        self.cats: list[SeqCat] = []  # this run's sequence concatenations (per run: threads share the module)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            return self.target.attend(func, args, kwargs)
-        return func(*args, **kwargs)
+            return self.target.attend(func, args, kwargs, self.cats)
+        out = func(*args, **kwargs)
+        if func is torch.cat:  # layout (issue 10): how the processor joins text and image tokens
+            cat = seq_cat(args, kwargs, out)
+            if cat is not None:
+                self.cats.append(cat)
+        return out
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -51,15 +59,22 @@ class _PatchedAttention:
     """
 
     def __init__(
-        self, name: str, original: Any, runtime: _Runtime, index: int = 0, kind: AttentionKind = "self"
+        self,
+        name: str,
+        original: Any,
+        runtime: _Runtime,
+        index: int = 0,
+        kind: AttentionKind = "self",
+        role: ModuleRole | None = SELF,
     ) -> None:
         self.name = name
         self.index = index
         self.kind = kind
+        self.role = role or SELF  # layout (issue 10): the grid this module attends over
         self.original = original
         self.runtime = runtime
         self.signature = inspect.signature(original.__call__)
-        runtime.stats.setdefault(name, CallStats())
+        runtime.stats.setdefault(name, CallStats(kind=kind))
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         ulysses_of(getattr(self.original, "_parallel_config", None))  # ring: a clear error before any collective
@@ -118,8 +133,9 @@ class _PatchedAttention:
             logger.warning("diffattn: %s falls back to dense attention: %s", self.name, reason)
         return func(*args, **kwargs)
 
-    def attend(self, func: Callable, args: tuple, kwargs: dict[str, Any]) -> Tensor:
-        """Replace ``F.scaled_dot_product_attention(q, k, v, ...)`` on ``[B, H, S, D]`` tensors."""
+    def attend(self, func: Callable, args: tuple, kwargs: dict[str, Any], cats: Sequence[SeqCat] = ()) -> Tensor:
+        """Replace ``F.scaled_dot_product_attention(q, k, v, ...)`` on ``[B, H, S, D]`` tensors; ``cats``: the
+        sequence concatenations the processor made before it."""
         rt = self.runtime
         p = dict(zip(_SDPA_PARAMS, args))
         p.update(kwargs)
@@ -127,68 +143,67 @@ class _PatchedAttention:
         if rt.method.passthrough or not rt.active:
             rt.stats[self.name].dense += 1
             return func(*args, **kwargs)
-        layout = rt.layout
-        if layout is None:
-            return self._fallback(func, args, kwargs, "no token layout recorded for this call")
-        if q.shape[-2] != k.shape[-2] or q.shape[1] != k.shape[1]:
-            return self._fallback(
-                func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in length or heads"
-            )
+        # layout (issue 10): grouped-query heads, image-only queries over image + dense keys, masks
+        # that are the same for every image query
+        hq, hk = q.shape[1], k.shape[1]
+        if hq != hk and (hq % hk or v.shape[1] != hk):
+            return self._fallback(func, args, kwargs, f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in heads")
         if p.get("is_causal") or p.get("dropout_p", 0.0):
             return self._fallback(func, args, kwargs, "causal or dropout attention")
-        seq = q.shape[-2]
-        split = layout.split(seq)
-        if split is None:
-            return self._fallback(
-                func,
-                args,
-                kwargs,
-                f"sequence length {seq} matches neither the grid {layout.grid} "
-                f"nor it plus {layout.text_len} text tokens",
-            )
-        grid, start, text_len = split
+        seq = k.shape[-2]
         perm = None
         ulysses = ulysses_of(getattr(self.original, "_parallel_config", None))
-        if ulysses is not None and text_len:
+        layout = rt.layout
+        if ulysses is not None and layout is not None and layout.text_len and q.shape[-2] == seq:
+            text_len = layout.text_len
             if not rt.text_split:
                 return self._fallback(
-                    func,
-                    args,
-                    kwargs,
+                    func, args, kwargs,
                     "under context parallelism the text is not split per rank along its sequence; "
                     "the order of the gathered joint sequence is unknown",
                 )
-            perm = gathered_order(text_len, seq - text_len, start > 0, ulysses)
+            perm = gathered_order(text_len, seq - text_len, layout.text_position == "prefix", ulysses)
             if perm is None:
                 return self._fallback(
-                    func,
-                    args,
-                    kwargs,
+                    func, args, kwargs,
                     f"{text_len} text and {seq - text_len} image tokens cannot be split into "
                     f"{ulysses.degree} chunks as diffusers does",
                 )
-            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order
+            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order. The
+            # processor's own concatenations were of per-rank chunks, so they say nothing here.
             perm = perm.to(q.device)
             q, k, v = (t.index_select(2, perm) for t in (q, k, v))
             mask = p.get("attn_mask")
             if mask is not None and mask.shape[-1] == seq:
                 p["attn_mask"] = mask.index_select(-1, perm)
-        key_valid = _key_padding(p.get("attn_mask"), q.shape[0], seq)
+            cats = ()
+        split = split_of(rt, self.role, cats, seq)
+        if isinstance(split, str):
+            return self._fallback(func, args, kwargs, split)
+        grid, img, dense = split.grid, split.image, split.dense
+        q_rows = seq
+        if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
+            if q.shape[-2] != img.stop - img.start:
+                return self._fallback(
+                    func, args, kwargs, f"{q.shape[-2]} queries are neither the {seq} keys nor the grid {grid}"
+                )
+            q_rows = q.shape[-2]
+            q = F.pad(q, (0, 0, img.start, seq - img.stop))  # [B, H, S, D]; only the image rows are read
+        key_valid = key_padding(p.get("attn_mask"), q.shape[0], seq, img)
         if key_valid is False:
             return self._fallback(
                 func, args, kwargs, f"attention mask of shape {tuple(p['attn_mask'].shape)} is not a key-padding mask"
             )
-        n_img = seq - text_len
-        img = slice(start, start + n_img)
-        txt = slice(0, start) if start else slice(n_img, seq)
         if isinstance(key_valid, Tensor) and not bool(key_valid[:, img].all()):
             return self._fallback(func, args, kwargs, "the attention mask hides image tokens")
+        if hq != hk:
+            k, v = (t.repeat_interleave(hq // hk, dim=1) for t in (k, v))
         qs, ks, vs = (t.transpose(1, 2) for t in (q, k, v))  # [B, S, H, D] views
         call = AttendCall(
             grid=grid,
-            extra_k=ks[:, txt] if text_len else None,
-            extra_v=vs[:, txt] if text_len else None,
-            extra_mask=key_valid[:, txt] if text_len and isinstance(key_valid, Tensor) else None,
+            extra_k=dense_part(ks, 1, dense) if dense else None,
+            extra_v=dense_part(vs, 1, dense) if dense else None,
+            extra_mask=dense_part(key_valid, 1, dense) if dense and isinstance(key_valid, Tensor) else None,
             scale=p.get("scale"),
             backend=rt.backend,
             layer=self.name,
@@ -200,28 +215,17 @@ class _PatchedAttention:
             layout=layout,
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
-        rt.stats[self.name].sparse += 1
-        if not text_len:
+        stats = rt.stats[self.name]
+        stats.sparse, stats.grid, stats.extra = stats.sparse + 1, grid, seq - (img.stop - img.start)
+        if not dense or q_rows != seq:
             return out_img
-        # text queries stay dense over every key, with the model's own mask
-        text_kwargs = {k2: p[k2] for k2 in ("attn_mask", "scale") if p.get(k2) is not None}
-        out_txt = func(q[:, :, txt], k, v, **text_kwargs)
-        parts = (out_txt, out_img) if start else (out_img, out_txt)
-        out = torch.cat(parts, dim=2)
+        # dense queries (text, references, registers) attend every key, with the model's own mask
+        mask = p.get("attn_mask")
+        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
+            mask = dense_part(mask, mask.dim() - 2, dense)
+        dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
+        out_dense = func(dense_part(q, 2, dense), k, v, attn_mask=mask, **dense_kwargs)
+        before = img.start  # dense tokens ahead of the grid
+        parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
+        out = torch.cat([t for t in parts if t.shape[2]], dim=2)
         return out if perm is None else out.index_select(2, torch.argsort(perm))  # back to the gathered order
-
-
-def _key_padding(mask: Tensor | None, batch: int, seq: int) -> Tensor | None | bool:
-    """``[B, S]`` bool validity of keys if ``mask`` only pads keys; None if no mask; False if the
-    mask is of another kind (per-query masks, soft biases)."""
-    if mask is None:
-        return None
-    if mask.shape[-1] != seq or mask.numel() not in (seq, batch * seq):
-        return False
-    flat = mask.reshape(-1, seq).expand(batch, seq)
-    if flat.dtype == torch.bool:
-        return flat
-    valid = flat == 0
-    if not bool((flat[~valid] <= -1e4).all()):
-        return False
-    return valid

@@ -209,7 +209,7 @@ class ProcessorSwap:
     def apply(self) -> None:
         had = hasattr(self.original, "_attention_backend")
         self._backend = (had, getattr(self.original, "_attention_backend", None))
-        self.module.set_processor(self.wrapper)
+        _set_processor(self.module, self.wrapper)
         if had:
             self.original._attention_backend = _native_backend()
 
@@ -219,9 +219,17 @@ class ProcessorSwap:
             self.original._attention_backend = value
         current = self.module.processor
         if getattr(current, "diffattn_patch", None) is not None and current.diffattn_patch.original is self.original:
-            self.module.set_processor(self.original)
+            _set_processor(self.module, self.original)
         else:
             logger.warning("diffattn: the processor of %s was replaced after patching; leaving it", self.module)
+
+
+def _set_processor(module: nn.Module, processor: Any) -> None:
+    """``module.set_processor``; plain assignment for attention classes without it (Mochi; layout, issue 10)."""
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
 
 
 def _native_backend() -> Any:

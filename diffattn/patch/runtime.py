@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..kernels import Backend
-from ..layout import TokenLayout
+from ..layout import LayoutError, TokenLayout
 from ..methods import AttentionMethod, Branch, DenoiserCall
 from ..methods.lifecycle import UNKNOWN_BRANCH
 from ..models import FamilyAdapter
@@ -33,6 +33,9 @@ class CallStats:
     cross: int = 0  # cross-attention calls that ran the module
     cross_cached: int = 0  # cross-attention calls the method answered without running the module
     cached: int = 0  # self-attention calls the method answered without running the module
+    kind: str = "self"  # "self" (the grid, maybe joint with dense tokens) or "cross"
+    grid: tuple[int, ...] | None = None  # the grid of the last sparse call
+    extra: int = 0  # dense (text, reference, register) keys of the last sparse call
 
 
 @dataclass
@@ -61,7 +64,12 @@ class _Runtime:
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = self.adapter.bind(module, args, kwargs)
         local = self.local
-        local.layout = self.adapter.read_layout(module, call)
+        # layout (issue 10): a call without a readable grid runs dense, counted, with the reason
+        try:
+            local.layout, local.why = self.adapter.read_layout(module, call), ""
+        except (LayoutError, KeyError, TypeError, IndexError) as e:
+            local.layout, local.why = None, f"no token grid for this call: {e}"
+        local.observed = None  # (position, count) of the dense tokens a joint module of this call showed
         t = self.adapter.read_timestep(call)
         local.timestep = None if t is None else float(t.flatten()[0]) * self.adapter.timestep_scale
         local.step = self._step_index(local.timestep)
@@ -151,6 +159,11 @@ class _Runtime:
     @property
     def layout(self) -> TokenLayout | None:
         return getattr(self.local, "layout", None)
+
+    @property
+    def why(self) -> str:
+        """Why this call has no layout (the fallback reason)."""
+        return getattr(self.local, "why", "") or "no token layout recorded for this call"
 
     @property
     def active(self) -> bool:

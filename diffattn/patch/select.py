@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..layout import ModuleRole
 from ..models import FamilyAdapter, family_key
 from ..presets import Preset, resolve_preset
 
@@ -56,19 +57,28 @@ def denoisers_of(target: Any) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def attention_modules(denoiser: nn.Module, adapter: FamilyAdapter, kind: str = "self") -> list[tuple[str, nn.Module]]:
-    """``[(name, module)]`` of the denoiser's self-attention modules (as the adapter defines them) or
-    of its separate cross-attention modules (``is_cross_attention``, or ``attn2`` that is not self-attention)."""
-    found = []
+def attention_modules(
+    denoiser: nn.Module, adapter: FamilyAdapter, kind: str = "self"
+) -> list[tuple[str, nn.Module, ModuleRole | None]]:
+    """``[(name, module, role)]`` of the attention modules over the denoiser's token grid (the modules the
+    adapter gives a ``self`` role) or, for ``kind="cross"``, of its separate cross-attention modules: those
+    the adapter gives no role and that are ``is_cross_attention`` or named ``attn2`` / ``*cross_attn*``
+    (role None). Temporal attention (1-D over frames) is neither: it stays dense (layout, issue 10)."""
+    found: list[tuple[str, nn.Module, ModuleRole | None]] = []
     for name, m in denoiser.named_modules():
-        if not (hasattr(m, "set_processor") and hasattr(m, "processor")):
+        if not (hasattr(m, "processor") and callable(m.processor)):
             continue
-        is_self = adapter.is_self_attention(name, m)
-        if kind == "self" and is_self:
-            found.append((name, m))
-        elif kind == "cross" and not is_self and (getattr(m, "is_cross_attention", False) or name.endswith("attn2")):
-            found.append((name, m))
+        role = adapter.role(denoiser, name, m)
+        if kind == "self" and role is not None and role.kind == "self":
+            found.append((name, m, role))
+        elif kind == "cross" and role is None and _is_cross(name, m):
+            found.append((name, m, None))
     return found
+
+
+def _is_cross(name: str, module: nn.Module) -> bool:
+    named = name.endswith(("attn2", "cross_attn", "cross_attention"))
+    return named or bool(getattr(module, "is_cross_attention", False))
 
 
 def layer_filter(layers: LayerSpec) -> Callable[[str], bool]:
