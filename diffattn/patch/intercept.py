@@ -151,35 +151,33 @@ class _PatchedAttention:
         if p.get("is_causal") or p.get("dropout_p", 0.0):
             return self._fallback(func, args, kwargs, "causal or dropout attention")
         seq = k.shape[-2]
+        split = split_of(rt, self.role, cats, seq)
+        if isinstance(split, str):
+            return self._fallback(func, args, kwargs, split)
         perm = None
         ulysses = ulysses_of(getattr(self.original, "_parallel_config", None))
-        layout = rt.layout
-        if ulysses is not None and layout is not None and layout.text_len and q.shape[-2] == seq:
-            text_len = layout.text_len
-            if not rt.text_split:
+        if ulysses is not None and split.dense_len and q.shape[-2] == seq:
+            text_len, text_first = split.dense_len, split.image.start > 0
+            if not rt.text_split or (text_first and split.image.stop < seq):
                 return self._fallback(
                     func, args, kwargs,
-                    "under context parallelism the text is not split per rank along its sequence; "
-                    "the order of the gathered joint sequence is unknown",
+                    "under context parallelism the text is not split per rank along its sequence (or sits on both "
+                    "sides of the grid); the order of the gathered joint sequence is unknown",
                 )
-            perm = gathered_order(text_len, seq - text_len, layout.text_position == "prefix", ulysses)
+            perm = gathered_order(text_len, seq - text_len, text_first, ulysses)
             if perm is None:
                 return self._fallback(
                     func, args, kwargs,
                     f"{text_len} text and {seq - text_len} image tokens cannot be split into "
                     f"{ulysses.degree} chunks as diffusers does",
                 )
-            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order. The
-            # processor's own concatenations were of per-rank chunks, so they say nothing here.
+            # Ulysses concatenated the ranks' [txt_r, img_r] chunks: back to the model's order (the
+            # split above is already in that order: the processor's own concatenations were per rank)
             perm = perm.to(q.device)
             q, k, v = (t.index_select(2, perm) for t in (q, k, v))
             mask = p.get("attn_mask")
             if mask is not None and mask.shape[-1] == seq:
                 p["attn_mask"] = mask.index_select(-1, perm)
-            cats = ()
-        split = split_of(rt, self.role, cats, seq)
-        if isinstance(split, str):
-            return self._fallback(func, args, kwargs, split)
         grid, img, dense = split.grid, split.image, split.dense
         q_rows = seq
         if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
@@ -212,7 +210,7 @@ class _PatchedAttention:
             step=rt.step,
             branch=rt.branch,
             state=rt.layer_state(self.name),
-            layout=layout,
+            layout=rt.layout,
         )
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         stats = rt.stats[self.name]
