@@ -14,7 +14,8 @@ gr = pytest.importorskip("gradio", reason="the demo needs the 'demo' extra (pip 
 
 from diffattn import demo, list_methods  # noqa: E402
 
-MODEL = "tiny-pixart-alpha"  # random weights: fast; the embedded model is exercised by test_tiny_model
+MODEL = "tiny"  # the embedded trained model (the demo's default): the scorer's accuracy shows up too
+RANDOM = "tiny-pixart-alpha"  # random weights, for what needs no trained model
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -41,7 +42,7 @@ def test_knob_parsing_blank_is_unset_and_bad_values_are_named():
 
 
 def test_build_demo_does_not_launch():
-    blocks = demo.build_demo(MODEL)
+    blocks = demo.build_demo(RANDOM)
     assert isinstance(blocks, gr.Blocks)
     assert not getattr(blocks, "is_running", False)
 
@@ -50,7 +51,7 @@ def test_generate_leaves_the_pipeline_unpatched_on_error():
     pipe = demo.load_pipeline(MODEL)
     before = {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
     with pytest.raises(ValueError, match="window"):
-        demo.generate(MODEL, "gna", {"window": 0}, "a red fox", 32, 32, 2, 0)
+        demo.generate(MODEL, "gna", {"window": 0}, "a red ring on a blue background", 32, 32, 2, 0)
     after = {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
     assert all(after[n] is p for n, p in before.items())
 
@@ -76,13 +77,14 @@ def test_client_generates_and_survives_a_bad_knob(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = (MODEL, "gna", json.dumps({"window": 4}), "a red fox", 32, 32, 2, 0)
+    args = (MODEL, "gna", json.dumps({"window": 4}), "a red circle on a blue background", 32, 32, 4, 0)
     dense, fast, speedup, summary = client.predict(*args, api_name="/generate")
     assert Path(dense).is_file() and Path(fast).is_file()
     assert isinstance(speedup, float) and speedup > 0
-    assert "PSNR" in summary and "sparse" in summary
+    assert "PSNR" in summary and "sparse" in summary and "scorer accuracy" in summary
     with pytest.raises(Exception, match="window=0 must be >= 1"):
-        client.predict(MODEL, "gna", json.dumps({"window": 0}), "a red fox", 32, 32, 2, 0, api_name="/generate")
+        client.predict(MODEL, "gna", json.dumps({"window": 0}), "a red ring on a blue background", 32, 32, 4, 0,
+                       api_name="/generate")
     table = client.predict(*args, api_name="/inspect")  # still answering after the error
     assert "transformer.transformer_blocks.0.attn1" in table
 
@@ -101,11 +103,10 @@ def test_real_browser_generates_and_screenshots(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server, wait_until="domcontentloaded")
         page.wait_for_selector("#generate", timeout=60_000)
-        page.get_by_label("model").fill(MODEL)
         page.get_by_label("window (default: required; blank = preset)").fill("4,4")
         page.get_by_label("height").fill("32")
         page.get_by_label("width").fill("32")
-        page.get_by_label("steps").fill("2")
+        page.get_by_label("steps").fill("8")
         page.locator("#generate").click()
         page.wait_for_selector("#dense-image img", timeout=120_000)
         page.wait_for_selector("#fast-image img", timeout=120_000)
