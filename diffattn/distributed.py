@@ -13,6 +13,9 @@ import torch.distributed as dist
 
 from .patch import CallStats
 
+#: the CallStats fields that count calls (summed over processes); the others describe the module
+COUNTS = ("sparse", "fallback", "dense", "cross", "cross_cached", "cached")
+
 __all__ = ["gather_stats"]
 
 
@@ -30,8 +33,11 @@ def gather_stats(handle: Any) -> dict[str, CallStats]:
         gathered = [mine]
     total: dict[str, CallStats] = {}
     for stats in gathered:
-        for name, counts in stats.items():
+        for name, values in stats.items():
             s = total.setdefault(name, CallStats())
-            for f, n in zip(dataclasses.fields(CallStats), counts):
-                setattr(s, f.name, getattr(s, f.name) + n)
+            for f, value in zip(dataclasses.fields(CallStats), values):
+                if f.name in COUNTS:
+                    setattr(s, f.name, getattr(s, f.name) + value)
+                elif value not in (None, 0) or getattr(s, f.name) is None:  # what a module is: any rank's
+                    setattr(s, f.name, value)
     return total
