@@ -81,6 +81,9 @@ class TokenLayout:
     text_position: where dense tokens sit in a joint sequence when the call itself does not show it
         (single-stream blocks concatenate outside the attention processor).
     frames: frames of a video UNet, the grid of its temporal attention.
+    multiscale: a UNet, whose blocks may run below their nominal level (HiDiffusion's RAU-Net
+        downsamples early): a spatial sequence shorter than its level's grid is read as the deepest
+        ceil-halving of that grid with exactly as many tokens.
     """
 
     grid: tuple[int, ...]
@@ -89,6 +92,7 @@ class TokenLayout:
     text_len: int = 0
     text_position: TextPosition = "none"
     frames: int = 1
+    multiscale: bool = False
 
     def __post_init__(self) -> None:
         if not self.grid or any(int(g) < 1 for g in self.grid):
@@ -132,6 +136,11 @@ class TokenLayout:
         if seq_len == stream:
             return TokenSplit(grid, slice(offset, offset + n), seq_len)
         if seq_len < stream:
+            deeper = grid
+            while self.multiscale and role.kind == "self" and math.prod(deeper) > seq_len:
+                deeper = tuple((g + 1) // 2 for g in deeper)
+            if self.multiscale and role.kind == "self" and math.prod(deeper) == seq_len:
+                return TokenSplit(deeper, slice(0, seq_len), seq_len)
             return f"sequence length {seq_len} is shorter than {what}"
         if segments is not None and sum(segments) == seq_len:
             at = [i for i, s in enumerate(segments) if s == stream]

@@ -97,3 +97,12 @@ def test_ids_grid_with_reference_tokens_after_it():
 def test_ids_that_are_no_grid_give_a_reason(ids, why):
     with pytest.raises(LayoutError, match=why):
         grid_from_ids(ids, (1, 2))
+
+
+def test_unet_blocks_below_their_level_read_the_deeper_grid():
+    """RAU-Net downsamples early: a UNet block may see its level's grid ceil-halved again (never a DiT)."""
+    unet = TokenLayout((15, 17), multiscale=True)
+    split = unet.split(20, ModuleRole("self", level=1))  # level 1 is 8x9; the block ran at 4x5
+    assert not isinstance(split, str) and split.grid == (4, 5) and split.image == slice(0, 20)
+    assert isinstance(unet.split(30, ModuleRole("self", level=1)), str)  # 30 is no ceil-halving of 8x9
+    assert isinstance(TokenLayout((15, 17)).split(72), str)  # a DiT's grid is never guessed from a count

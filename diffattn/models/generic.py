@@ -140,7 +140,7 @@ class UNetGridAdapter(_Configured):
             frames = x.shape[2]
         elif self.axes == "fchw":
             frames = x.shape[1]
-        return TokenLayout(grid=(int(x.shape[-2]), int(x.shape[-1])), frames=int(frames))
+        return TokenLayout(grid=(int(x.shape[-2]), int(x.shape[-1])), frames=int(frames), multiscale=True)
 
     def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
         role = super().role(denoiser, name, module)
