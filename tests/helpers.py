@@ -37,6 +37,19 @@ def attention_state(pipe) -> dict:
     }
 
 
+def fail_set_processor(monkeypatch, victim, when=lambda processor: True) -> None:
+    """Make ``victim.set_processor`` raise "injected failure" when it is handed a diffattn wrapper for
+    which ``when(wrapper)`` holds (undo with ``monkeypatch.undo()``); every other call goes through."""
+    original_set = type(victim).set_processor
+
+    def failing(self, processor):
+        if self is victim and getattr(processor, "diffattn_patch", None) is not None and when(processor):
+            raise RuntimeError("injected failure")
+        return original_set(self, processor)
+
+    monkeypatch.setattr(type(victim), "set_processor", failing)
+
+
 def make_method(name: str, **knobs) -> AttentionMethod:
     """A registered method instance with a config built from ``knobs``."""
     cls = get_method(name)

@@ -9,7 +9,7 @@ import torch
 import diffattn
 from diffattn.tiny import tiny_output
 
-from .helpers import attention_state, denoiser
+from .helpers import attention_state, denoiser, fail_set_processor
 
 FAMILIES = ["tiny-sd", "tiny-flux", "tiny-wan"]  # attention_processor processors and dispatch ones
 pytestmark = pytest.mark.parametrize("tiny", FAMILIES, indirect=True)
@@ -29,14 +29,7 @@ def test_failing_set_processor_rolls_back(tiny, position, monkeypatch):
     targets = _self_attention(pipe)
     victim = targets[{"first": 0, "middle": len(targets) // 2, "last": -1}[position]]
     before = attention_state(pipe)
-    original_set = type(victim).set_processor
-
-    def failing(self, processor):
-        if self is victim and getattr(processor, "diffattn_patch", None) is not None:
-            raise RuntimeError("injected failure")
-        return original_set(self, processor)
-
-    monkeypatch.setattr(type(victim), "set_processor", failing)
+    fail_set_processor(monkeypatch, victim)
     with pytest.raises(RuntimeError, match="injected failure"):
         diffattn.apply_attention(pipe, "gna", window=3)
     monkeypatch.undo()
@@ -65,15 +58,9 @@ def test_failed_reapply_keeps_previous_patch_intact(tiny, monkeypatch):
     patched_state = attention_state(pipe)
     patched = tiny_output(pipe, name)
     victim = _self_attention_while_patched(pipe, first)
-    original_set = type(victim).set_processor
-
-    def failing(self, processor):
-        if self is victim and getattr(processor, "diffattn_patch", None) is not None:
-            if processor.diffattn_patch.runtime.method is not first.method:
-                raise RuntimeError("injected failure")
-        return original_set(self, processor)
-
-    monkeypatch.setattr(type(victim), "set_processor", failing)
+    fail_set_processor(
+        monkeypatch, victim, when=lambda wrapper: wrapper.diffattn_patch.runtime.method is not first.method
+    )
     with pytest.raises(RuntimeError, match="injected failure"):
         diffattn.apply_attention(pipe, "gna", window=5)
     monkeypatch.undo()

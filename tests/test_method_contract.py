@@ -25,7 +25,7 @@ from diffattn.methods import AttendCall, get_method, list_methods
 from diffattn.models import find_adapter
 from diffattn.tiny import tiny_output
 
-from .helpers import attention_state, denoiser, processors, random_qkv, random_text, same_objects
+from .helpers import attention_state, denoiser, fail_set_processor, processors, random_qkv, random_text, same_objects
 
 METHODS = list_methods()
 GRIDS = [(13,), (7, 9), (3, 5, 6)]
@@ -75,14 +75,7 @@ def test_failed_apply_then_apply_run_remove_is_bit_exact(tiny, method, monkeypat
     victim = modules[targets.modules[len(targets.modules) // 2][len(prefix) :]]
 
     # atomic: a failure half-way through installing leaves everything as it was
-    original_set = type(victim).set_processor
-
-    def failing(self, processor):
-        if self is victim and getattr(processor, "diffattn_patch", None) is not None:
-            raise RuntimeError("injected failure")
-        return original_set(self, processor)
-
-    monkeypatch.setattr(type(victim), "set_processor", failing)
+    fail_set_processor(monkeypatch, victim)
     with pytest.raises(RuntimeError, match="injected failure"):
         diffattn.apply_attention(pipe, method, preset=False, **knobs)
     monkeypatch.undo()
