@@ -222,23 +222,13 @@ def _describe_patch(pipe: Any, method: str, knobs: dict[str, Any], *, height: in
     return "\n".join([head, "", "| module |", "|---|", *rows])
 
 
-def _to_pil(image: torch.Tensor) -> Any:
-    from PIL import Image
-
-    from .report.quality import as_batch
-
-    array = (as_batch(image)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    picture = Image.fromarray(array)
-    factor = max(1, 256 // max(picture.size))  # small models make small images: show pixels, not a smudge
-    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
-
-
 def _compare_one(
     model: str, pipe: Any, method: str, knobs: dict[str, Any], prompt: str, *, seed: int, height: int, width: int,
     steps: int, progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """`report.compare` on one prompt and one config; the embedded model adds its scorer's accuracy."""
     from .report import RunConfig, compare
+    from .report.outputs import to_pil
 
     scorer = None
     if model == "tiny":
@@ -260,7 +250,8 @@ def _compare_one(
     if row["accuracy"] is not None:
         parts.append(f"scorer accuracy dense {dense['accuracy']:.0%} / {method} {row['accuracy']:.0%}")
     parts.append(f"{row['sparse_calls']} sparse / {row['fallback_calls']} fallback calls")
-    return {"dense_image": _to_pil(dense["images"][0]), "image": _to_pil(row["images"][0]),
+    # small models make small images: show pixels (nearest upscale to >= 256 px), not a smudge
+    return {"dense_image": to_pil(dense["images"][0], 256), "image": to_pil(row["images"][0], 256),
             "speedup": row["speedup_total"], "bound": bound, "psnr": row["psnr_db"], "ssim": row["ssim"],
             "accuracy": row["accuracy"], "summary": " · ".join(parts)}
 

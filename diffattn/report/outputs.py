@@ -89,7 +89,8 @@ def plot(rows: list[dict[str, Any]], psnr_cap: float, path: Path) -> None:
     plt.close(fig)
 
 
-def _to_pil(image: Tensor, size: int) -> Any:
+def to_pil(image: Tensor, size: int) -> Any:
+    """``[C, H, W]`` (or a video's first frame) in [0, 1] as a PIL image, upscaled (nearest) to >= ``size`` px."""
     from PIL import Image
 
     if image.ndim == 4:  # video: first frame
@@ -105,7 +106,7 @@ def image_grid(report: dict[str, Any], path: Path, cell: int = 128) -> None:
     from PIL import Image, ImageDraw
 
     rows = report["configs"]
-    tiles = [[_to_pil(img, cell) for img in r["images"]] for r in rows]
+    tiles = [[to_pil(img, cell) for img in r["images"]] for r in rows]
     w = max(t.width for col in tiles for t in col)
     h = max(t.height for col in tiles for t in col)
     header, pad = 28, 4
