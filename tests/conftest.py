@@ -24,7 +24,7 @@ settings.load_profile("ci")
 
 import pytest  # noqa: E402
 
-from diffattn.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output  # noqa: E402
+from diffattn.tiny import CORE_TINY_MODELS, build_tiny_pipeline, tiny_output  # noqa: E402
 
 
 def _built(name: str):
@@ -33,7 +33,7 @@ def _built(name: str):
     return pipe, tiny_output(pipe, name)
 
 
-@pytest.fixture(scope="module", params=TINY_MODELS)
+@pytest.fixture(scope="module", params=CORE_TINY_MODELS)
 def tiny(request):
     """(name, pipeline, unpatched output) per tiny family, built once per test module. A module can
     narrow the families with ``@pytest.mark.parametrize("tiny", [...], indirect=True)``."""

@@ -19,7 +19,7 @@ from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.models import family_key, find_adapter
 from diffattn.patch import StepFraction
 from diffattn.presets import FAMILIES, PRESETS, Preset, Unsupported
-from diffattn.tiny import TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.tiny import CORE_TINY_MODELS, build_tiny_pipeline, tiny_output
 
 TINY_FAMILY = {
     "tiny-sd": "sd",
@@ -39,7 +39,7 @@ FAMILY_NDIM = {f: 3 if f in ("wan", "cogvideox", "hunyuanvideo", "ltx") else 2 f
 # --------------------------------------------------------------------------- the table
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", CORE_TINY_MODELS)
 def test_family_key_of_every_tiny_model(name):
     pipe = build_tiny_pipeline(name)
     denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
