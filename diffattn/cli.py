@@ -3,6 +3,7 @@
 diffattn generate                       # offline default: the embedded shapes model at 2x its training size
 diffattn generate --model tiny-sd       # random-weight tiny SD, 256x256, GNA blocked 16x16 (structure only)
 diffattn generate --model stabilityai/stable-diffusion-xl-base-1.0 --method gna --window 32 ...
+diffattn inspect --model tiny-wan --height 192 --width 256   # per module: grid, text/extra tokens, bound
 diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # analytical bounds
 diffattn highres --model tiny-pixart-alpha --height 64 --width 64   # two-stage high resolution (docs/highres.md)
 diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
@@ -53,21 +54,19 @@ def _knob(text: str) -> tuple[str, Any]:
     return name, raw
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate once dense and once accelerated with the same seed; time both")
-    g.add_argument(
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The model, method and size arguments that ``generate`` and ``inspect`` share."""
+    p.add_argument(
         "--model",
         default="tiny",
         help=f"tiny (embedded trained shapes model, default), {', '.join(TINY_MODELS)} (random weights, offline), "
         "a hub id or a local path",
     )
-    g.add_argument("--method", default="gna", help="attention method (see `diffattn methods`)")
-    g.add_argument("--window", type=_ints, default=None, help="GNA window per axis, e.g. 16 or 16,16 or 4,16,16")
-    g.add_argument("--stride", type=_ints, default=None, help="GNA stride per axis (default: = window, blocked)")
-    g.add_argument("--dilation", type=_ints, default=1, help="GNA dilation per axis")
-    g.add_argument(
+    p.add_argument("--method", default="gna", help="attention method (see `diffattn methods`)")
+    p.add_argument("--window", type=_ints, default=None, help="GNA window per axis, e.g. 16 or 16,16 or 4,16,16")
+    p.add_argument("--stride", type=_ints, default=None, help="GNA stride per axis (default: = window, blocked)")
+    p.add_argument("--dilation", type=_ints, default=1, help="GNA dilation per axis")
+    p.add_argument(
         "--knob",
         type=_knob,
         action="append",
@@ -76,18 +75,30 @@ def _parser() -> argparse.ArgumentParser:
         help="a knob of any method, repeatable: e.g. --knob window=8,8 --knob shift=false --knob ratio=0.1 "
         "(without knobs msw/proxy/agent use the model family's preset, see `diffattn presets`)",
     )
-    g.add_argument("--layers", default=None, help="regex on module names to patch (default: all self-attention)")
-    g.add_argument("--height", type=int, default=None, help="image height (tiny-sd default 256)")
-    g.add_argument("--width", type=int, default=None, help="image width (tiny-sd default 256)")
-    g.add_argument("--frames", type=int, default=None, help="video frames (video models)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 2, hub default 30)")
-    g.add_argument("--prompt", default=None, help="hub default: a red fox...; tiny default: one caption per class")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backend", default="auto", choices=["auto", "triton", "cpu", "reference"])
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
+    p.add_argument("--layers", default=None, help="regex on module names to patch (default: all self-attention)")
+    p.add_argument("--height", type=int, default=None, help="image height (tiny-sd default 256)")
+    p.add_argument("--width", type=int, default=None, help="image width (tiny-sd default 256)")
+    p.add_argument("--frames", type=int, default=None, help="video frames (video models)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 2, hub default 30)")
+    p.add_argument("--prompt", default=None, help="hub default: a red fox...; tiny default: one caption per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "cpu", "reference"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
+    p.add_argument("-v", "--verbose", action="store_true", help="log backend choice and fallbacks")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate once dense and once accelerated with the same seed; time both")
+    _add_run_args(g)
     g.add_argument("--out", type=Path, default=Path("diffattn_out"), help="output directory")
     g.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
-    g.add_argument("-v", "--verbose", action="store_true", help="log backend choice and fallbacks")
+    i = sub.add_parser(
+        "inspect",
+        help="per patched module: family, kind, grid, text/extra tokens, method and bound, from one denoiser call",
+    )
+    _add_run_args(i)
     s = sub.add_parser("simulate", help="analytical speedup bounds of a GNA config (token, tile, Amdahl, roofline)")
     s.add_argument("--grid", type=_ints, required=True, help="token grid, e.g. 256,256 or 30,48,80 (frames first)")
     s.add_argument("--window", type=_ints, required=True, help="GNA window per axis, >= 1")
@@ -113,7 +124,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Pipeline and call kwargs: tiny offline models, or ``from_pretrained`` for hub ids / paths."""
+    """Pipeline and call kwargs: the embedded model, tiny offline models, or ``from_pretrained`` for hub ids / paths."""
+    if args.model == "tiny":
+        from .pipelines.tiny_model import RESOLUTION, tiny_model
+        from .tiny_job import STEPS, class_captions
+
+        size = args.height or args.width or 2 * RESOLUTION
+        kw = {"prompt": args.prompt or class_captions(args.seed)[0], "height": args.height or size,
+              "width": args.width or size, "num_inference_steps": args.steps or STEPS}
+        return tiny_model(), kw
     if args.model in TINY_MODELS:
         pipe = build_tiny_pipeline(args.model)
         size = 256 if args.model == "tiny-sd" else None
@@ -216,6 +235,22 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect(args: argparse.Namespace) -> int:
+    """``diffattn inspect``: the per-module table of what the method would do, from one denoiser call."""
+    from .inspect import dry_run
+
+    if args.model == "tiny":
+        from .tiny_job import cli_knobs
+
+        knobs = cli_knobs(args)
+    else:
+        knobs = _knobs(args)
+    pipe, kw = _load(args)
+    kw["generator"] = torch.Generator("cpu").manual_seed(args.seed)
+    print(dry_run(pipe, kw, args.method, layers=args.layers, backend=args.backend, **knobs))
+    return 0
+
+
 def simulate(args: argparse.Namespace) -> int:
     from .sim import simulate as run_simulation
 
@@ -274,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             from .report.cli import run
 
             return run(args)
+        if args.command == "inspect":
+            return inspect(args)
         return simulate(args) if args.command == "simulate" else generate(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"diffattn: error: {e}", file=sys.stderr)

@@ -31,6 +31,13 @@ def method_knobs(method: str) -> dict[str, Any]:
     }.get(method, {})
 
 
+def cli_knobs(args: Any) -> dict[str, Any]:
+    """The method's knobs from ``--knob`` / ``--window`` (GNA: sliding by default), else :func:`method_knobs`."""
+    if args.method == "gna" and args.window is not None:
+        return {"window": args.window, "stride": args.stride or 1, "dilation": args.dilation}
+    return dict(args.knob) or method_knobs(args.method)
+
+
 def class_captions(seed: int, per_class: int = 1) -> list[str]:
     """``per_class`` captions per class, in class order, colours drawn with ``seed``."""
     labels = torch.arange(len(tiny_data.CLASSES)).repeat_interleave(per_class)
@@ -91,9 +98,7 @@ def generate_tiny(args: Any) -> int:
     for c in captions:
         tiny_data.parse_caption(c)
     steps = args.steps or STEPS
-    knobs = dict(args.knob) or method_knobs(args.method)
-    if args.method == "gna" and args.window is not None:
-        knobs = {"window": args.window, "stride": args.stride or 1, "dilation": args.dilation}
+    knobs = cli_knobs(args)
     # bad knob values, layers or backend fail here, before any generation (apply/remove is bit-exact)
     apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs).remove()
     args.out.mkdir(parents=True, exist_ok=True)

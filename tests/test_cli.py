@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from diffattn.cli import main
 
@@ -83,3 +84,35 @@ def test_list_commands(capsys):
 def test_unloadable_model_names_the_offline_choices(tmp_path):
     with pytest.raises(SystemExit, match="one of the offline models: tiny-sd"):
         main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
+
+
+def _rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("module")) + 1
+    return [line.split() for line in lines[start:] if line.strip() and not line.startswith(("WARNING", "dry run"))]
+
+
+def test_inspect_prints_the_grid_at_the_requested_size(capsys):
+    """UNet levels at 64x96 px (tiny VAE factor 2: latent 32x48, then 16x24), one denoiser call each."""
+    assert main(["inspect", "--model", "tiny-sd", "--height", "64", "--width", "96", "--window", "4"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows and {r[3] for r in rows} == {"32x48", "16x24"}, rows
+    assert all(r[1] == "sd" and r[2] == "self" and r[4:6] == ["0", "0"] and r[6] == "gna" for r in rows), rows
+    assert all(r[8:] == ["1", "0", "0"] for r in rows), rows  # one sparse call each, no fallback
+
+
+def test_inspect_joint_text_and_dry_run_leaves_pipeline_as_it_was():
+    from diffattn.inspect import dry_run
+    from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
+
+    pipe = build_tiny_pipeline("tiny-flux")
+    pipe.set_progress_bar_config(disable=True)
+    before = tiny_output(pipe, "tiny-flux")
+    table = dry_run(pipe, tiny_call_kwargs("tiny-flux"), "gna", window=3)
+    rows = _rows(table)
+    assert rows and all(r[1:6] == ["flux", "joint", "8x12", "16", "0"] for r in rows), table
+    assert all(r[8:] == ["1", "0", "0"] for r in rows), table
+    assert torch.equal(tiny_output(pipe, "tiny-flux"), before)
+    with pytest.raises(ValueError, match="window"):  # bad knobs fail before any call, nothing left installed
+        dry_run(pipe, tiny_call_kwargs("tiny-flux"), "gna", window=0)
+    assert torch.equal(tiny_output(pipe, "tiny-flux"), before)

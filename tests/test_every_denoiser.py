@@ -166,7 +166,7 @@ def test_summary_shows_grid_kind_bound_and_warns_when_never_sparse(caplog):
     n_text = inputs["encoder_hidden_states"].shape[1]
     rows = [line.split() for line in after.splitlines()[2:]]
     assert rows and all(r[1] == "flux" and r[2] == "joint" and r[4] == str(n_text) for r in rows), after
-    assert all(r[3] != "-" and r[6].endswith("x") for r in rows), after
+    assert all(r[3] != "-" and r[5] == "0" and r[7].endswith("x") for r in rows), after
     assert "WARNING" not in after
 
     order = torch.randperm(len(inputs["img_ids"]), generator=torch.Generator().manual_seed(0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,10 @@ class _PatchedAttention:
         out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         stats = rt.stats[self.name]
         stats.sparse, stats.grid, stats.extra = stats.sparse + 1, grid, seq - (img.stop - img.start)
+        # the latent stream (grid plus in-stream references) is only recorded for the top-level grid
+        layout = rt.layout
+        stream = layout.stream_len if layout.stream_len is not None and grid == layout.grid else math.prod(grid)
+        stats.text = seq - stream
         if not dense or q_rows != seq:
             return out_img
         # dense queries (text, references, registers) attend every key, with the model's own mask

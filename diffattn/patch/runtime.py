@@ -36,6 +36,7 @@ class CallStats:
     kind: str = "self"  # "self" (the grid, maybe joint with dense tokens) or "cross"
     grid: tuple[int, ...] | None = None  # the grid of the last sparse call
     extra: int = 0  # dense (text, reference, register) keys of the last sparse call
+    text: int = 0  # of those, the keys outside the latent stream (text); the rest are references / registers
 
 
 @dataclass
