@@ -28,6 +28,7 @@ def method_knobs(method: str) -> dict[str, Any]:
         "gna": {"window": grid, "stride": (1, 1)},  # every query sees exactly a training-sized neighbourhood
         "msw": {"window": grid},
         "proxy": {"window": grid},
+        "freeswim": {"train_grid": grid},  # window branch at the training receptive field, full branch cached
     }.get(method, {})
 
 

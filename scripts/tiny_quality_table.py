@@ -2,7 +2,8 @@
 
     python scripts/tiny_quality_table.py --per-class 8 --per-class-large 4
 
-Rows: dense, gna (window = training grid 8x8, stride 1), msw (window 8x8), proxy (window 8x8), agent (defaults).
+Rows: dense, gna (window = training grid 8x8, stride 1), msw (window 8x8), proxy (window 8x8), agent (defaults),
+freeswim (train_grid 8x8: window branch plus the cached full branch's cross-attention).
 Columns: 1x, 2x, 4x the training resolution per side (32, 64, 128 px). Each cell samples the same captions and
 seeds; pattern-FID compares them with real renderings of *other* scenes of the same classes at the same resolution
 (few samples: FID is biased upward, compare rows, not absolute values).
@@ -27,7 +28,7 @@ from diffattn.pipelines import tiny_model as tm  # noqa: E402
 from diffattn.tiny_job import class_captions, method_knobs, sample, save_grid  # noqa: E402
 from diffattn.tiny_quality import labels_of, load_scorer, pattern_fid, per_class_accuracy  # noqa: E402
 
-METHODS = ("dense", "gna", "msw", "proxy", "agent")
+METHODS = ("dense", "gna", "msw", "proxy", "agent", "freeswim")
 
 
 def main() -> None:
