@@ -659,7 +659,7 @@ TINY_SPECS: dict[str, TinySpec] = {
             core=False,
         ),
         # latent 3x6x8 (VAE /4 spatial, /2 temporal: 5 frames), patch 1; CFG through the pipeline's guider
-        TinySpec("tiny-hunyuanvideo15", _qwen("build_hunyuanvideo15"), 24, 32, 5, 8, core=False),
+        TinySpec("tiny-hunyuanvideo15", _qwen("build_hunyuanvideo15"), 24, 32, 5, 4, core=False),
         # Flux2KleinPipeline: latent 16x20 (VAE /2), 2x2 patchified -> 8x10 tokens; real CFG (not distilled)
         TinySpec(
             "tiny-flux2",
