@@ -1,7 +1,7 @@
 """End to end on the tiny pipelines with Qwen text encoders (`diffattn.tiny_qwen`): Qwen-Image, HunyuanVideo 1.5,
 FLUX.2 Klein. They are ``core=False`` families, so the family-parametrized fixtures do not run them; this file does:
 dense run, gna run (sparse on every module, no fallback, the token grid the pipeline really used), bit-exact
-remove, and ``diffattn generate``."""
+remove, a grid-covering window equal to dense, and ``diffattn generate``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,13 @@ def test_gna_runs_sparse_everywhere_and_remove_is_bit_exact(built, size):
     assert all(s.extra > 0 for s in stats.values()), "the text tokens were not seen as dense extras"
     assert "never sparse" not in summary, summary
     assert torch.equal(tiny_output(pipe, name, height=height, width=width), base), "remove is not bit-exact"
+
+    # A window covering the whole grid is dense attention: the padded, masked text (HunyuanVideo 1.5) and the
+    # joint layout must come out as the unpatched pipeline does.
+    with diffattn.attention(pipe, "gna", window=max(grid)) as handle:
+        full = tiny_output(pipe, name, height=height, width=width)
+    assert handle.sparse_calls > 0 and handle.fallback_calls == 0
+    torch.testing.assert_close(full, base, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
