@@ -601,6 +601,17 @@ class TinySpec:
         object.__setattr__(self, "call_kwargs", MappingProxyType(dict(self.call_kwargs)))
 
 
+def _qwen(builder: str) -> Callable[[int], DiffusionPipeline]:
+    """A builder from `diffattn.tiny_qwen`, imported on first use (that module imports this one)."""
+
+    def build(seed: int) -> DiffusionPipeline:
+        from diffattn import tiny_qwen
+
+        return getattr(tiny_qwen, builder)(seed)
+
+    return build
+
+
 _TEXT = {"max_sequence_length": _TEXT_LEN}
 _PIXART = {"guidance_scale": 5.0, "use_resolution_binning": False, "clean_caption": False, **_TEXT}
 
@@ -635,6 +646,31 @@ TINY_SPECS: dict[str, TinySpec] = {
         ),
         # latent 3x6x8 (VAE /16 spatial, /4 temporal), patch 1
         TinySpec("tiny-ltx", _build_ltx, 96, 128, 9, 32, {"guidance_scale": 3.0, "negative_prompt": "", **_TEXT}),
+        # Qwen text encoders (diffattn.tiny_qwen).
+        # latent 16x20 (VAE /4), 2x2 packing -> 8x10 tokens; true CFG: separate cond / uncond calls
+        TinySpec(
+            "tiny-qwenimage",
+            _qwen("build_qwenimage"),
+            64,
+            80,
+            None,
+            8,
+            {"true_cfg_scale": 4.0, "negative_prompt": " ", **_TEXT},
+            core=False,
+        ),
+        # latent 3x6x8 (VAE /4 spatial, /2 temporal: 5 frames), patch 1; CFG through the pipeline's guider
+        TinySpec("tiny-hunyuanvideo15", _qwen("build_hunyuanvideo15"), 24, 32, 5, 4, core=False),
+        # Flux2KleinPipeline: latent 16x20 (VAE /2), 2x2 patchified -> 8x10 tokens; real CFG (not distilled)
+        TinySpec(
+            "tiny-flux2",
+            _qwen("build_flux2_klein"),
+            32,
+            40,
+            None,
+            4,
+            {"guidance_scale": 4.0, "text_encoder_out_layers": (1, 2), **_TEXT},
+            core=False,
+        ),
     )
 }
 TINY_MODELS: tuple[str, ...] = tuple(TINY_SPECS)
@@ -670,7 +706,7 @@ def tiny_call_kwargs(
     """Keyword arguments for ``pipe(**kw)``: 2 steps, default size, fresh CPU generator, ``output_type="pt"``.
 
     ``height``/``width`` override the family default and must be multiples of the family's
-    ``TinySpec.multiple`` (4 to 32); video families always use 9 frames (3 latent frames).
+    ``TinySpec.multiple`` (4 to 32); video families use ``TinySpec.frames`` frames (3 latent frames).
     """
     spec = _spec(name)
     height = height or spec.height
