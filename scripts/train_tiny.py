@@ -6,7 +6,8 @@
 
 Steps: (1) the scorer CNN on real rendered images (checked per class at 32/64/128 px); (2) rectified flow
 (velocity prediction, logit-normal timesteps, 10% caption dropout to the empty prompt for classifier-free guidance,
-EMA weights, bf16 autocast, a learning rate that decays with *elapsed time* so a wall-clock budget ends cleanly);
+EMA weights, bf16 autocast, a cosine learning rate over --max-steps, or over elapsed time so a wall-clock budget
+ends cleanly);
 every ``--eval-every`` steps the EMA model samples 8 images per class, the scorer grades them per class, and a
 checkpoint is written (``last`` always, ``best`` when accuracy improves). Logs go to ``<out>/log.jsonl``.
 """
@@ -141,8 +142,10 @@ def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) ->
     t0 = time.time()
     best, step, losses, t_last = -1.0, 0, [], time.time()
     while True:
-        frac = (time.time() - t0) / budget
-        if frac >= 1 or (args.max_steps and step >= args.max_steps):
+        elapsed = (time.time() - t0) / budget
+        # with --max-steps the schedule follows steps (a rerun is the same run); else elapsed wall-clock time
+        frac = step / args.max_steps if args.max_steps else elapsed
+        if elapsed >= 1 or (args.max_steps and step >= args.max_steps):
             break
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
@@ -224,7 +227,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=95.0, help="wall-clock budget of the diffusion training")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: budget only)")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="stop after this many steps; the learning rate then decays over steps (0: over --minutes)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--warmup", type=int, default=200)
