@@ -76,6 +76,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "(without knobs msw/proxy/agent use the model family's preset, see `diffattn presets`)",
     )
     p.add_argument("--layers", default=None, help="regex on module names to patch (default: all self-attention)")
+    p.add_argument(
+        "--temporal-window",
+        type=int,
+        default=None,
+        help="also run 1-D GNA with this window over frames on temporal attention (video UNets, Latte); "
+        "default: temporal attention stays dense",
+    )
     p.add_argument("--height", type=int, default=None, help="image height (tiny-sd default 256)")
     p.add_argument("--width", type=int, default=None, help="image width (tiny-sd default 256)")
     p.add_argument("--frames", type=int, default=None, help="video frames (video models)")
@@ -196,6 +203,11 @@ def _knobs(args: argparse.Namespace) -> dict[str, Any]:
     return knobs
 
 
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """``apply_attention``'s module, backend and temporal choices from the command line."""
+    return {"layers": args.layers, "backend": args.backend, "temporal_window": args.temporal_window}
+
+
 def generate(args: argparse.Namespace) -> int:
     if args.model == "tiny":  # the embedded trained model: its own job (accuracy, PSNR/SSIM, captioned grid)
         from .tiny_job import generate_tiny
@@ -205,14 +217,14 @@ def generate(args: argparse.Namespace) -> int:
     pipe, kw = _load(args)
     # Validate knob values, preset, layers and backend on this pipeline before any generation: a
     # trial install that is removed at once (apply/remove is bit-exact).
-    apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs).remove()
+    apply_attention(pipe, args.method, **_where(args), **knobs).remove()
     args.out.mkdir(parents=True, exist_ok=True)
     dense_time = None
     if not args.no_dense:
         print("dense run:", file=sys.stderr)
         out, dense_time = _run(pipe, kw, args.seed)
         print(f"wrote {_save(out, args.out / 'dense')}")
-    handle = apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs)
+    handle = apply_attention(pipe, args.method, **_where(args), **knobs)
     try:
         print(f"{args.method} run ({handle.config}):", file=sys.stderr)
         out, fast_time = _run(pipe, kw, args.seed)
@@ -247,7 +259,7 @@ def inspect(args: argparse.Namespace) -> int:
         knobs = _knobs(args)
     pipe, kw = _load(args)
     kw["generator"] = torch.Generator("cpu").manual_seed(args.seed)
-    print(dry_run(pipe, kw, args.method, layers=args.layers, backend=args.backend, **knobs))
+    print(dry_run(pipe, kw, args.method, **_where(args), **knobs))
     return 0
 
 

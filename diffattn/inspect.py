@@ -28,21 +28,24 @@ def summary(handle: AttentionHandle) -> str:
     for denoiser, rt in handle._runtimes.items():
         family = rt.adapter.family_key(denoiser)
         for name, s in rt.stats.items():
+            runs = handle.temporal_method if s.kind == "temporal" and handle.temporal_method else method
             bound = "-"
             if s.grid is not None:
                 try:
-                    bound = f"{method.flop_bound(s.grid, s.extra).value:.2f}x"
+                    bound = f"{runs.flop_bound(s.grid, s.extra).value:.2f}x"
                 except (NotImplementedError, ValueError) as e:
                     bound = f"n/a ({e})"
             kind = s.kind if s.kind == "cross" or not s.extra else "joint"
             grid = "x".join(map(str, s.grid)) if s.grid is not None else "-"
             counts = (str(s.sparse), str(s.fallback), str(s.dense))
             dense = (str(s.text), str(s.extra - s.text)) if s.grid is not None else ("-", "-")
-            rows.append((name, family, kind, grid, *dense, method.name, bound, *counts))
-            if s.kind != "cross" and s.sparse == 0 and s.fallback + (0 if method.passthrough else s.dense) > 0:
+            rows.append((name, family, kind, grid, *dense, runs.name, bound, *counts))
+            if s.kind != "cross" and s.sparse == 0 and s.fallback + (0 if runs.passthrough else s.dense) > 0:
                 never.append(name)
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(_COLUMNS)]
     lines = [f"diffattn: {method.name} ({knobs}) on {len(rows)} modules, backend {handle.backend.name}"]
+    if handle.temporal_method is not None:
+        lines[0] += f"; temporal attention: 1-D gna window {handle.temporal_method.config.window}"
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in (_COLUMNS, *rows)]
     if never:
         warning = f"WARNING: {len(never)} module(s) ran but never sparse (see the fallback reasons logged): "

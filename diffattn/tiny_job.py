@@ -100,8 +100,10 @@ def generate_tiny(args: Any) -> int:
         tiny_data.parse_caption(c)
     steps = args.steps or STEPS
     knobs = cli_knobs(args)
+    # an image model: temporal_window is refused with a clear error if set
+    where = {"layers": args.layers, "backend": args.backend, "temporal_window": getattr(args, "temporal_window", None)}
     # bad knob values, layers or backend fail here, before any generation (apply/remove is bit-exact)
-    apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs).remove()
+    apply_attention(pipe, args.method, **where, **knobs).remove()
     args.out.mkdir(parents=True, exist_ok=True)
     scorer = load_scorer()
     grid = (size // tm.PATCH, size // tm.PATCH)
@@ -111,7 +113,7 @@ def generate_tiny(args: Any) -> int:
     dense_time = None
     if not args.no_dense:
         rows["dense"], dense_time = sample(pipe, captions, size, args.seed, steps)
-    handle = apply_attention(pipe, args.method, layers=args.layers, backend=args.backend, **knobs)
+    handle = apply_attention(pipe, args.method, **where, **knobs)
     try:
         rows[args.method], fast_time = sample(pipe, captions, size, args.seed, steps)
         calls = f"{handle.sparse_calls} sparse / {handle.fallback_calls} dense-fallback attention calls"

@@ -116,3 +116,9 @@ def test_inspect_joint_text_and_dry_run_leaves_pipeline_as_it_was():
     with pytest.raises(ValueError, match="window"):  # bad knobs fail before any call, nothing left installed
         dry_run(pipe, tiny_call_kwargs("tiny-flux"), "gna", window=0)
     assert torch.equal(tiny_output(pipe, "tiny-flux"), before)
+
+
+def test_temporal_window_on_an_image_model_is_a_clear_error(capsys):
+    argv = ["inspect", "--model", "tiny-sd", "--window", "4", "--temporal-window", "2"]
+    assert main(argv) == 2  # an image UNet has no temporal attention: nothing is generated
+    assert "has no temporal attention" in capsys.readouterr().err

@@ -77,7 +77,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         ("ConsisIDTransformer3DModel", "AnyFlowTransformer3DModel"), ndim=3, axes="fchw", text_position="prefix"
     ),
     LatentGridAdapter(
-        ("LatteTransformer3DModel",), ndim=3, axes="cfhw", temporal_marks=("temporal_transformer_blocks",)
+        ("LatteTransformer3DModel",), axes="cfhw", per_frame=True, temporal_marks=("temporal_transformer_blocks",)
     ),
     LatentGridAdapter(
         ("HunyuanVideo15Transformer3DModel",), ndim=3, axes="cfhw", text_position="suffix", skip=("token_refiner",)

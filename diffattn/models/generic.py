@@ -44,6 +44,9 @@ class LatentGridAdapter(_Configured):
     latent_arg: str = "hidden_states"
     axes: Axes = "chw"
     stream_prefix: int | str = 0
+    #: video models whose spatial attention runs per frame (Latte): the grid is (H, W), the frames go
+    #: to the temporal attention's 1-D grid
+    per_frame: bool = False
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         x = call[self.latent_arg]
@@ -58,6 +61,8 @@ class LatentGridAdapter(_Configured):
         elif self.axes in ("cfhw", "fchw"):
             f = x.shape[2] if self.axes == "cfhw" else x.shape[1]
             grid = (ceil_div(f, pt), ceil_div(x.shape[-2], ph), ceil_div(x.shape[-1], pw))
+            if self.per_frame:
+                return self._layout(call, grid[1:], frames=grid[0])
         else:
             grid = (ceil_div(x.shape[2] if self.axes == "cl" else x.shape[1], ph if ph > 1 else 1),)
         n = math.prod(grid)

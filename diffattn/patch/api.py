@@ -36,6 +36,7 @@ def apply_attention(
     backend: str = "auto",
     config: Any = None,
     preset: bool = True,
+    temporal_window: int | None = None,
     **knobs: Any,
 ) -> AttentionHandle:
     """Swap the self-attention of a pipeline (or bare denoiser) for ``method``. Atomic.
@@ -54,6 +55,9 @@ def apply_attention(
         preset: fill knobs, layers and steps the user left unset from `diffattn.presets` for this
             model family (knobs only if no knob and no config is given). False = no defaults.
             The method's own `supports` check runs either way.
+        temporal_window: also run 1-D GNA (sliding, this window over frames, clamped to the frame count)
+            on the temporal attention of video UNets and Latte (motion modules, ``temp_attentions``),
+            whatever ``method`` is; None = temporal attention stays dense (the default).
         **knobs: the method's config fields, e.g. ``window=(16, 16), stride=(4, 4)``.
 
     Returns:
@@ -63,6 +67,7 @@ def apply_attention(
     method_cls = get_method(method)
     knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)
     impl = method_cls(method_cls.make_config(config, **knobs))
+    temporal = _temporal_method(temporal_window)
     kinds = _targets_of(impl)
     keep = layer_filter(layers)
     step_range = steps_range(steps)
@@ -76,6 +81,7 @@ def apply_attention(
     swaps: list[UndoRecord] = []
     chosen: Backend | None = None
     processes = type(impl).process is not AttentionMethod.process
+    temporal_count = 0
     for attr, denoiser in denoisers_of(target):
         adapter = find_adapter(denoiser)
         impl.check_ndim(adapter.ndim)
@@ -97,6 +103,19 @@ def apply_attention(
             for index, (name, module, role) in enumerate(targets):
                 patched = _PatchedAttention(name, _unpatched_processor(module), rt, index=index, kind=kind, role=role)
                 swaps.append(ProcessorSwap(module, make_wrapper(patched)))
+        if temporal is not None:
+            over_frames = attention_modules(denoiser, adapter, "temporal")
+            for index, (name, module, role) in enumerate((prefix + n, m, r) for n, m, r in over_frames):
+                if not keep(name):
+                    continue
+                patched = _PatchedAttention(name, _unpatched_processor(module), rt, index, "self", role, temporal)
+                swaps.append(ProcessorSwap(module, make_wrapper(patched)))
+                temporal_count += 1
+    if temporal is not None and not temporal_count:
+        raise ValueError(
+            f"temporal_window={temporal_window} but {type(target).__name__} has no temporal attention module "
+            f"(motion modules, temp_attentions) matching layers={layers!r}; drop temporal_window"
+        )
     if not swaps:
         origin = " (the preset's layers; pass layers= or preset=False)" if entry and layers == entry.layers else ""
         raise ValueError(f"layers={layers!r}{origin} matches no self-attention module of {type(target).__name__}")
@@ -108,6 +127,7 @@ def apply_attention(
         old.remove()
     assert chosen is not None  # denoisers_of found at least one denoiser
     handle = AttentionHandle(impl, chosen, runtimes, generations)
+    handle.temporal_method = temporal
     handle.preset = entry
     handle._records = records + swaps
     try:
@@ -119,6 +139,16 @@ def apply_attention(
         raise
     logger.info("diffattn: %s on %d modules, backend %s", method, len(swaps), chosen)
     return handle
+
+
+def _temporal_method(window: int | None) -> AttentionMethod | None:
+    """Sliding 1-D GNA for temporal attention, or None; a ValueError for a window that is not an int >= 1."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"temporal_window={window!r} must be an int >= 1 (frames each frame attends) or None")
+    gna = get_method("gna")
+    return gna(gna.make_config(None, window=window, stride=1))
 
 
 def _unpatched_processor(module: nn.Module) -> Any:

@@ -30,6 +30,8 @@ class AttentionHandle:
         generations: Generations | None = None,
     ) -> None:
         self.method = method
+        #: 1-D GNA run on temporal attention (``temporal_window``), or None
+        self.temporal_method: AttentionMethod | None = None
         self.backend = backend
         self._runtimes = runtimes
         self._generations = generations or Generations()

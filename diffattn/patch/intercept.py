@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from ..layout import SELF, ModuleRole
-from ..methods import AttendCall, ModuleCall
+from ..methods import AttendCall, AttentionMethod, ModuleCall
 from ..methods.lifecycle import AttentionKind
 from ..parallel import gathered_order, ulysses_of
 from .runtime import CallStats
@@ -67,20 +67,23 @@ class _PatchedAttention:
         index: int = 0,
         kind: AttentionKind = "self",
         role: ModuleRole | None = SELF,
+        method: AttentionMethod | None = None,
     ) -> None:
         self.name = name
+        #: the method this module runs: the runtime's, or its own (1-D GNA on temporal attention)
+        self.method = method or runtime.method
         self.index = index
         self.kind = kind
         self.role = role or SELF  # layout (issue 10): the grid this module attends over
         self.original = original
         self.runtime = runtime
         self.signature = inspect.signature(original.__call__)
-        runtime.stats.setdefault(name, CallStats(kind=kind))
+        runtime.stats.setdefault(name, CallStats(kind="temporal" if self.role.kind == "temporal" else kind))
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         ulysses_of(getattr(self.original, "_parallel_config", None))  # ring: a clear error before any collective
         rt = self.runtime
-        if rt.processes and rt.active:
+        if rt.processes and rt.active and self.method is rt.method:
             return self._process(args, kwargs)
         return self._call(args, kwargs)
 
@@ -141,7 +144,7 @@ class _PatchedAttention:
         p = dict(zip(_SDPA_PARAMS, args))
         p.update(kwargs)
         q, k, v = p["query"], p["key"], p["value"]
-        if rt.method.passthrough or not rt.active:
+        if self.method.passthrough or not rt.active:
             rt.stats[self.name].dense += 1
             return func(*args, **kwargs)
         # layout (issue 10): grouped-query heads, image-only queries over image + dense keys, masks
@@ -213,7 +216,7 @@ class _PatchedAttention:
             state=rt.layer_state(self.name),
             layout=rt.layout,
         )
-        out_img = rt.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
+        out_img = self.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         stats = rt.stats[self.name]
         stats.sparse, stats.grid, stats.extra = stats.sparse + 1, grid, seq - (img.stop - img.start)
         # the latent stream (grid plus in-stream references) is only recorded for the top-level grid

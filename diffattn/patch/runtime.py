@@ -33,7 +33,7 @@ class CallStats:
     cross: int = 0  # cross-attention calls that ran the module
     cross_cached: int = 0  # cross-attention calls the method answered without running the module
     cached: int = 0  # self-attention calls the method answered without running the module
-    kind: str = "self"  # "self" (the grid, maybe joint with dense tokens) or "cross"
+    kind: str = "self"  # "self" (the grid, maybe joint with dense tokens), "temporal" (frames) or "cross"
     grid: tuple[int, ...] | None = None  # the grid of the last sparse call
     extra: int = 0  # dense (text, reference, register) keys of the last sparse call
     text: int = 0  # of those, the keys outside the latent stream (text); the rest are references / registers

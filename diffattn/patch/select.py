@@ -63,13 +63,14 @@ def attention_modules(
     """``[(name, module, role)]`` of the attention modules over the denoiser's token grid (the modules the
     adapter gives a ``self`` role) or, for ``kind="cross"``, of its separate cross-attention modules: those
     the adapter gives no role and that are ``is_cross_attention`` or named ``attn2`` / ``*cross_attn*``
-    (role None). Temporal attention (1-D over frames) is neither: it stays dense (layout, issue 10)."""
+    (role None), or for ``kind="temporal"`` of its temporal attention (1-D over frames; patched only on
+    request, with ``temporal_window``)."""
     found: list[tuple[str, nn.Module, ModuleRole | None]] = []
     for name, m in denoiser.named_modules():
         if not (hasattr(m, "processor") and callable(m.processor)):
             continue
         role = adapter.role(denoiser, name, m)
-        if kind == "self" and role is not None and role.kind == "self":
+        if kind in ("self", "temporal") and role is not None and role.kind == kind:
             found.append((name, m, role))
         elif kind == "cross" and role is None and _is_cross(name, m):
             found.append((name, m, None))
