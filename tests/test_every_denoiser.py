@@ -24,7 +24,6 @@ PENDING: dict[str, str] = {
     "Cosmos3OmniTransformer": "packed multimodal sequence (text, vision, audio indexes): reader not written yet",
     "DreamLiteTransformer2DModel": "no tiny config in the table yet",
     "DreamLiteUNetModel": "no tiny config in the table yet",
-    "Flux3Transformer2DModel": "no tiny config in the table yet",
     "HeliosTransformer3DModel": "history latents are prepended to the stream: their count is not read yet",
     "HunyuanImageTransformer2DModel": "no tiny config in the table yet",
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",

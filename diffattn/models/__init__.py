@@ -95,6 +95,13 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         ),
         text_position="prefix",
     ),
+    IdsGridAdapter(
+        ("Flux3Transformer2DModel",),
+        text_position="prefix",
+        extra_ids_args=("image_cond_ids",),
+        skip=("txt_mode_blocks", "mode_blocks.image_cond"),  # text-only / reference-only self-attention
+        grid_only_marks=("mode_blocks.image.",),
+    ),
     ShapesAdapter(("QwenImageTransformer2DModel", "NucleusMoEImageTransformer2DModel"), text_position="prefix"),
     SizeArgsAdapter(("LTX2VideoTransformer3DModel",), ndim=3, skip=("audio",)),
     LatentGridAdapter(("StableAudio3DiTModel",), ndim=1, axes="cl", stream_prefix="num_memory_tokens"),

@@ -69,17 +69,20 @@ class LatentGridAdapter(_Configured):
 class IdsGridAdapter(_Configured):
     """Packed-token models: the grid from position ids ``call[ids_arg]`` (``[S, K]`` or ``[B, S, K]``)
     whose columns ``spatial`` hold each token's (frame,) row, column; tokens after the grid (reference
-    images) are extras of the latent stream."""
+    images) are extras of the latent stream, and so are the tokens of ``extra_ids_args`` (reference
+    images passed separately, packed after the latent tokens inside the denoiser)."""
 
     ids_arg: str = "img_ids"
     spatial: tuple[int, ...] = (1, 2)
+    extra_ids_args: tuple[str, ...] = ()
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         ids = call.get(self.ids_arg)
         if not isinstance(ids, torch.Tensor):
             raise LayoutError(f"the call has no position ids {self.ids_arg!r} to read the token grid from")
         grid, _ = grid_from_ids(ids, self.spatial)
-        stream = ids.shape[-2]
+        extra = [call.get(a) for a in self.extra_ids_args]
+        stream = ids.shape[-2] + sum(e.shape[-2] for e in extra if isinstance(e, torch.Tensor))
         return self._layout(call, grid, stream_len=stream)
 
 
