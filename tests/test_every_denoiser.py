@@ -25,7 +25,6 @@ PENDING: dict[str, str] = {
     "DreamLiteTransformer2DModel": "no tiny config in the table yet",
     "DreamLiteUNetModel": "no tiny config in the table yet",
     "HeliosTransformer3DModel": "history latents are prepended to the stream: their count is not read yet",
-    "HunyuanImageTransformer2DModel": "no tiny config in the table yet",
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",
     "I2VGenXLUNet": "adapter present; no tiny config in the table yet",
     "Ideogram4Transformer2DModel": "packed text+image sequence with segment ids: reader not written yet",

@@ -82,6 +82,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     LatentGridAdapter(
         ("HunyuanVideo15Transformer3DModel",), ndim=3, axes="cfhw", text_position="suffix", skip=("token_refiner",)
     ),
+    LatentGridAdapter(("HunyuanImageTransformer2DModel",), text_position="suffix", skip=("token_refiner",)),
     LatentGridAdapter(("ErnieImageTransformer2DModel",), text_arg="text_bth", text_position="suffix"),
     LatentGridAdapter(("Lumina2Transformer2DModel",), text_position="prefix", skip=("context_refiner",)),
     IdsGridAdapter(

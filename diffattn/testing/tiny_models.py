@@ -327,6 +327,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'sample_size': 4, 'in_channels': 3, 'num_layers': 2, 'attention_head_dim': 4, 'num_key_value_attention_heads': 2, 'out_channels': 3, 'cross_attention_dim': 4, 'time_proj_dim': 8, 'global_states_input_dim': 8, 'cross_attention_input_dim': 4},
         {'hidden_states': R((1, 3, 13)), 'timestep': T([10.0]), 'encoder_hidden_states': R((1, 5, 4)), 'global_hidden_states': R((1, 1, 8))},
     ),
+    'HunyuanImageTransformer2DModel': (
+        {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 8, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': (1, 1), 'text_embed_dim': 16, 'rope_axes_dim': (4, 4)},
+        {'hidden_states': R((1, 4, 6, 8)), 'timestep': T([500.0], 'float32'), 'encoder_hidden_states': R((1, 7, 16)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1, 1, 1]], 'int64')},
+    ),
 }
 
 
