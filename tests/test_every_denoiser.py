@@ -23,7 +23,6 @@ PENDING: dict[str, str] = {
     "BriaFibo2Transformer2DModel": "no tiny config in the table yet",
     "Cosmos3OmniTransformer": "packed multimodal sequence (text, vision, audio indexes): reader not written yet",
     "DreamLiteTransformer2DModel": "no tiny config in the table yet",
-    "DreamLiteUNetModel": "no tiny config in the table yet",
     "HeliosTransformer3DModel": "history latents are prepended to the stream: their count is not read yet",
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",
     "I2VGenXLUNet": "adapter present; no tiny config in the table yet",

@@ -331,6 +331,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 8, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': (1, 1), 'text_embed_dim': 16, 'rope_axes_dim': (4, 4)},
         {'hidden_states': R((1, 4, 6, 8)), 'timestep': T([500.0], 'float32'), 'encoder_hidden_states': R((1, 7, 16)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1, 1, 1]], 'int64')},
     ),
+    'DreamLiteUNetModel': (
+        {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'block_out_channels': (16, 32, 32), 'layers_per_block': 1, 'norm_num_groups': 8, 'cross_attention_dim': 16, 'attention_head_dim': 8},
+        {'sample': R((1, 4, 15, 17)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 7, 16))},
+    ),
 }
 
 
