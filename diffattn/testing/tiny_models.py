@@ -335,6 +335,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'block_out_channels': (16, 32, 32), 'layers_per_block': 1, 'norm_num_groups': 8, 'cross_attention_dim': 16, 'attention_head_dim': 8},
         {'sample': R((1, 4, 15, 17)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 7, 16))},
     ),
+    'AudioLDM2UNet2DConditionModel': (
+        {'block_out_channels': (8, 16), 'layers_per_block': 1, 'norm_num_groups': 8, 'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('DownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'UpBlock2D'), 'cross_attention_dim': ([None, 8, 16], [None, 8, 16]), 'attention_head_dim': 4},
+        {'sample': R((1, 4, 13, 8)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_hidden_states_1': R((1, 6, 16))},
+    ),
 }
 
 
