@@ -24,7 +24,6 @@ PENDING: dict[str, str] = {
     "DreamLiteTransformer2DModel": "no tiny config in the table yet",
     "HeliosTransformer3DModel": "history latents are prepended to the stream: their count is not read yet",
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",
-    "I2VGenXLUNet": "adapter present; no tiny config in the table yet",
     "Ideogram4Transformer2DModel": "packed text+image sequence with segment ids: reader not written yet",
     "JoyImageEditPlusTransformer3DModel": "list of per-sample shapes: reader not written yet",
     "Kandinsky3UNet": "no tiny config in the table yet",
@@ -54,6 +53,7 @@ SLOW = {
     "UNetMotionModel",
     "UNetSpatioTemporalConditionModel",
     "UNet3DConditionModel",
+    "I2VGenXLUNet",
 }
 
 #: tiny models that need an optional package

@@ -134,6 +134,7 @@ class UNetGridAdapter(_Configured):
         "temp_attentions",
         "temporal_transformer_blocks",
         "transformer_in",
+        "image_latents_temporal_encoder",  # I2VGen-XL: over the frames of the conditioning image latents
     )
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:

@@ -339,6 +339,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'block_out_channels': (8, 16), 'layers_per_block': 1, 'norm_num_groups': 8, 'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('DownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'UpBlock2D'), 'cross_attention_dim': ([None, 8, 16], [None, 8, 16]), 'attention_head_dim': 4},
         {'sample': R((1, 4, 13, 8)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_hidden_states_1': R((1, 6, 16))},
     ),
+    'I2VGenXLUNet': (
+        {'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock3D', 'DownBlock3D'), 'up_block_types': ('UpBlock3D', 'CrossAttnUpBlock3D'), 'block_out_channels': (4, 8), 'cross_attention_dim': 4, 'attention_head_dim': 4, 'num_attention_heads': None, 'norm_num_groups': 2},
+        {'sample': R((1, 4, 2, 12, 14)), 'timestep': T([10], 'int64'), 'fps': T([8], 'int64'), 'image_latents': R((1, 4, 2, 12, 14)), 'image_embeddings': R((1, 4)), 'encoder_hidden_states': R((1, 5, 4))},
+    ),
 }
 
 
