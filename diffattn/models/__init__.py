@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
+from .families import Kandinsky3UNetAdapter
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -43,6 +44,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     SizeArgsAdapter(("LTXVideoTransformer3DModel",), family="ltx", ndim=3),
     # --- every other denoiser diffusers 0.42 exports with a token grid ---
     UNetGridAdapter(("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel")),
+    Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",

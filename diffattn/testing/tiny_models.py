@@ -343,6 +343,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock3D', 'DownBlock3D'), 'up_block_types': ('UpBlock3D', 'CrossAttnUpBlock3D'), 'block_out_channels': (4, 8), 'cross_attention_dim': 4, 'attention_head_dim': 4, 'num_attention_heads': None, 'norm_num_groups': 2},
         {'sample': R((1, 4, 2, 12, 14)), 'timestep': T([10], 'int64'), 'fps': T([8], 'int64'), 'image_latents': R((1, 4, 2, 12, 14)), 'image_embeddings': R((1, 4)), 'encoder_hidden_states': R((1, 5, 4))},
     ),
+    'Kandinsky3UNet': (
+        {'in_channels': 4, 'time_embedding_dim': 4, 'groups': 2, 'attention_head_dim': 4, 'layers_per_block': 2, 'block_out_channels': (8, 16, 32), 'cross_attention_dim': 4, 'encoder_hid_dim': 8},
+        {'sample': R((1, 4, 16, 12)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1]], 'int64')},
+    ),
 }
 
 
