@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
-from .families import Kandinsky3UNetAdapter
+from .families import Kandinsky3UNetAdapter, UVit2DAdapter
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -45,6 +45,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     # --- every other denoiser diffusers 0.42 exports with a token grid ---
     UNetGridAdapter(("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel")),
     Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
+    UVit2DAdapter(("UVit2DModel",)),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",

@@ -3,9 +3,13 @@ modules attend over the token grid, and at which level (see `diffattn.models.ADA
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
-from ..layout import ModuleRole
+from ..layout import LayoutError, ModuleRole, TokenLayout
+from .base import FamilyAdapter
 from .generic import UNetGridAdapter
 
 
@@ -22,3 +26,24 @@ class Kandinsky3UNetAdapter(UNetGridAdapter):
             return None
         index, deepest = int(parts[1]), int(denoiser.num_levels) - 1
         return ModuleRole("self", level=index if parts[0] == "down_blocks" else deepest - index)
+
+
+class UVit2DAdapter(FamilyAdapter):
+    """aMUSEd's U-ViT: ``input_ids`` ``[B, H, W]`` are the token grid. The conv blocks around the
+    transformer attend only to the text (both attentions of their SkipFF blocks are cross-attention);
+    ``transformer_layers.*.attn1`` is the self-attention, on the grid halved once when
+    ``config.downsample`` (a 2x2 stride-2 conv: odd sides do not match the ceil-halved grid and fall back)."""
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        ids = call.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 3:
+            raise LayoutError(f"input_ids {getattr(ids, 'shape', ids)} are not a [B, H, W] token grid")
+        return TokenLayout(grid=(int(ids.shape[1]), int(ids.shape[2])))
+
+    def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
+        if not (name.startswith("transformer_layers.") and name.endswith(".attn1")):
+            return None
+        return ModuleRole("self", level=int(bool(denoiser.config.downsample)))

@@ -347,6 +347,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'in_channels': 4, 'time_embedding_dim': 4, 'groups': 2, 'attention_head_dim': 4, 'layers_per_block': 2, 'block_out_channels': (8, 16, 32), 'cross_attention_dim': 4, 'encoder_hid_dim': 8},
         {'sample': R((1, 4, 16, 12)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1]], 'int64')},
     ),
+    'UVit2DModel': (
+        {'hidden_size': 8, 'use_bias': False, 'cond_embed_dim': 8, 'micro_cond_encode_dim': 2, 'micro_cond_embed_dim': 10, 'encoder_hidden_size': 8, 'vocab_size': 32, 'codebook_size': 8, 'in_channels': 8, 'block_out_channels': 8, 'num_res_blocks': 1, 'downsample': True, 'upsample': True, 'block_num_heads': 1, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 8},
+        {'input_ids': I((1, 8, 6), 32), 'encoder_hidden_states': R((1, 5, 8)), 'pooled_text_emb': R((1, 8)), 'micro_conds': R((1, 5))},
+    ),
 }
 
 
