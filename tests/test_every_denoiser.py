@@ -36,7 +36,6 @@ PENDING: dict[str, str] = {
     "RFD4ProteinaTransformer": "no tiny config in the table yet",
     "SanaWMLTX2RefinerTransformer3DModel": "no tiny config in the table yet",
     "SanaWMTransformer3DModel": "no tiny config in the table yet",
-    "StableCascadeUNet": "no tiny config in the table yet",
     "UniDiffuserModel": "no tiny config in the table yet",
     "WanAnimate2Transformer3DModel": "list inputs with a KV cache: reader not written yet",
     "ZImageTransformer2DModel": "list-of-tensors input with unified text+image sequence: reader not written yet",

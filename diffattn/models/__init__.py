@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
-from .families import Kandinsky3UNetAdapter, UVit2DAdapter
+from .families import Kandinsky3UNetAdapter, StableCascadeAdapter, UVit2DAdapter
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -46,6 +46,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UNetGridAdapter(("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel")),
     Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
     UVit2DAdapter(("UVit2DModel",)),
+    StableCascadeAdapter(("StableCascadeUNet",)),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",

@@ -47,3 +47,37 @@ class UVit2DAdapter(FamilyAdapter):
         if not (name.startswith("transformer_layers.") and name.endswith(".attn1")):
             return None
         return ModuleRole("self", level=int(bool(denoiser.config.downsample)))
+
+
+class StableCascadeAdapter(FamilyAdapter):
+    """Stable Cascade (Würstchen) UNet: the sample ``[B, C, H, W]`` pixel-unshuffled by ``patch_size``.
+    Its attention blocks query the image tokens over the image tokens followed by the CLIP tokens
+    (``self_attn``; else pure cross-attention, not patched). Down block ``i`` runs after ``i``
+    downscalings (stride 2, floor: odd sides fall back), up block ``u`` at level ``levels - 1 - u``.
+    The CLIP tokens: ``clip_seq`` per pooled text embedding, plus the text sequence and ``clip_seq`` per
+    image embedding when both are passed (as ``get_clip_embeddings`` builds them)."""
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        x, pooled = call.get("sample"), call.get("clip_text_pooled")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not isinstance(pooled, torch.Tensor):
+            raise LayoutError("the call has no [B, C, H, W] sample and clip_text_pooled to read the grid from")
+        cfg, p = denoiser.config, int(denoiser.config.patch_size)
+        seq = lambda t: 1 if t.dim() == 2 else int(t.shape[1])  # noqa: E731
+        clip = cfg.clip_seq * seq(pooled)
+        txt, img = call.get("clip_text"), call.get("clip_img")
+        if isinstance(txt, torch.Tensor) and isinstance(img, torch.Tensor):
+            clip += seq(txt) + cfg.clip_seq * seq(img)
+        return TokenLayout(grid=(x.shape[2] // p, x.shape[3] // p), text_len=clip, text_position="suffix")
+
+    def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] not in ("down_blocks", "up_blocks") or parts[3] != "attention":
+            return None
+        blocks = getattr(denoiser, parts[0])
+        if not getattr(blocks[int(parts[1])][int(parts[2])], "self_attn", False):
+            return None  # keys are the CLIP tokens alone
+        index = int(parts[1])
+        return ModuleRole("self", level=index if parts[0] == "down_blocks" else len(blocks) - 1 - index)

@@ -351,6 +351,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_size': 8, 'use_bias': False, 'cond_embed_dim': 8, 'micro_cond_encode_dim': 2, 'micro_cond_embed_dim': 10, 'encoder_hidden_size': 8, 'vocab_size': 32, 'codebook_size': 8, 'in_channels': 8, 'block_out_channels': 8, 'num_res_blocks': 1, 'downsample': True, 'upsample': True, 'block_num_heads': 1, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 8},
         {'input_ids': I((1, 8, 6), 32), 'encoder_hidden_states': R((1, 5, 8)), 'pooled_text_emb': R((1, 8)), 'micro_conds': R((1, 5))},
     ),
+    'StableCascadeUNet': (
+        {'in_channels': 4, 'out_channels': 4, 'timestep_ratio_embedding_dim': 8, 'patch_size': 1, 'conditioning_dim': 16, 'block_out_channels': (16, 16), 'num_attention_heads': (2, 2), 'down_num_layers_per_block': (1, 1), 'up_num_layers_per_block': (1, 1), 'down_blocks_repeat_mappers': (1, 1), 'up_blocks_repeat_mappers': (1, 1), 'clip_text_in_channels': 8, 'clip_text_pooled_in_channels': 8, 'clip_image_in_channels': 8, 'clip_seq': 2, 'dropout': (0.0, 0.0), 'self_attn': True, 'timestep_conditioning_type': ('sca',)},
+        {'sample': R((1, 4, 12, 8)), 'timestep_ratio': T([0.5], 'float32'), 'clip_text_pooled': R((1, 1, 8)), 'clip_text': R((1, 5, 8)), 'clip_img': R((1, 1, 8))},
+    ),
 }
 
 
