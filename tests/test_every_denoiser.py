@@ -26,7 +26,6 @@ PENDING: dict[str, str] = {
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",
     "Ideogram4Transformer2DModel": "packed text+image sequence with segment ids: reader not written yet",
     "JoyImageEditPlusTransformer3DModel": "list of per-sample shapes: reader not written yet",
-    "Kandinsky5Transformer3DModel": "no tiny config in the table yet",
     "Kandinsky6SRTransformer3DModel": "no tiny config in the table yet",
     "Kandinsky6Transformer3DModel": "no tiny config in the table yet",
     "Krea2Transformer2DModel": "packed text+image sequence with position ids: reader not written yet",

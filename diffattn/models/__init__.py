@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
-from .families import Kandinsky3UNetAdapter, StableCascadeAdapter, UVit2DAdapter
+from .families import Kandinsky3UNetAdapter, Kandinsky5Adapter, StableCascadeAdapter, UVit2DAdapter
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -47,6 +47,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
     UVit2DAdapter(("UVit2DModel",)),
     StableCascadeAdapter(("StableCascadeUNet",)),
+    Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",

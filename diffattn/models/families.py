@@ -10,7 +10,7 @@ from torch import nn
 
 from ..layout import LayoutError, ModuleRole, TokenLayout
 from .base import FamilyAdapter
-from .generic import UNetGridAdapter
+from .generic import LatentGridAdapter, UNetGridAdapter
 
 
 class Kandinsky3UNetAdapter(UNetGridAdapter):
@@ -81,3 +81,15 @@ class StableCascadeAdapter(FamilyAdapter):
             return None  # keys are the CLIP tokens alone
         index = int(parts[1])
         return ModuleRole("self", level=index if parts[0] == "down_blocks" else len(blocks) - 1 - index)
+
+
+class Kandinsky5Adapter(LatentGridAdapter):
+    """Kandinsky 5: the latent ``[B, F, H, W, C]`` over ``patch_size``, visual tokens frame-row-column
+    unless the call's ``sparse_params`` ask for the ``to_fractal`` order (8x8 local patches), which is no
+    row-major grid: such calls fall back."""
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        sparse = call.get("sparse_params")
+        if isinstance(sparse, dict) and sparse.get("to_fractal"):
+            raise LayoutError("sparse_params['to_fractal'] orders the visual tokens in 8x8 patches, not row-major")
+        return super().read_layout(denoiser, call)

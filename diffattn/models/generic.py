@@ -15,7 +15,7 @@ from torch import nn
 from ..layout import LayoutError, ModuleRole, TextPosition, TokenLayout, grid_from_ids
 from .base import FamilyAdapter, ceil_div, patch_sizes, text_len
 
-Axes = Literal["chw", "cfhw", "fchw", "cl", "lc"]
+Axes = Literal["chw", "cfhw", "fchw", "fhwc", "cl", "lc"]
 
 
 class _Configured(FamilyAdapter):
@@ -37,7 +37,8 @@ class _Configured(FamilyAdapter):
 
 class LatentGridAdapter(_Configured):
     """The latent ``call[latent_arg]`` laid out as ``axes`` (``chw`` = [B, C, H, W], ``cfhw`` =
-    [B, C, F, H, W], ``fchw`` = [B, F, C, H, W], ``cl`` = [B, C, L] audio, ``lc`` = [B, L, C]),
+    [B, C, F, H, W], ``fchw`` = [B, F, C, H, W], ``fhwc`` = [B, F, H, W, C], ``cl`` = [B, C, L] audio,
+    ``lc`` = [B, L, C]),
     divided by the config's patch sizes. ``stream_prefix`` tokens (a timestep or memory tokens; an int
     or the name of the config field holding it) are prepended to the latent tokens inside the denoiser."""
 
@@ -50,7 +51,7 @@ class LatentGridAdapter(_Configured):
         if not isinstance(x, torch.Tensor):
             raise LayoutError(f"{self.latent_arg} is a {type(x).__name__}, not a latent tensor")
         pt, ph, pw = patch_sizes(denoiser.config)
-        need = {"chw": 4, "cfhw": 5, "fchw": 5, "cl": 3, "lc": 3}[self.axes]
+        need = {"chw": 4, "cfhw": 5, "fchw": 5, "fhwc": 5, "cl": 3, "lc": 3}[self.axes]
         if x.dim() != need:
             raise LayoutError(f"{self.latent_arg} of shape {tuple(x.shape)} is not {need}-D ({self.axes})")
         if self.axes == "chw":
@@ -58,6 +59,8 @@ class LatentGridAdapter(_Configured):
         elif self.axes in ("cfhw", "fchw"):
             f = x.shape[2] if self.axes == "cfhw" else x.shape[1]
             grid = (ceil_div(f, pt), ceil_div(x.shape[-2], ph), ceil_div(x.shape[-1], pw))
+        elif self.axes == "fhwc":
+            grid = (ceil_div(x.shape[1], pt), ceil_div(x.shape[2], ph), ceil_div(x.shape[3], pw))
         else:
             grid = (ceil_div(x.shape[2] if self.axes == "cl" else x.shape[1], ph if ph > 1 else 1),)
         n = math.prod(grid)

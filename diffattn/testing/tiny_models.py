@@ -355,6 +355,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'in_channels': 4, 'out_channels': 4, 'timestep_ratio_embedding_dim': 8, 'patch_size': 1, 'conditioning_dim': 16, 'block_out_channels': (16, 16), 'num_attention_heads': (2, 2), 'down_num_layers_per_block': (1, 1), 'up_num_layers_per_block': (1, 1), 'down_blocks_repeat_mappers': (1, 1), 'up_blocks_repeat_mappers': (1, 1), 'clip_text_in_channels': 8, 'clip_text_pooled_in_channels': 8, 'clip_image_in_channels': 8, 'clip_seq': 2, 'dropout': (0.0, 0.0), 'self_attn': True, 'timestep_conditioning_type': ('sca',)},
         {'sample': R((1, 4, 12, 8)), 'timestep_ratio': T([0.5], 'float32'), 'clip_text_pooled': R((1, 1, 8)), 'clip_text': R((1, 5, 8)), 'clip_img': R((1, 1, 8))},
     ),
+    'Kandinsky5Transformer3DModel': (
+        {'in_visual_dim': 4, 'in_text_dim': 16, 'in_text_dim2': 8, 'time_dim': 16, 'out_visual_dim': 4, 'patch_size': (1, 2, 2), 'model_dim': 32, 'ff_dim': 64, 'num_text_blocks': 1, 'num_visual_blocks': 2, 'axes_dims': (4, 6, 6)},
+        {'hidden_states': R((1, 2, 8, 12, 4)), 'encoder_hidden_states': R((1, 6, 16)), 'timestep': T([500.0], 'float32'), 'pooled_projections': R((1, 8)), 'visual_rope_pos': [T([0, 1], 'int64'), T([0, 1, 2, 3], 'int64'), T([0, 1, 2, 3, 4, 5], 'int64')], 'text_rope_pos': T([0, 1, 2, 3, 4, 5], 'int64')},
+    ),
 }
 
 
