@@ -27,7 +27,6 @@ PENDING: dict[str, str] = {
     "Ideogram4Transformer2DModel": "packed text+image sequence with segment ids: reader not written yet",
     "JoyImageEditPlusTransformer3DModel": "list of per-sample shapes: reader not written yet",
     "Kandinsky6SRTransformer3DModel": "no tiny config in the table yet",
-    "Kandinsky6Transformer3DModel": "no tiny config in the table yet",
     "Krea2Transformer2DModel": "packed text+image sequence with position ids: reader not written yet",
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",
     "OmniGenTransformer2DModel": "packed text+image sequence: reader not written yet",

@@ -48,6 +48,10 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UVit2DAdapter(("UVit2DModel",)),
     StableCascadeAdapter(("StableCascadeUNet",)),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
+    # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
+    LatentGridAdapter(
+        ("Kandinsky6Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks", "audio_dec_block")
+    ),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",
