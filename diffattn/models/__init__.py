@@ -24,7 +24,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UNetGridAdapter(("UNetSpatioTemporalConditionModel",), axes="fchw"),
     # image DiTs, grid from the latent [B, C, H, W] and the patch size
     LatentGridAdapter(("PixArtTransformer2DModel",), family="pixart"),
-    LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel")),
+    LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel", "DreamLiteTransformer2DModel")),
     LatentGridAdapter(("SD3Transformer2DModel",), family="sd3", text_position="suffix", attn2_is_cross=False),
     # packed-token image DiTs, grid from position ids
     IdsGridAdapter(("FluxTransformer2DModel",), family="flux", text_position="prefix", timestep_scale=1000.0),

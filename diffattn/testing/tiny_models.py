@@ -363,6 +363,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'in_visual_dim': 4, 'out_visual_dim': 4, 'in_text_dim': 16, 'in_text_dim2': 8, 'time_dim': 16, 'patch_size': (1, 2, 2), 'model_dim': 32, 'ff_dim': 64, 'num_text_blocks': 1, 'num_visual_blocks': 2, 'axes_dims': (4, 6, 6), 'visual_cond': False, 'in_audio_dim': 4, 'out_audio_dim': 4},
         {'hidden_states': R((1, 2, 8, 12, 4)), 'encoder_hidden_states': R((1, 6, 16)), 'pooled_projections': R((1, 8)), 'timestep': T([500.0], 'float32')},
     ),
+    'DreamLiteTransformer2DModel': (
+        {'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'num_layers': 1, 'norm_num_groups': 2, 'cross_attention_dim': 16, 'qk_norm': 'rms_norm'},
+        {'hidden_states': R((1, 4, 7, 9)), 'encoder_hidden_states': R((1, 5, 16))},
+    ),
 }
 
 
