@@ -36,7 +36,6 @@ PENDING: dict[str, str] = {
     "sink + history K/V cache prefixes the keys: reader not written yet",
     "SanaWMTransformer3DModel": "linear (GDN) attention except every softmax_every_n-th block, whose softmax "
     "attention calls F.scaled_dot_product_attention from a module without an attention processor: not hookable yet",
-    "UniDiffuserModel": "no tiny config in the table yet",
     "WanAnimate2Transformer3DModel": "list inputs with a KV cache: reader not written yet",
     "ZImageTransformer2DModel": "list-of-tensors input with unified text+image sequence: reader not written yet",
 }

@@ -5,7 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
-from .families import Kandinsky3UNetAdapter, Kandinsky5Adapter, StableCascadeAdapter, UVit2DAdapter
+from .families import (
+    Kandinsky3UNetAdapter,
+    Kandinsky5Adapter,
+    StableCascadeAdapter,
+    UniDiffuserAdapter,
+    UVit2DAdapter,
+)
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -47,6 +53,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
     UVit2DAdapter(("UVit2DModel",)),
     StableCascadeAdapter(("StableCascadeUNet",)),
+    UniDiffuserAdapter(("UniDiffuserModel",)),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
     LatentGridAdapter(

@@ -93,3 +93,21 @@ class Kandinsky5Adapter(LatentGridAdapter):
         if isinstance(sparse, dict) and sparse.get("to_fractal"):
             raise LayoutError("sparse_params['to_fractal'] orders the visual tokens in 8x8 patches, not row-major")
         return super().read_layout(denoiser, call)
+
+
+class UniDiffuserAdapter(FamilyAdapter):
+    """UniDiffuser's U-ViT: one sequence ``[t_img, t_text, (data_type), text, clip image, vae patches]``;
+    the grid is the VAE latent ``latent_image_embeds`` ``[B, C, H, W]`` over ``patch_size``, after the
+    dense tokens counted from the call (``prompt_embeds`` and ``image_embeds`` lengths)."""
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        x, text, clip = (call.get(k) for k in ("latent_image_embeds", "prompt_embeds", "image_embeds"))
+        if not all(isinstance(t, torch.Tensor) for t in (x, text, clip)) or x.dim() != 4 or text.dim() != 3:
+            raise LayoutError("the call lacks a [B, C, H, W] latent_image_embeds, prompt_embeds or image_embeds")
+        p = int(denoiser.config.patch_size)
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        dense = 2 + int(bool(denoiser.config.use_data_type_embedding)) + text.shape[1] + clip.shape[1]
+        return TokenLayout(grid=grid, stream_len=dense + grid[0] * grid[1], grid_offset=dense)

@@ -367,6 +367,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'num_layers': 1, 'norm_num_groups': 2, 'cross_attention_dim': 16, 'qk_norm': 'rms_norm'},
         {'hidden_states': R((1, 4, 7, 9)), 'encoder_hidden_states': R((1, 5, 16))},
     ),
+    'UniDiffuserModel': (
+        {'text_dim': 16, 'clip_img_dim': 16, 'num_text_tokens': 5, 'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'out_channels': 4, 'num_layers': 3, 'norm_num_groups': 8, 'sample_size': 12, 'patch_size': 2, 'activation_fn': 'gelu', 'num_embeds_ada_norm': 1000, 'block_type': 'unidiffuser', 'use_data_type_embedding': True},
+        {'latent_image_embeds': R((1, 4, 12, 12)), 'image_embeds': R((1, 1, 16)), 'prompt_embeds': R((1, 5, 16)), 'timestep_img': T([10], 'int64'), 'timestep_text': T([0], 'int64'), 'data_type': 1},
+    ),
 }
 
 
