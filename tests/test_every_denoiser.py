@@ -31,7 +31,6 @@ PENDING: dict[str, str] = {
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",
     "OmniGenTransformer2DModel": "packed text+image sequence: reader not written yet",
     "QwenImage21Transformer2DModel": "no tiny config in the table yet",
-    "RFD4ProteinaTransformer": "no tiny config in the table yet",
     "SanaWMLTX2RefinerTransformer3DModel": "packed tokens whose grid only the precomputed video_rotary_emb implies; "
     "sink + history K/V cache prefixes the keys: reader not written yet",
     "SanaWMTransformer3DModel": "linear (GDN) attention except every softmax_every_n-th block, whose softmax "

@@ -142,6 +142,9 @@ REFUSED: dict[str, str] = {
     "MotionAdapter": "it only holds motion-module weights for UNetMotionModel; patch that model",
     "MiniMaxMusic3RVQDepthDecoder": "it is an autoregressive codebook decoder, not a diffusion denoiser",
     "UNet1DModel": "it has no attention modules",
+    "RFD4ProteinaTransformer": "it denoises protein backbone coordinates: its attention over residues adds a learned "
+    "per-pair bias from the pair representation, and residues adjacent in sequence are not adjacent in space, so there "
+    "is no token grid to take neighbourhoods on",
     "SanaTransformer2DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
     "SanaVideoTransformer3DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
 }
