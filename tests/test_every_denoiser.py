@@ -19,7 +19,6 @@ HUGE = 10**6  # a window covering every grid: exactly dense
 #: classes not covered yet, and why (each is an expected failure until a tiny config or reader lands)
 PENDING: dict[str, str] = {
     "AnyFlowFARTransformer3DModel": "chunked frame-autoregressive sequence: chunk layout not read yet",
-    "BriaFibo2Transformer2DModel": "no tiny config in the table yet",
     "Cosmos3OmniTransformer": "packed multimodal sequence (text, vision, audio indexes): reader not written yet",
     "HeliosTransformer3DModel": "history latents are prepended to the stream: their count is not read yet",
     "HunyuanVideoFramepackTransformer3DModel": "history latents are prepended to the stream: count not read yet",

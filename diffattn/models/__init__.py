@@ -6,6 +6,7 @@ from torch import nn
 
 from .base import FamilyAdapter
 from .families import (
+    BriaFibo2Adapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
     StableCascadeAdapter,
@@ -54,6 +55,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UVit2DAdapter(("UVit2DModel",)),
     StableCascadeAdapter(("StableCascadeUNet",)),
     UniDiffuserAdapter(("UniDiffuserModel",)),
+    BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
     LatentGridAdapter(

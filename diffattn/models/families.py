@@ -3,6 +3,7 @@ modules attend over the token grid, and at which level (see `diffattn.models.ADA
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -111,3 +112,39 @@ class UniDiffuserAdapter(FamilyAdapter):
         grid = (x.shape[2] // p, x.shape[3] // p)
         dense = 2 + int(bool(denoiser.config.use_data_type_embedding)) + text.shape[1] + clip.shape[1]
         return TokenLayout(grid=grid, stream_len=dense + grid[0] * grid[1], grid_offset=dense)
+
+
+class BriaFibo2Adapter(FamilyAdapter):
+    """Bria Fibo 2: the latent ``[B, C, H, W]`` over ``patch_size`` is the grid, at the head of a stream
+    that appends the ``context_latents`` (reference images, dense). The noise refiner attends the
+    stream alone; the main layers add the Perceiver's gist tokens, ahead of the stream or, when the
+    batch pads gist counts, after it. Their count is what the model's own ``compute_gist_count`` makes
+    of the text lengths. The Perceiver and the text cross-attention are not patched."""
+
+    skip = ("perceiver",)
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        x, text = call.get("hidden_states"), call.get("encoder_hidden_states")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not isinstance(text, torch.Tensor) or text.dim() != 4:
+            raise LayoutError("the call lacks a [B, C, H, W] latent or [B, bundles, L, C] encoder_hidden_states")
+        cfg, p = denoiser.config, int(denoiser.config.patch_size)
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        context = [c for c in call.get("context_latents") or [] if isinstance(c, torch.Tensor)]
+        stream = grid[0] * grid[1] + sum((c.shape[2] // p) * (c.shape[3] // p) for c in context)
+        mask = call.get("encoder_attention_mask")
+        lengths = mask.sum(dim=1).tolist() if isinstance(mask, torch.Tensor) else [text.shape[2]] * x.shape[0]
+        owner = next(c for c in type(denoiser).__mro__ if c.__name__ in self.class_names)
+        gist_count = importlib.import_module(owner.__module__).compute_gist_count
+        counts = gist_count(
+            lengths,
+            min_gist=cfg.min_num_gist_tokens,
+            max_gist=cfg.max_num_gist_tokens,
+            gist_step=cfg.gist_step,
+            min_text_len=cfg.gist_min_text_len,
+            max_text_len=cfg.gist_max_text_len,
+        )
+        position = "prefix" if min(counts) == max(counts) else "suffix"
+        return TokenLayout(grid=grid, stream_len=stream, text_len=max(counts), text_position=position)

@@ -371,6 +371,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'text_dim': 16, 'clip_img_dim': 16, 'num_text_tokens': 5, 'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'out_channels': 4, 'num_layers': 3, 'norm_num_groups': 8, 'sample_size': 12, 'patch_size': 2, 'activation_fn': 'gelu', 'num_embeds_ada_norm': 1000, 'block_type': 'unidiffuser', 'use_data_type_embedding': True},
         {'latent_image_embeds': R((1, 4, 12, 12)), 'image_embeds': R((1, 1, 16)), 'prompt_embeds': R((1, 5, 16)), 'timestep_img': T([10], 'int64'), 'timestep_text': T([0], 'int64'), 'data_type': 1},
     ),
+    'BriaFibo2Transformer2DModel': (
+        {'in_channels': 4, 'patch_size': 2, 'dim': 32, 'n_layers': 2, 'n_refiner_layers': 1, 'n_heads': 2, 'cap_feat_dim': 16, 'injection_layer_ids': (1,), 'perceiver_num_layers': 1, 'min_num_gist_tokens': 4, 'max_num_gist_tokens': 8, 'gist_step': 4, 'gist_min_text_len': 4, 'gist_max_text_len': 16, 'axes_dims': (4, 6, 6), 'axes_lens': (64, 32, 32)},
+        {'hidden_states': R((1, 4, 8, 12)), 'timestep': T([0.5], 'float32'), 'encoder_hidden_states': R((1, 2, 6, 16)), 'encoder_attention_mask': T([[True, True, True, True, True, True]], 'bool'), 'context_latents': [R((1, 4, 4, 4))]},
+    ),
 }
 
 
