@@ -35,7 +35,6 @@ PENDING: dict[str, str] = {
     "SanaWMTransformer3DModel": "linear (GDN) attention except every softmax_every_n-th block, whose softmax "
     "attention calls F.scaled_dot_product_attention from a module without an attention processor: not hookable yet",
     "WanAnimate2Transformer3DModel": "list inputs with a KV cache: reader not written yet",
-    "ZImageTransformer2DModel": "list-of-tensors input with unified text+image sequence: reader not written yet",
 }
 
 #: tiny models that take longer than a few seconds on 2 CPU cores

@@ -12,6 +12,7 @@ from .families import (
     StableCascadeAdapter,
     UniDiffuserAdapter,
     UVit2DAdapter,
+    ZImageAdapter,
 )
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
@@ -56,6 +57,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     StableCascadeAdapter(("StableCascadeUNet",)),
     UniDiffuserAdapter(("UniDiffuserModel",)),
     BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
+    ZImageAdapter(("ZImageTransformer2DModel",)),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
     LatentGridAdapter(

@@ -4,6 +4,7 @@ modules attend over the token grid, and at which level (see `diffattn.models.ADA
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import torch
@@ -148,3 +149,37 @@ class BriaFibo2Adapter(FamilyAdapter):
         )
         position = "prefix" if min(counts) == max(counts) else "suffix"
         return TokenLayout(grid=grid, stream_len=stream, text_len=max(counts), text_position=position)
+
+
+class ZImageAdapter(FamilyAdapter):
+    """Z-Image (basic mode): ``x`` is a list of per-sample latents ``[C, F, H, W]`` patchified by the
+    call's ``patch_size`` / ``f_patch_size`` and padded to a multiple of ``SEQ_MULTI_OF`` tokens (the
+    pad tokens are extras of the stream); the main layers attend ``[image, caption]`` with the caption
+    padded the same way. Samples of different sizes (padded batches with masks) and omni mode (nested
+    lists) fall back. The caption and SigLIP refiners are not patched."""
+
+    skip = ("context_refiner", "siglip_refiner")
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        xs, caps = call.get("x"), call.get("cap_feats")
+        if not isinstance(xs, list | tuple) or not xs or not all(isinstance(x, torch.Tensor) for x in xs):
+            raise LayoutError("x is not a list of [C, F, H, W] latents (omni mode passes nested lists)")
+        if not isinstance(caps, list | tuple) or len(caps) != len(xs):
+            raise LayoutError("cap_feats is not one caption per latent")
+        multiple = int(importlib.import_module(self._owner(denoiser).__module__).SEQ_MULTI_OF)
+        pad = lambda k: k + (-k) % multiple  # noqa: E731
+        shapes = {tuple(x.shape) for x in xs}
+        lens = {pad(int(c.shape[0])) for c in caps}  # captions padded alike need no mask
+        if len(shapes) != 1 or len(lens) != 1 or xs[0].dim() != 4:
+            raise LayoutError(f"latents {sorted(shapes)} or padded caption lengths {sorted(lens)} differ in the batch")
+        p, pf = int(call.get("patch_size") or 2), int(call.get("f_patch_size") or 1)
+        _, f, h, w = xs[0].shape
+        grid = (f // pf, h // p, w // p)
+        grid = grid[1:] if grid[0] == 1 else grid
+        return TokenLayout(grid=grid, stream_len=pad(math.prod(grid)), text_len=lens.pop(), text_position="suffix")
+
+    def _owner(self, denoiser: nn.Module) -> type:
+        return next(c for c in type(denoiser).__mro__ if c.__name__ in self.class_names)

@@ -313,7 +313,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'ZImageTransformer2DModel': (
         {'all_patch_size': (2,), 'all_f_patch_size': (1,), 'in_channels': 16, 'dim': 16, 'n_layers': 1, 'n_refiner_layers': 1, 'n_heads': 1, 'n_kv_heads': 2, 'qk_norm': True, 'cap_feat_dim': 16, 'rope_theta': 256.0, 't_scale': 1000.0, 'axes_dims': [8, 4, 4], 'axes_lens': [256, 32, 32]},
-        {'x': [R((16, 1, 16, 16))], 'cap_feats': [R((16, 16))], 't': T([0.0], 'float32')},
+        {'x': [R((16, 1, 16, 12))], 'cap_feats': [R((16, 16))], 't': T([0.5], 'float32')},
     ),
     'UNet2DConditionModel': (
         {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'), 'block_out_channels': (32, 64), 'layers_per_block': 1, 'attention_head_dim': (4, 8), 'cross_attention_dim': 32, 'norm_num_groups': 8},
