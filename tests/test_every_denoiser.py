@@ -28,7 +28,6 @@ PENDING: dict[str, str] = {
     "not written yet",
     "Krea2Transformer2DModel": "packed text+image sequence with position ids: reader not written yet",
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",
-    "OmniGenTransformer2DModel": "packed text+image sequence: reader not written yet",
     "QwenImage21Transformer2DModel": "no tiny config in the table yet",
     "SanaWMLTX2RefinerTransformer3DModel": "packed tokens whose grid only the precomputed video_rotary_emb implies; "
     "sink + history K/V cache prefixes the keys: reader not written yet",

@@ -9,6 +9,7 @@ from .families import (
     BriaFibo2Adapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
+    OmniGenAdapter,
     StableCascadeAdapter,
     UniDiffuserAdapter,
     UVit2DAdapter,
@@ -58,6 +59,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UniDiffuserAdapter(("UniDiffuserModel",)),
     BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
     ZImageAdapter(("ZImageTransformer2DModel",)),
+    OmniGenAdapter(("OmniGenTransformer2DModel",)),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
     LatentGridAdapter(

@@ -183,3 +183,25 @@ class ZImageAdapter(FamilyAdapter):
 
     def _owner(self, denoiser: nn.Module) -> type:
         return next(c for c in type(denoiser).__mro__ if c.__name__ in self.class_names)
+
+
+class OmniGenAdapter(FamilyAdapter):
+    """OmniGen: one sequence ``[condition tokens (input_ids, with input-image patches in place), time
+    token, output-image patches]``; the grid is ``hidden_states`` ``[B, C, H, W]`` over ``patch_size``
+    at the tail. The condition tokens' causal mask rows stay with them (dense queries)."""
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        x, ids = call.get("hidden_states"), call.get("input_ids")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise LayoutError("hidden_states is not a [B, C, H, W] latent")
+        p = int(denoiser.config.patch_size)
+        grid = (x.shape[2] // p, x.shape[3] // p)
+        dense = (int(ids.shape[1]) if isinstance(ids, torch.Tensor) else 0) + 1  # + the time token
+        return TokenLayout(grid=grid, stream_len=dense + grid[0] * grid[1], grid_offset=dense)
+
+    def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
+        # built with cross_attention_dim=hidden_size, so is_cross_attention is set, but it attends its own input
+        return ModuleRole() if name.startswith("layers.") and name.endswith(".self_attn") else None

@@ -228,8 +228,8 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 16, 16)), 'encoder_hidden_states': R((1, 8, 16)), 'encoder_hidden_states_mask': T([[1, 1, 1, 1, 1, 1, 1, 1]], 'int64'), 'timestep': T([1.0], 'float32'), 'img_shapes': [(1, 4, 4)]},
     ),
     'OmniGenTransformer2DModel': (
-        {'hidden_size': 16, 'num_attention_heads': 4, 'num_key_value_heads': 4, 'intermediate_size': 32, 'num_layers': 20, 'pad_token_id': 0, 'vocab_size': 1000, 'in_channels': 4, 'time_step_dim': 4, 'rope_scaling': {'long_factor': [1, 2], 'short_factor': [1, 2]}},
-        {'hidden_states': R((2, 4, 8, 8)), 'timestep': R((2,)), 'input_ids': T([[4, 9, 3, 0, 3, 9, 7, 3, 7, 3, 1, 6, 6, 9, 8, 6, 6, 8, 4, 3, 6, 9, 1, 4], [4, 1, 9, 9, 9, 0, 1, 2, 3, 0, 5, 5, 2, 9, 1, 8, 8, 3, 6, 9, 1, 7, 3, 5]], 'int64'), 'input_img_latents': [R((1, 4, 8, 8))], 'input_image_sizes': {0: [[0, 16]]}, 'attention_mask': R((2, 41, 41)), 'position_ids': T([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40]], 'int64')},
+        {'hidden_size': 16, 'num_attention_heads': 4, 'num_key_value_heads': 4, 'intermediate_size': 32, 'num_layers': 1, 'in_channels': 4, 'time_step_dim': 4, 'vocab_size': 64, 'pad_token_id': 0, 'pos_embed_max_size': 16, 'rope_scaling': {'long_factor': [1, 2], 'short_factor': [1, 2]}},
+        {'hidden_states': R((1, 4, 8, 12)), 'timestep': T([0.5], 'float32'), 'input_ids': I((1, 5), 64), 'input_img_latents': [], 'input_image_sizes': {}, 'attention_mask': None, 'position_ids': T([list(range(30))], 'int64')},
     ),
     'OvisImageTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'out_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'axes_dims_rope': (4, 4, 8)},
