@@ -28,7 +28,9 @@ PENDING: dict[str, str] = {
     "not written yet",
     "Krea2Transformer2DModel": "packed text+image sequence with position ids: reader not written yet",
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",
-    "QwenImage21Transformer2DModel": "no tiny config in the table yet",
+    "QwenImage21Transformer2DModel": "block-causal prefill: one SDPA call per text/condition-image prefix segment "
+    "(queries of that segment over the keys before it) plus one for the target image; per-call query ranges not "
+    "read yet",
     "SanaWMLTX2RefinerTransformer3DModel": "packed tokens whose grid only the precomputed video_rotary_emb implies; "
     "sink + history K/V cache prefixes the keys: reader not written yet",
     "SanaWMTransformer3DModel": "linear (GDN) attention except every softmax_every_n-th block, whose softmax "
