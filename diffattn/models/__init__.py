@@ -7,6 +7,7 @@ from torch import nn
 from .base import FamilyAdapter
 from .families import (
     BriaFibo2Adapter,
+    FramepackAdapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
     OmniGenAdapter,
@@ -60,6 +61,13 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
     ZImageAdapter(("ZImageTransformer2DModel",)),
     OmniGenAdapter(("OmniGenTransformer2DModel",)),
+    FramepackAdapter(
+        ("HunyuanVideoFramepackTransformer3DModel",),
+        ndim=3,
+        axes="cfhw",
+        text_position="suffix",
+        skip=("token_refiner",),
+    ),
     Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
     # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
     LatentGridAdapter(

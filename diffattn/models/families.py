@@ -3,6 +3,7 @@ modules attend over the token grid, and at which level (see `diffattn.models.ADA
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from typing import Any
@@ -205,3 +206,28 @@ class OmniGenAdapter(FamilyAdapter):
     def role(self, denoiser: nn.Module, name: str, module: nn.Module) -> ModuleRole | None:
         # built with cross_attention_dim=hidden_size, so is_cross_attention is set, but it attends its own input
         return ModuleRole() if name.startswith("layers.") and name.endswith(".self_attn") else None
+
+
+class FramepackAdapter(LatentGridAdapter):
+    """HunyuanVideo Framepack: the latent ``[B, C, F, H, W]`` grid is the tail of a stream that prepends
+    the history latents the call passes with their frame indices (packed 4x, 2x, clean, each patchified
+    by its own 3-D conv: clean by ``(1, 2, 2)`` without padding, 2x by ``(2, 4, 4)`` and 4x by ``(4, 8, 8)``
+    after replicate-padding to a multiple). The history tokens are dense extras; text is joined inside
+    the processor (read per call)."""
+
+    _history = (
+        ("latents_clean", "indices_latents_clean", (1, 2, 2), False),
+        ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), True),
+        ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), True),
+    )
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        layout = super().read_layout(denoiser, call)
+        history = 0
+        for latents, indices, kernel, padded in self._history:
+            x = call.get(latents)
+            if isinstance(x, torch.Tensor) and call.get(indices) is not None:
+                div = (lambda a, k: -(-a // k)) if padded else (lambda a, k: a // k)
+                history += math.prod(div(int(n), k) for n, k in zip(x.shape[2:], kernel))
+        n = math.prod(layout.grid)
+        return dataclasses.replace(layout, stream_len=history + n, grid_offset=history)
