@@ -8,6 +8,7 @@ from .base import FamilyAdapter
 from .families import (
     BriaFibo2Adapter,
     FramepackAdapter,
+    HeliosAdapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
     OmniGenAdapter,
@@ -61,6 +62,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
     ZImageAdapter(("ZImageTransformer2DModel",)),
     OmniGenAdapter(("OmniGenTransformer2DModel",)),
+    HeliosAdapter(("HeliosTransformer3DModel",), ndim=3, axes="cfhw"),
     FramepackAdapter(
         ("HunyuanVideoFramepackTransformer3DModel",),
         ndim=3,

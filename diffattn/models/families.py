@@ -208,26 +208,53 @@ class OmniGenAdapter(FamilyAdapter):
         return ModuleRole() if name.startswith("layers.") and name.endswith(".self_attn") else None
 
 
+History = tuple[tuple[str, str, tuple[int, ...], tuple[int, ...]], ...]
+
+
+def _history_tokens(call: dict[str, Any], entries: History) -> int:
+    """Tokens of the history latents a call packs ahead of the latent grid: each ``(latents, indices,
+    pad, kernel)`` entry whose latents ``[B, C, F, H, W]`` and frame indices are both passed is
+    replicate-padded to a multiple of ``pad`` and patchified by a stride-``kernel`` 3-D conv."""
+    total = 0
+    for latents, indices, pad, kernel in entries:
+        x = call.get(latents)
+        if isinstance(x, torch.Tensor) and call.get(indices) is not None:
+            total += math.prod((-(-int(n) // m) * m) // k for n, m, k in zip(x.shape[2:], pad, kernel))
+    return total
+
+
 class FramepackAdapter(LatentGridAdapter):
     """HunyuanVideo Framepack: the latent ``[B, C, F, H, W]`` grid is the tail of a stream that prepends
-    the history latents the call passes with their frame indices (packed 4x, 2x, clean, each patchified
-    by its own 3-D conv: clean by ``(1, 2, 2)`` without padding, 2x by ``(2, 4, 4)`` and 4x by ``(4, 8, 8)``
-    after replicate-padding to a multiple). The history tokens are dense extras; text is joined inside
-    the processor (read per call)."""
+    the history latents the call passes with their frame indices (packed 4x, 2x, clean; clean patchified
+    by ``(1, 2, 2)`` unpadded, 2x by ``(2, 4, 4)`` and 4x by ``(4, 8, 8)`` after padding to a multiple).
+    The history tokens are dense extras; text is joined inside the processor (read per call)."""
 
     _history = (
-        ("latents_clean", "indices_latents_clean", (1, 2, 2), False),
-        ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), True),
-        ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), True),
+        ("latents_clean", "indices_latents_clean", (1, 1, 1), (1, 2, 2)),
+        ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), (2, 4, 4)),
+        ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), (4, 8, 8)),
     )
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         layout = super().read_layout(denoiser, call)
-        history = 0
-        for latents, indices, kernel, padded in self._history:
-            x = call.get(latents)
-            if isinstance(x, torch.Tensor) and call.get(indices) is not None:
-                div = (lambda a, k: -(-a // k)) if padded else (lambda a, k: a // k)
-                history += math.prod(div(int(n), k) for n, k in zip(x.shape[2:], kernel))
-        n = math.prod(layout.grid)
-        return dataclasses.replace(layout, stream_len=history + n, grid_offset=history)
+        history = _history_tokens(call, self._history)
+        return dataclasses.replace(layout, stream_len=history + math.prod(layout.grid), grid_offset=history)
+
+
+class HeliosAdapter(LatentGridAdapter):
+    """Helios: the latent ``[B, C, F, H, W]`` grid is the tail of a stream that prepends the short, mid
+    and long history latents (patchified by the patch size unpadded, by twice it after padding to
+    ``(2, 4, 4)``, by four times it after padding to ``(4, 8, 8)``). Text is cross-attention. With
+    ``is_amplify_history`` the processor rejoins scaled history keys, a concatenation that matches no
+    stream piece: such calls fall back."""
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        layout = super().read_layout(denoiser, call)
+        p = tuple(int(v) for v in denoiser.config.patch_size)
+        entries = (
+            ("latents_history_short", "indices_latents_history_short", (1, 1, 1), p),
+            ("latents_history_mid", "indices_latents_history_mid", (2, 4, 4), tuple(2 * v for v in p)),
+            ("latents_history_long", "indices_latents_history_long", (4, 8, 8), tuple(4 * v for v in p)),
+        )
+        history = _history_tokens(call, entries)
+        return dataclasses.replace(layout, stream_len=history + math.prod(layout.grid), grid_offset=history)
