@@ -24,7 +24,6 @@ PENDING: dict[str, str] = {
     "JoyImageEditPlusTransformer3DModel": "list of per-sample shapes: reader not written yet",
     "Kandinsky6SRTransformer3DModel": "tokens in 8x8-tile order under its own NABLA flex BlockMask: tile-order reader "
     "not written yet",
-    "Krea2Transformer2DModel": "packed text+image sequence with position ids: reader not written yet",
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",
     "QwenImage21Transformer2DModel": "block-causal prefill: one SDPA call per text/condition-image prefix segment "
     "(queries of that segment over the keys before it) plus one for the target image; per-call query ranges not "

@@ -11,6 +11,7 @@ from .families import (
     HeliosAdapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
+    Krea2Adapter,
     OmniGenAdapter,
     StableCascadeAdapter,
     UniDiffuserAdapter,
@@ -62,6 +63,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
     ZImageAdapter(("ZImageTransformer2DModel",)),
     OmniGenAdapter(("OmniGenTransformer2DModel",)),
+    Krea2Adapter(("Krea2Transformer2DModel",)),
     HeliosAdapter(("HeliosTransformer3DModel",), ndim=3, axes="cfhw"),
     FramepackAdapter(
         ("HunyuanVideoFramepackTransformer3DModel",),

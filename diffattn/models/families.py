@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layout import LayoutError, ModuleRole, TokenLayout
+from ..layout import LayoutError, ModuleRole, TokenLayout, grid_from_ids
 from .base import FamilyAdapter
 from .generic import LatentGridAdapter, UNetGridAdapter
 
@@ -258,3 +258,24 @@ class HeliosAdapter(LatentGridAdapter):
         )
         history = _history_tokens(call, entries)
         return dataclasses.replace(layout, stream_len=history + math.prod(layout.grid), grid_offset=history)
+
+
+class Krea2Adapter(FamilyAdapter):
+    """Krea 2: one sequence ``[text, image]``; ``position_ids`` ``[S, 3]`` hold ``(t, h, w)`` per token of
+    both, the text rows first (``encoder_hidden_states`` long), so the image rows give the grid (tokens
+    after it in the latent stream are extras). The text-fusion attention is not patched."""
+
+    skip = ("text_fusion",)
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        ids, x, text = (call.get(k) for k in ("position_ids", "hidden_states", "encoder_hidden_states"))
+        if not all(isinstance(t, torch.Tensor) for t in (ids, x, text)) or ids.dim() != 2:
+            raise LayoutError("the call lacks [S, 3] position_ids, hidden_states or encoder_hidden_states")
+        n_text, stream = int(text.shape[1]), int(x.shape[1])
+        if ids.shape[0] != n_text + stream:
+            raise LayoutError(f"position_ids hold {ids.shape[0]} rows, not {n_text} text + {stream} image tokens")
+        grid, _ = grid_from_ids(ids[n_text:], (1, 2))
+        return TokenLayout(grid=grid, stream_len=stream, text_len=n_text, text_position="prefix")
