@@ -45,6 +45,7 @@ SLOW = {
     "UNetSpatioTemporalConditionModel",
     "UNet3DConditionModel",
     "I2VGenXLUNet",
+    "DreamLiteUNetModel",
 }
 
 #: tiny models that need an optional package
