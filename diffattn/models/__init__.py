@@ -138,6 +138,13 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         grid_only_marks=("mode_blocks.image.",),
     ),
     ShapesAdapter(("QwenImageTransformer2DModel", "NucleusMoEImageTransformer2DModel"), text_position="prefix"),
+    # patches [B, N, C, pt, ph, pw]: the target first, then references, padded to the batch's longest sample
+    ShapesAdapter(
+        ("JoyImageEditPlusTransformer3DModel",),
+        shapes_arg="shape_list",
+        stream_arg="hidden_states",
+        text_position="suffix",
+    ),
     SizeArgsAdapter(("LTX2VideoTransformer3DModel",), ndim=3, skip=("audio",)),
     LatentGridAdapter(("StableAudio3DiTModel",), ndim=1, axes="cl", stream_prefix="num_memory_tokens"),
     LatentGridAdapter(("StableAudioDiTModel",), ndim=1, axes="cl", stream_prefix=1),

@@ -91,9 +91,11 @@ class IdsGridAdapter(_Configured):
 
 class ShapesAdapter(_Configured):
     """Qwen-Image style: ``call[shapes_arg]`` lists per sample ``[(F, H, W), ...]`` in latent-token
-    units; the first entry is the target grid, later entries (edit references) are extras."""
+    units; the first entry is the target grid, later entries (edit references) are extras. With
+    ``stream_arg`` the stream is that argument's sequence length (a batch padded to its longest sample)."""
 
     shapes_arg: str = "img_shapes"
+    stream_arg: str = ""
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         shapes = call.get(self.shapes_arg)
@@ -107,7 +109,10 @@ class ShapesAdapter(_Configured):
         entries = [tuple(int(v) for v in e) for e in per_sample[0]]
         f, h, w = entries[0]
         grid = (h, w) if f == 1 else (f, h, w)
-        return self._layout(call, grid, stream_len=sum(math.prod(e) for e in entries))
+        stream = sum(math.prod(e) for e in entries)
+        if self.stream_arg:
+            stream = int(call[self.stream_arg].shape[1])
+        return self._layout(call, grid, stream_len=stream)
 
 
 class SizeArgsAdapter(_Configured):

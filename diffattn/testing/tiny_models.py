@@ -168,8 +168,8 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 8, 16)), 'encoder_hidden_states': R((1, 8, 24)), 'timestep': R((1,)), 'position_ids': T([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [65536, 65536, 65536], [65536, 65536, 65537], [65536, 65537, 65536], [65536, 65537, 65537]]], 'int64'), 'segment_ids': T([[1, 1, 1, 1, 1, 1, 1, 1]], 'int64'), 'indicator': T([[3, 3, 3, 3, 2, 2, 2, 2]], 'int64')},
     ),
     'JoyImageEditPlusTransformer3DModel': (
-        {'patch_size': [1, 2, 2], 'in_channels': 16, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
-        {'hidden_states': R((1, 2, 16, 1, 2, 2)), 'encoder_hidden_states': R((1, 12, 16)), 'timestep': T([1.0], 'float32'), 'shape_list': [[(1, 1, 1), (1, 1, 1)]]},
+        {'patch_size': [1, 2, 2], 'in_channels': 4, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
+        {'hidden_states': R((1, 28, 4, 1, 2, 2)), 'timestep': T([1.0], 'float32'), 'encoder_hidden_states': R((1, 6, 16)), 'encoder_hidden_states_mask': T([[1, 1, 1, 1, 1, 1]], 'int64'), 'shape_list': [[(1, 4, 5), (1, 2, 3)]]},
     ),
     'JoyImageEditTransformer3DModel': (
         {'patch_size': [1, 2, 2], 'in_channels': 16, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
