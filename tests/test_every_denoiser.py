@@ -20,7 +20,6 @@ HUGE = 10**6  # a window covering every grid: exactly dense
 PENDING: dict[str, str] = {
     "AnyFlowFARTransformer3DModel": "chunked frame-autoregressive sequence: chunk layout not read yet",
     "Cosmos3OmniTransformer": "packed multimodal sequence (text, vision, audio indexes): reader not written yet",
-    "Ideogram4Transformer2DModel": "packed text+image sequence with segment ids: reader not written yet",
     "Kandinsky6SRTransformer3DModel": "tokens in 8x8-tile order under its own NABLA flex BlockMask: tile-order reader "
     "not written yet",
     "MiniMaxH3Transformer3DModel": "packed video+audio+text sequence: reader not written yet",

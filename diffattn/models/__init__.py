@@ -9,6 +9,7 @@ from .families import (
     BriaFibo2Adapter,
     FramepackAdapter,
     HeliosAdapter,
+    Ideogram4Adapter,
     Kandinsky3UNetAdapter,
     Kandinsky5Adapter,
     Krea2Adapter,
@@ -64,6 +65,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     ZImageAdapter(("ZImageTransformer2DModel",)),
     OmniGenAdapter(("OmniGenTransformer2DModel",)),
     Krea2Adapter(("Krea2Transformer2DModel",)),
+    Ideogram4Adapter(("Ideogram4Transformer2DModel",)),
     HeliosAdapter(("HeliosTransformer3DModel",), ndim=3, axes="cfhw"),
     FramepackAdapter(
         ("HunyuanVideoFramepackTransformer3DModel",),

@@ -279,3 +279,32 @@ class Krea2Adapter(FamilyAdapter):
             raise LayoutError(f"position_ids hold {ids.shape[0]} rows, not {n_text} text + {stream} image tokens")
         grid, _ = grid_from_ids(ids[n_text:], (1, 2))
         return TokenLayout(grid=grid, stream_len=stream, text_len=n_text, text_position="prefix")
+
+
+class Ideogram4Adapter(FamilyAdapter):
+    """Ideogram 4: a packed row whose ``indicator`` tags each token (text, output image, padding) and
+    whose ``position_ids`` ``[B, S, 3]`` hold ``(t, h, w)``. The output-image tokens must be one run,
+    the same in every row; their ``(h, w)`` ids give the grid. Every other token (text, padding, other
+    packed samples, kept apart by the model's segment mask) is dense."""
+
+    def __init__(self, class_names: tuple[str, ...]) -> None:
+        self.class_names = class_names
+
+    def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
+        ind, ids = call.get("indicator"), call.get("position_ids")
+        if not isinstance(ind, torch.Tensor) or not isinstance(ids, torch.Tensor) or ind.dim() != 2:
+            raise LayoutError("the call lacks a [B, S] indicator or [B, S, 3] position_ids")
+        if not bool((ind == ind[:1]).all()):
+            raise LayoutError("the token roles (indicator) differ across the batch")
+        image = importlib.import_module(self._owner(denoiser).__module__).OUTPUT_IMAGE_INDICATOR
+        at = (ind[0] == image).nonzero().flatten()
+        if at.numel() == 0 or int(at[-1]) - int(at[0]) + 1 != at.numel():
+            raise LayoutError(f"the {at.numel()} output-image tokens are not one contiguous run")
+        start, stop = int(at[0]), int(at[-1]) + 1
+        grid, _ = grid_from_ids(ids[:, start:stop], (1, 2))
+        if math.prod(grid) != stop - start:
+            raise LayoutError(f"the output-image position ids span a grid {grid}, not all {stop - start} image tokens")
+        return TokenLayout(grid=grid, stream_len=int(ind.shape[1]), grid_offset=start)
+
+    def _owner(self, denoiser: nn.Module) -> type:
+        return next(c for c in type(denoiser).__mro__ if c.__name__ in self.class_names)

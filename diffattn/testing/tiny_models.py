@@ -164,8 +164,8 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 4, 1, 16, 16)), 'timestep': T([44.0], 'float32'), 'encoder_hidden_states': R((1, 12, 16)), 'pooled_projections': R((1, 8)), 'encoder_attention_mask': T([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], 'float32'), 'guidance': T([44.0], 'float32')},
     ),
     'Ideogram4Transformer2DModel': (
-        {'in_channels': 16, 'num_layers': 2, 'attention_head_dim': 8, 'num_attention_heads': 4, 'intermediate_size': 32, 'adaln_dim': 16, 'llm_features_dim': 24, 'rope_theta': 10000, 'mrope_section': (2, 1, 1), 'norm_eps': 1e-05},
-        {'hidden_states': R((1, 8, 16)), 'encoder_hidden_states': R((1, 8, 24)), 'timestep': R((1,)), 'position_ids': T([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [65536, 65536, 65536], [65536, 65536, 65537], [65536, 65537, 65536], [65536, 65537, 65537]]], 'int64'), 'segment_ids': T([[1, 1, 1, 1, 1, 1, 1, 1]], 'int64'), 'indicator': T([[3, 3, 3, 3, 2, 2, 2, 2]], 'int64')},
+        {'in_channels': 4, 'num_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'intermediate_size': 32, 'adaln_dim': 16, 'llm_features_dim': 8, 'mrope_section': (4, 2, 2)},
+        {'hidden_states': R((1, 27, 4)), 'timestep': T([0.5], 'float32'), 'encoder_hidden_states': R((1, 27, 8)), 'position_ids': T([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4], [5, 0, 0], [5, 0, 1], [5, 0, 2], [5, 0, 3], [5, 0, 4], [5, 1, 0], [5, 1, 1], [5, 1, 2], [5, 1, 3], [5, 1, 4], [5, 2, 0], [5, 2, 1], [5, 2, 2], [5, 2, 3], [5, 2, 4], [5, 3, 0], [5, 3, 1], [5, 3, 2], [5, 3, 3], [5, 3, 4], [0, 0, 0], [0, 0, 0]]], 'int64'), 'segment_ids': T([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], 'int64'), 'indicator': T([[3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, -1, -1]], 'int64')},
     ),
     'JoyImageEditPlusTransformer3DModel': (
         {'patch_size': [1, 2, 2], 'in_channels': 4, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
