@@ -1,5 +1,8 @@
-"""Adapters for denoisers whose block structure the generic readers cannot name: which attention
-modules attend over the token grid, and at which level (see `diffattn.models.ADAPTERS`)."""
+"""Adapters for denoisers whose block structure or token packing the generic readers cannot name: which
+attention modules attend over the token grid, at which level, and where the grid sits in the sequence
+(see `diffattn.models.ADAPTERS`). ``text_position`` says whether text (or other conditioning tokens)
+joins the grid in one attention ("prefix"/"suffix") or comes through separate cross-attention ("none"):
+methods such as FreeSwim read it; the layouts themselves place the dense tokens exactly."""
 
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ class StableCascadeAdapter(FamilyAdapter):
     The CLIP tokens: ``clip_seq`` per pooled text embedding, plus the text sequence and ``clip_seq`` per
     image embedding when both are passed (as ``get_clip_embeddings`` builds them)."""
 
+    text_position = "suffix"
+
     def __init__(self, class_names: tuple[str, ...]) -> None:
         self.class_names = class_names
 
@@ -103,6 +108,8 @@ class UniDiffuserAdapter(FamilyAdapter):
     the grid is the VAE latent ``latent_image_embeds`` ``[B, C, H, W]`` over ``patch_size``, after the
     dense tokens counted from the call (``prompt_embeds`` and ``image_embeds`` lengths)."""
 
+    text_position = "prefix"
+
     def __init__(self, class_names: tuple[str, ...]) -> None:
         self.class_names = class_names
 
@@ -123,6 +130,7 @@ class BriaFibo2Adapter(FamilyAdapter):
     batch pads gist counts, after it. Their count is what the model's own ``compute_gist_count`` makes
     of the text lengths. The Perceiver and the text cross-attention are not patched."""
 
+    text_position = "prefix"
     skip = ("perceiver",)
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
@@ -159,6 +167,7 @@ class ZImageAdapter(FamilyAdapter):
     padded the same way. Samples of different sizes (padded batches with masks) and omni mode (nested
     lists) fall back. The caption and SigLIP refiners are not patched."""
 
+    text_position = "suffix"
     skip = ("context_refiner", "siglip_refiner")
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
@@ -190,6 +199,8 @@ class OmniGenAdapter(FamilyAdapter):
     """OmniGen: one sequence ``[condition tokens (input_ids, with input-image patches in place), time
     token, output-image patches]``; the grid is ``hidden_states`` ``[B, C, H, W]`` over ``patch_size``
     at the tail. The condition tokens' causal mask rows stay with them (dense queries)."""
+
+    text_position = "prefix"
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
         self.class_names = class_names
@@ -265,6 +276,7 @@ class Krea2Adapter(FamilyAdapter):
     both, the text rows first (``encoder_hidden_states`` long), so the image rows give the grid (tokens
     after it in the latent stream are extras). The text-fusion attention is not patched."""
 
+    text_position = "prefix"
     skip = ("text_fusion",)
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
@@ -286,6 +298,8 @@ class Ideogram4Adapter(FamilyAdapter):
     whose ``position_ids`` ``[B, S, 3]`` hold ``(t, h, w)``. The output-image tokens must be one run,
     the same in every row; their ``(h, w)`` ids give the grid. Every other token (text, padding, other
     packed samples, kept apart by the model's segment mask) is dense."""
+
+    text_position = "prefix"
 
     def __init__(self, class_names: tuple[str, ...]) -> None:
         self.class_names = class_names
