@@ -30,10 +30,13 @@ class ModuleRole:
         references, registers) in one sequence; ``temporal`` = the frames of one spatial position
         (motion modules): a 1-D grid of ``frames`` tokens.
     level: resolution level of a UNet block: its grid is the latent grid ceil-halved ``level`` times.
+    grid_only: the module attends over the target grid's tokens alone (a per-mode block of a model
+        whose latent stream also packs reference images), not the whole latent stream.
     """
 
     kind: RoleKind = "self"
     level: int = 0
+    grid_only: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("self", "temporal"):
@@ -129,7 +132,7 @@ class TokenLayout:
         """
         grid = self.level_grid(role)
         n = math.prod(grid)
-        top = role.kind == "self" and role.level == 0
+        top = role.kind == "self" and role.level == 0 and not role.grid_only
         stream = self.stream_len if top and self.stream_len is not None else n
         offset = self.grid_offset if top else 0
         what = f"the grid {grid} ({n} tokens" + (f" in a stream of {stream})" if stream != n else ")")

@@ -106,3 +106,15 @@ def test_unet_blocks_below_their_level_read_the_deeper_grid():
     assert not isinstance(split, str) and split.grid == (4, 5) and split.image == slice(0, 20)
     assert isinstance(unet.split(30, ModuleRole("self", level=1)), str)  # 30 is no ceil-halving of 8x9
     assert isinstance(TokenLayout((15, 17)).split(72), str)  # a DiT's grid is never guessed from a count
+
+
+def test_grid_only_modules_see_the_grid_without_the_stream_extras():
+    """FLUX.3 per-mode image blocks attend the target grid alone; its joint blocks see text + the
+    stream (grid + reference tokens); a grid-only module given the whole stream falls back."""
+    layout = TokenLayout(grid=(4, 5), stream_len=26, text_len=12, text_position="prefix")
+    alone = layout.split(20, ModuleRole(grid_only=True))
+    assert alone.image == slice(0, 20) and alone.dense == ()
+    joint = layout.split(38)
+    assert joint.image == slice(12, 32) and joint.dense == (slice(0, 12), slice(32, 38))
+    assert isinstance(layout.split(26, ModuleRole(grid_only=True)), str)
+    assert isinstance(layout.split(20), str)  # a whole-stream module never takes the bare grid

@@ -5,6 +5,20 @@ from __future__ import annotations
 from torch import nn
 
 from .base import FamilyAdapter
+from .families import (
+    BriaFibo2Adapter,
+    FramepackAdapter,
+    HeliosAdapter,
+    Ideogram4Adapter,
+    Kandinsky3UNetAdapter,
+    Kandinsky5Adapter,
+    Krea2Adapter,
+    OmniGenAdapter,
+    StableCascadeAdapter,
+    UniDiffuserAdapter,
+    UVit2DAdapter,
+    ZImageAdapter,
+)
 from .generic import IdsGridAdapter, LatentGridAdapter, ShapesAdapter, SizeArgsAdapter, UNetGridAdapter
 
 
@@ -23,7 +37,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     UNetGridAdapter(("UNetSpatioTemporalConditionModel",), axes="fchw"),
     # image DiTs, grid from the latent [B, C, H, W] and the patch size
     LatentGridAdapter(("PixArtTransformer2DModel",), family="pixart"),
-    LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel")),
+    LatentGridAdapter(("DiTTransformer2DModel", "Transformer2DModel", "DreamLiteTransformer2DModel")),
     LatentGridAdapter(("SD3Transformer2DModel",), family="sd3", text_position="suffix", attn2_is_cross=False),
     # packed-token image DiTs, grid from position ids
     IdsGridAdapter(("FluxTransformer2DModel",), family="flux", text_position="prefix", timestep_scale=1000.0),
@@ -43,6 +57,28 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     SizeArgsAdapter(("LTXVideoTransformer3DModel",), family="ltx", ndim=3),
     # --- every other denoiser diffusers 0.42 exports with a token grid ---
     UNetGridAdapter(("UNetControlNetXSModel", "AudioLDM2UNet2DConditionModel")),
+    Kandinsky3UNetAdapter(("Kandinsky3UNet",)),
+    UVit2DAdapter(("UVit2DModel",)),
+    StableCascadeAdapter(("StableCascadeUNet",)),
+    UniDiffuserAdapter(("UniDiffuserModel",)),
+    BriaFibo2Adapter(("BriaFibo2Transformer2DModel",)),
+    ZImageAdapter(("ZImageTransformer2DModel",)),
+    OmniGenAdapter(("OmniGenTransformer2DModel",)),
+    Krea2Adapter(("Krea2Transformer2DModel",)),
+    Ideogram4Adapter(("Ideogram4Transformer2DModel",)),
+    HeliosAdapter(("HeliosTransformer3DModel",), ndim=3, axes="cfhw"),
+    FramepackAdapter(
+        ("HunyuanVideoFramepackTransformer3DModel",),
+        ndim=3,
+        axes="cfhw",
+        text_position="suffix",
+        skip=("token_refiner",),
+    ),
+    Kandinsky5Adapter(("Kandinsky5Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks",)),
+    # the audio branch's self-attention is over the audio sequence, not the video grid: left dense
+    LatentGridAdapter(
+        ("Kandinsky6Transformer3DModel",), ndim=3, axes="fhwc", skip=("text_transformer_blocks", "audio_dec_block")
+    ),
     LatentGridAdapter(
         (
             "AuraFlowTransformer2DModel",
@@ -82,6 +118,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     LatentGridAdapter(
         ("HunyuanVideo15Transformer3DModel",), ndim=3, axes="cfhw", text_position="suffix", skip=("token_refiner",)
     ),
+    LatentGridAdapter(("HunyuanImageTransformer2DModel",), text_position="suffix", skip=("token_refiner",)),
     LatentGridAdapter(("ErnieImageTransformer2DModel",), text_arg="text_bth", text_position="suffix"),
     LatentGridAdapter(("Lumina2Transformer2DModel",), text_position="prefix", skip=("context_refiner",)),
     IdsGridAdapter(
@@ -95,7 +132,21 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         ),
         text_position="prefix",
     ),
+    IdsGridAdapter(
+        ("Flux3Transformer2DModel",),
+        text_position="prefix",
+        extra_ids_args=("image_cond_ids",),
+        skip=("txt_mode_blocks", "mode_blocks.image_cond"),  # text-only / reference-only self-attention
+        grid_only_marks=("mode_blocks.image.",),
+    ),
     ShapesAdapter(("QwenImageTransformer2DModel", "NucleusMoEImageTransformer2DModel"), text_position="prefix"),
+    # patches [B, N, C, pt, ph, pw]: the target first, then references, padded to the batch's longest sample
+    ShapesAdapter(
+        ("JoyImageEditPlusTransformer3DModel",),
+        shapes_arg="shape_list",
+        stream_arg="hidden_states",
+        text_position="suffix",
+    ),
     SizeArgsAdapter(("LTX2VideoTransformer3DModel",), ndim=3, skip=("audio",)),
     LatentGridAdapter(("StableAudio3DiTModel",), ndim=1, axes="cl", stream_prefix="num_memory_tokens"),
     LatentGridAdapter(("StableAudioDiTModel",), ndim=1, axes="cl", stream_prefix=1),
@@ -118,6 +169,9 @@ REFUSED: dict[str, str] = {
     "MotionAdapter": "it only holds motion-module weights for UNetMotionModel; patch that model",
     "MiniMaxMusic3RVQDepthDecoder": "it is an autoregressive codebook decoder, not a diffusion denoiser",
     "UNet1DModel": "it has no attention modules",
+    "RFD4ProteinaTransformer": "it denoises protein backbone coordinates: its attention over residues adds a learned "
+    "per-pair bias from the pair representation, and residues adjacent in sequence are not adjacent in space, so there "
+    "is no token grid to take neighbourhoods on",
     "SanaTransformer2DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
     "SanaVideoTransformer3DModel": "its self-attention is linear (ReLU kernel), with no softmax attention to sparsify",
 }

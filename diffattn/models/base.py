@@ -31,6 +31,8 @@ class FamilyAdapter:
     skip: tuple[str, ...] = ()
     #: module-name substrings marking temporal attention (over the frames of one position): 1-D, kept dense
     temporal_marks: tuple[str, ...] = ()
+    #: module-name substrings of blocks attending over the target grid alone (not the packed latent stream)
+    grid_only_marks: tuple[str, ...] = ()
     #: ``attn2`` is the cross-attention of BasicTransformerBlock-style blocks (SD3.5's is self-attention)
     attn2_is_cross: bool = True
 
@@ -57,7 +59,7 @@ class FamilyAdapter:
             return None
         if any(m in name for m in self.temporal_marks):
             return ModuleRole("temporal")
-        return ModuleRole()
+        return ModuleRole(grid_only=any(m in name for m in self.grid_only_marks))
 
     def bind(self, denoiser: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The denoiser's forward arguments by name."""

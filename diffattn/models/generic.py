@@ -15,7 +15,7 @@ from torch import nn
 from ..layout import LayoutError, ModuleRole, TextPosition, TokenLayout, grid_from_ids
 from .base import FamilyAdapter, ceil_div, patch_sizes, text_len
 
-Axes = Literal["chw", "cfhw", "fchw", "cl", "lc"]
+Axes = Literal["chw", "cfhw", "fchw", "fhwc", "cl", "lc"]
 
 
 class _Configured(FamilyAdapter):
@@ -37,7 +37,8 @@ class _Configured(FamilyAdapter):
 
 class LatentGridAdapter(_Configured):
     """The latent ``call[latent_arg]`` laid out as ``axes`` (``chw`` = [B, C, H, W], ``cfhw`` =
-    [B, C, F, H, W], ``fchw`` = [B, F, C, H, W], ``cl`` = [B, C, L] audio, ``lc`` = [B, L, C]),
+    [B, C, F, H, W], ``fchw`` = [B, F, C, H, W], ``fhwc`` = [B, F, H, W, C], ``cl`` = [B, C, L] audio,
+    ``lc`` = [B, L, C]),
     divided by the config's patch sizes. ``stream_prefix`` tokens (a timestep or memory tokens; an int
     or the name of the config field holding it) are prepended to the latent tokens inside the denoiser."""
 
@@ -53,7 +54,7 @@ class LatentGridAdapter(_Configured):
         if not isinstance(x, torch.Tensor):
             raise LayoutError(f"{self.latent_arg} is a {type(x).__name__}, not a latent tensor")
         pt, ph, pw = patch_sizes(denoiser.config)
-        need = {"chw": 4, "cfhw": 5, "fchw": 5, "cl": 3, "lc": 3}[self.axes]
+        need = {"chw": 4, "cfhw": 5, "fchw": 5, "fhwc": 5, "cl": 3, "lc": 3}[self.axes]
         if x.dim() != need:
             raise LayoutError(f"{self.latent_arg} of shape {tuple(x.shape)} is not {need}-D ({self.axes})")
         if self.axes == "chw":
@@ -63,6 +64,8 @@ class LatentGridAdapter(_Configured):
             grid = (ceil_div(f, pt), ceil_div(x.shape[-2], ph), ceil_div(x.shape[-1], pw))
             if self.per_frame:
                 return self._layout(call, grid[1:], frames=grid[0])
+        elif self.axes == "fhwc":
+            grid = (ceil_div(x.shape[1], pt), ceil_div(x.shape[2], ph), ceil_div(x.shape[3], pw))
         else:
             grid = (ceil_div(x.shape[2] if self.axes == "cl" else x.shape[1], ph if ph > 1 else 1),)
         n = math.prod(grid)
@@ -74,25 +77,30 @@ class LatentGridAdapter(_Configured):
 class IdsGridAdapter(_Configured):
     """Packed-token models: the grid from position ids ``call[ids_arg]`` (``[S, K]`` or ``[B, S, K]``)
     whose columns ``spatial`` hold each token's (frame,) row, column; tokens after the grid (reference
-    images) are extras of the latent stream."""
+    images) are extras of the latent stream, and so are the tokens of ``extra_ids_args`` (reference
+    images passed separately, packed after the latent tokens inside the denoiser)."""
 
     ids_arg: str = "img_ids"
     spatial: tuple[int, ...] = (1, 2)
+    extra_ids_args: tuple[str, ...] = ()
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         ids = call.get(self.ids_arg)
         if not isinstance(ids, torch.Tensor):
             raise LayoutError(f"the call has no position ids {self.ids_arg!r} to read the token grid from")
         grid, _ = grid_from_ids(ids, self.spatial)
-        stream = ids.shape[-2]
+        extra = [call.get(a) for a in self.extra_ids_args]
+        stream = ids.shape[-2] + sum(e.shape[-2] for e in extra if isinstance(e, torch.Tensor))
         return self._layout(call, grid, stream_len=stream)
 
 
 class ShapesAdapter(_Configured):
     """Qwen-Image style: ``call[shapes_arg]`` lists per sample ``[(F, H, W), ...]`` in latent-token
-    units; the first entry is the target grid, later entries (edit references) are extras."""
+    units; the first entry is the target grid, later entries (edit references) are extras. With
+    ``stream_arg`` the stream is that argument's sequence length (a batch padded to its longest sample)."""
 
     shapes_arg: str = "img_shapes"
+    stream_arg: str = ""
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:
         shapes = call.get(self.shapes_arg)
@@ -106,7 +114,10 @@ class ShapesAdapter(_Configured):
         entries = [tuple(int(v) for v in e) for e in per_sample[0]]
         f, h, w = entries[0]
         grid = (h, w) if f == 1 else (f, h, w)
-        return self._layout(call, grid, stream_len=sum(math.prod(e) for e in entries))
+        stream = sum(math.prod(e) for e in entries)
+        if self.stream_arg:
+            stream = int(call[self.stream_arg].shape[1])
+        return self._layout(call, grid, stream_len=stream)
 
 
 class SizeArgsAdapter(_Configured):
@@ -136,6 +147,7 @@ class UNetGridAdapter(_Configured):
         "temp_attentions",
         "temporal_transformer_blocks",
         "transformer_in",
+        "image_latents_temporal_encoder",  # I2VGen-XL: over the frames of the conditioning image latents
     )
 
     def read_layout(self, denoiser: nn.Module, call: dict[str, Any]) -> TokenLayout:

@@ -127,6 +127,10 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'timestep_guidance_channels': 256, 'axes_dims_rope': [4, 4, 4, 4]},
         {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': T([[[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 3, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 2, 0], [0, 1, 3, 0], [0, 2, 0, 0], [0, 2, 1, 0], [0, 2, 2, 0], [0, 2, 3, 0], [0, 3, 0, 0], [0, 3, 1, 0], [0, 3, 2, 0], [0, 3, 3, 0]]], 'int64'), 'txt_ids': T([[[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 0, 4], [0, 0, 0, 5], [0, 0, 0, 6], [0, 0, 0, 7], [0, 0, 0, 8], [0, 0, 0, 9], [0, 0, 0, 10], [0, 0, 0, 11], [0, 0, 0, 12], [0, 0, 0, 13], [0, 0, 0, 14], [0, 0, 0, 15], [0, 0, 0, 16], [0, 0, 0, 17], [0, 0, 0, 18], [0, 0, 0, 19], [0, 0, 0, 20], [0, 0, 0, 21], [0, 0, 0, 22], [0, 0, 0, 23], [0, 0, 0, 24], [0, 0, 0, 25], [0, 0, 0, 26], [0, 0, 0, 27], [0, 0, 0, 28], [0, 0, 0, 29], [0, 0, 0, 30], [0, 0, 0, 31], [0, 0, 0, 32], [0, 0, 0, 33], [0, 0, 0, 34], [0, 0, 0, 35], [0, 0, 0, 36], [0, 0, 0, 37], [0, 0, 0, 38], [0, 0, 0, 39], [0, 0, 0, 40], [0, 0, 0, 41], [0, 0, 0, 42], [0, 0, 0, 43], [0, 0, 0, 44], [0, 0, 0, 45], [0, 0, 0, 46], [0, 0, 0, 47]]], 'int64'), 'timestep': T([1.0], 'float32'), 'guidance': T([1.0], 'float32')},
     ),
+    'Flux3Transformer2DModel': (
+        {'in_channels': 4, 'cond_in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'timestep_channels': 32, 'axes_dims_rope': (4, 4, 4, 4)},
+        {'hidden_states': R((1, 20, 4)), 'encoder_hidden_states': R((1, 12, 32)), 'img_ids': M((4, 5), width=4), 'txt_ids': R((12, 4)), 'timestep': T([0.5], 'float32'), 'image_cond_hidden_states': R((1, 6, 4)), 'image_cond_ids': T([[1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 2, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 2, 0]], 'float32')},
+    ),
     'FluxTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'pooled_projection_dim': 32, 'axes_dims_rope': [4, 4, 8]},
         {'hidden_states': R((1, 16, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'pooled_projections': R((1, 32)), 'img_ids': M((4, 4)), 'txt_ids': R((48, 3)), 'timestep': T([1.0], 'float32')},
@@ -136,8 +140,8 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 4, 8, 8)), 'encoder_hidden_states': R((1, 12, 32)), 'prior_token_id': T([44], 'int64'), 'prior_token_drop': T([False], 'bool'), 'timestep': T([44], 'int64'), 'target_size': T([[8.0, 8.0]], 'float32'), 'crop_coords': T([[0.0, 0.0]], 'float32')},
     ),
     'HeliosTransformer3DModel': (
-        {'patch_size': (1, 2, 2), 'num_attention_heads': 2, 'attention_head_dim': 12, 'in_channels': 4, 'out_channels': 4, 'text_dim': 16, 'freq_dim': 256, 'ffn_dim': 32, 'num_layers': 2, 'cross_attn_norm': True, 'qk_norm': 'rms_norm_across_heads', 'rope_dim': (4, 4, 4), 'has_multi_term_memory_patch': True, 'guidance_cross_attn': True, 'zero_history_timestep': True, 'is_amplify_history': False},
-        {'hidden_states': R((1, 4, 2, 16, 16)), 'timestep': T([44], 'int64'), 'encoder_hidden_states': R((1, 12, 16)), 'indices_hidden_states': T([[1.0, 1.0]], 'float32'), 'indices_latents_history_short': T([[1.0]], 'float32'), 'indices_latents_history_mid': T([[1.0]], 'float32'), 'indices_latents_history_long': T([[1.0, 1.0, 1.0, 1.0]], 'float32'), 'latents_history_short': R((1, 4, 1, 16, 16)), 'latents_history_mid': R((1, 4, 1, 16, 16)), 'latents_history_long': R((1, 4, 4, 16, 16))},
+        {'patch_size': (1, 2, 2), 'num_attention_heads': 2, 'attention_head_dim': 12, 'in_channels': 4, 'out_channels': 4, 'text_dim': 16, 'freq_dim': 32, 'ffn_dim': 32, 'num_layers': 2, 'rope_dim': (4, 4, 4)},
+        {'hidden_states': R((1, 4, 2, 8, 8)), 'timestep': T([500], 'int64'), 'encoder_hidden_states': R((1, 6, 16)), 'indices_hidden_states': T([[6, 7]], 'int64'), 'latents_history_short': R((1, 4, 1, 8, 8)), 'indices_latents_history_short': T([[5]], 'int64'), 'latents_history_mid': R((1, 4, 2, 8, 8)), 'indices_latents_history_mid': T([[3, 4]], 'int64'), 'latents_history_long': R((1, 4, 3, 8, 8)), 'indices_latents_history_long': T([[0, 1, 2]], 'int64')},
     ),
     'HiDreamImageTransformer2DModel': (
         {'patch_size': 2, 'in_channels': 4, 'out_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 8, 'num_attention_heads': 4, 'caption_channels': [8, 4], 'text_emb_dim': 8, 'num_routed_experts': 2, 'num_activated_experts': 2, 'axes_dims_rope': (4, 2, 2), 'max_resolution': (32, 32), 'llama_layers': (0, 1), 'force_inference_output': True},
@@ -152,28 +156,28 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 4, 1, 8, 8)), 'timestep': T([1.0], 'float32'), 'encoder_hidden_states': R((1, 6, 16)), 'encoder_hidden_states_2': R((1, 4, 8)), 'encoder_attention_mask': T([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], 'float32'), 'encoder_attention_mask_2': T([[1.0, 1.0, 1.0, 1.0]], 'float32'), 'image_embeds': T([[[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]], 'float32')},
     ),
     'HunyuanVideoFramepackTransformer3DModel': (
-        {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 10, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': 2, 'patch_size_t': 1, 'guidance_embeds': True, 'text_embed_dim': 16, 'pooled_projection_dim': 8, 'rope_axes_dim': (2, 4, 4), 'image_condition_type': None, 'has_image_proj': True, 'image_proj_dim': 16, 'has_clean_x_embedder': True},
-        {'hidden_states': R((1, 4, 3, 4, 4)), 'timestep': T([44], 'int64'), 'encoder_hidden_states': R((1, 12, 16)), 'pooled_projections': R((1, 8)), 'encoder_attention_mask': T([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], 'float32'), 'guidance': T([44], 'int64'), 'image_embeds': R((1, 12, 16)), 'indices_latents': T([1.0, 1.0, 1.0], 'float32'), 'latents_clean': R((1, 4, 2, 4, 4)), 'indices_latents_clean': T([1.0, 1.0], 'float32'), 'latents_history_2x': R((1, 4, 2, 4, 4)), 'indices_latents_history_2x': T([1.0, 1.0], 'float32'), 'latents_history_4x': R((1, 4, 8, 4, 4)), 'indices_latents_history_4x': T([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 'float32')},
+        {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 10, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': 2, 'patch_size_t': 1, 'guidance_embeds': True, 'text_embed_dim': 16, 'pooled_projection_dim': 8, 'rope_axes_dim': (2, 4, 4), 'has_image_proj': True, 'image_proj_dim': 16, 'has_clean_x_embedder': True},
+        {'hidden_states': R((1, 4, 1, 8, 8)), 'timestep': T([500], 'int64'), 'encoder_hidden_states': R((1, 6, 16)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1, 1]], 'int64'), 'pooled_projections': R((1, 8)), 'image_embeds': R((1, 3, 16)), 'indices_latents': T([3], 'int64'), 'guidance': T([1000.0], 'float32'), 'latents_clean': R((1, 4, 2, 8, 8)), 'indices_latents_clean': T([0, 4], 'int64'), 'latents_history_2x': R((1, 4, 2, 8, 8)), 'indices_latents_history_2x': T([5, 6], 'int64'), 'latents_history_4x': R((1, 4, 16, 8, 8)), 'indices_latents_history_4x': T(list(range(7, 23)), 'int64')},
     ),
     'HunyuanVideoTransformer3DModel': (
         {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 10, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': 1, 'patch_size_t': 1, 'guidance_embeds': True, 'text_embed_dim': 16, 'pooled_projection_dim': 8, 'rope_axes_dim': (2, 4, 4), 'image_condition_type': None},
         {'hidden_states': R((1, 4, 1, 16, 16)), 'timestep': T([44.0], 'float32'), 'encoder_hidden_states': R((1, 12, 16)), 'pooled_projections': R((1, 8)), 'encoder_attention_mask': T([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], 'float32'), 'guidance': T([44.0], 'float32')},
     ),
     'Ideogram4Transformer2DModel': (
-        {'in_channels': 16, 'num_layers': 2, 'attention_head_dim': 8, 'num_attention_heads': 4, 'intermediate_size': 32, 'adaln_dim': 16, 'llm_features_dim': 24, 'rope_theta': 10000, 'mrope_section': (2, 1, 1), 'norm_eps': 1e-05},
-        {'hidden_states': R((1, 8, 16)), 'encoder_hidden_states': R((1, 8, 24)), 'timestep': R((1,)), 'position_ids': T([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [65536, 65536, 65536], [65536, 65536, 65537], [65536, 65537, 65536], [65536, 65537, 65537]]], 'int64'), 'segment_ids': T([[1, 1, 1, 1, 1, 1, 1, 1]], 'int64'), 'indicator': T([[3, 3, 3, 3, 2, 2, 2, 2]], 'int64')},
+        {'in_channels': 4, 'num_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'intermediate_size': 32, 'adaln_dim': 16, 'llm_features_dim': 8, 'mrope_section': (4, 2, 2)},
+        {'hidden_states': R((1, 27, 4)), 'timestep': T([0.5], 'float32'), 'encoder_hidden_states': R((1, 27, 8)), 'position_ids': T([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4], [5, 0, 0], [5, 0, 1], [5, 0, 2], [5, 0, 3], [5, 0, 4], [5, 1, 0], [5, 1, 1], [5, 1, 2], [5, 1, 3], [5, 1, 4], [5, 2, 0], [5, 2, 1], [5, 2, 2], [5, 2, 3], [5, 2, 4], [5, 3, 0], [5, 3, 1], [5, 3, 2], [5, 3, 3], [5, 3, 4], [0, 0, 0], [0, 0, 0]]], 'int64'), 'segment_ids': T([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], 'int64'), 'indicator': T([[3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, -1, -1]], 'int64')},
     ),
     'JoyImageEditPlusTransformer3DModel': (
-        {'patch_size': [1, 2, 2], 'in_channels': 16, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
-        {'hidden_states': R((1, 2, 16, 1, 2, 2)), 'encoder_hidden_states': R((1, 12, 16)), 'timestep': T([1.0], 'float32'), 'shape_list': [[(1, 1, 1), (1, 1, 1)]]},
+        {'patch_size': [1, 2, 2], 'in_channels': 4, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
+        {'hidden_states': R((1, 28, 4, 1, 2, 2)), 'timestep': T([1.0], 'float32'), 'encoder_hidden_states': R((1, 6, 16)), 'encoder_hidden_states_mask': T([[1, 1, 1, 1, 1, 1]], 'int64'), 'shape_list': [[(1, 4, 5), (1, 2, 3)]]},
     ),
     'JoyImageEditTransformer3DModel': (
         {'patch_size': [1, 2, 2], 'in_channels': 16, 'hidden_size': 32, 'num_attention_heads': 2, 'text_dim': 16, 'num_layers': 2, 'rope_dim_list': [4, 6, 6], 'theta': 256},
         {'hidden_states': R((1, 16, 1, 8, 8)), 'encoder_hidden_states': R((1, 12, 16)), 'timestep': T([1.0], 'float32')},
     ),
     'Krea2Transformer2DModel': (
-        {'in_channels': 16, 'num_layers': 2, 'attention_head_dim': 8, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'intermediate_size': 32, 'timestep_embed_dim': 8, 'text_hidden_dim': 16, 'num_text_layers': 3, 'text_num_attention_heads': 2, 'text_num_key_value_heads': 1, 'text_intermediate_size': 16, 'num_layerwise_text_blocks': 1, 'num_refiner_text_blocks': 1, 'axes_dims_rope': (4, 2, 2), 'rope_theta': 1000.0, 'norm_eps': 1e-05},
-        {'hidden_states': R((1, 4, 16)), 'encoder_hidden_states': R((1, 4, 3, 16)), 'timestep': R((1,)), 'position_ids': T([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 1.0, 1.0]], 'float32'), 'encoder_attention_mask': T([[True, True, True, False]], 'bool')},
+        {'in_channels': 4, 'num_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'num_key_value_heads': 1, 'intermediate_size': 32, 'timestep_embed_dim': 16, 'text_hidden_dim': 8, 'num_text_layers': 2, 'text_num_attention_heads': 2, 'text_num_key_value_heads': 2, 'text_intermediate_size': 16, 'num_layerwise_text_blocks': 1, 'num_refiner_text_blocks': 1, 'axes_dims_rope': (4, 6, 6)},
+        {'hidden_states': R((1, 20, 4)), 'encoder_hidden_states': R((1, 6, 2, 8)), 'timestep': T([0.5], 'float32'), 'position_ids': T([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 0, 4], [0, 1, 0], [0, 1, 1], [0, 1, 2], [0, 1, 3], [0, 1, 4], [0, 2, 0], [0, 2, 1], [0, 2, 2], [0, 2, 3], [0, 2, 4], [0, 3, 0], [0, 3, 1], [0, 3, 2], [0, 3, 3], [0, 3, 4]], 'int64')},
     ),
     'LTX2VideoTransformer3DModel': (
         {'in_channels': 4, 'out_channels': 4, 'patch_size': 1, 'patch_size_t': 1, 'num_attention_heads': 2, 'attention_head_dim': 8, 'cross_attention_dim': 16, 'audio_in_channels': 4, 'audio_out_channels': 4, 'audio_num_attention_heads': 2, 'audio_attention_head_dim': 4, 'audio_cross_attention_dim': 8, 'num_layers': 2, 'qk_norm': 'rms_norm_across_heads', 'caption_channels': 16, 'rope_double_precision': False},
@@ -224,8 +228,8 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {'hidden_states': R((1, 16, 16)), 'encoder_hidden_states': R((1, 8, 16)), 'encoder_hidden_states_mask': T([[1, 1, 1, 1, 1, 1, 1, 1]], 'int64'), 'timestep': T([1.0], 'float32'), 'img_shapes': [(1, 4, 4)]},
     ),
     'OmniGenTransformer2DModel': (
-        {'hidden_size': 16, 'num_attention_heads': 4, 'num_key_value_heads': 4, 'intermediate_size': 32, 'num_layers': 20, 'pad_token_id': 0, 'vocab_size': 1000, 'in_channels': 4, 'time_step_dim': 4, 'rope_scaling': {'long_factor': [1, 2], 'short_factor': [1, 2]}},
-        {'hidden_states': R((2, 4, 8, 8)), 'timestep': R((2,)), 'input_ids': T([[4, 9, 3, 0, 3, 9, 7, 3, 7, 3, 1, 6, 6, 9, 8, 6, 6, 8, 4, 3, 6, 9, 1, 4], [4, 1, 9, 9, 9, 0, 1, 2, 3, 0, 5, 5, 2, 9, 1, 8, 8, 3, 6, 9, 1, 7, 3, 5]], 'int64'), 'input_img_latents': [R((1, 4, 8, 8))], 'input_image_sizes': {0: [[0, 16]]}, 'attention_mask': R((2, 41, 41)), 'position_ids': T([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40]], 'int64')},
+        {'hidden_size': 16, 'num_attention_heads': 4, 'num_key_value_heads': 4, 'intermediate_size': 32, 'num_layers': 1, 'in_channels': 4, 'time_step_dim': 4, 'vocab_size': 64, 'pad_token_id': 0, 'pos_embed_max_size': 16, 'rope_scaling': {'long_factor': [1, 2], 'short_factor': [1, 2]}},
+        {'hidden_states': R((1, 4, 8, 12)), 'timestep': T([0.5], 'float32'), 'input_ids': I((1, 5), 64), 'input_img_latents': [], 'input_image_sizes': {}, 'attention_mask': None, 'position_ids': T([list(range(30))], 'int64')},
     ),
     'OvisImageTransformer2DModel': (
         {'patch_size': 1, 'in_channels': 4, 'out_channels': 4, 'num_layers': 1, 'num_single_layers': 1, 'attention_head_dim': 16, 'num_attention_heads': 2, 'joint_attention_dim': 32, 'axes_dims_rope': (4, 4, 8)},
@@ -309,7 +313,7 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     'ZImageTransformer2DModel': (
         {'all_patch_size': (2,), 'all_f_patch_size': (1,), 'in_channels': 16, 'dim': 16, 'n_layers': 1, 'n_refiner_layers': 1, 'n_heads': 1, 'n_kv_heads': 2, 'qk_norm': True, 'cap_feat_dim': 16, 'rope_theta': 256.0, 't_scale': 1000.0, 'axes_dims': [8, 4, 4], 'axes_lens': [256, 32, 32]},
-        {'x': [R((16, 1, 16, 16))], 'cap_feats': [R((16, 16))], 't': T([0.0], 'float32')},
+        {'x': [R((16, 1, 16, 12))], 'cap_feats': [R((16, 16))], 't': T([0.5], 'float32')},
     ),
     'UNet2DConditionModel': (
         {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'), 'block_out_channels': (32, 64), 'layers_per_block': 1, 'attention_head_dim': (4, 8), 'cross_attention_dim': 32, 'norm_num_groups': 8},
@@ -322,6 +326,54 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     'StableAudioDiTModel': (
         {'sample_size': 4, 'in_channels': 3, 'num_layers': 2, 'attention_head_dim': 4, 'num_key_value_attention_heads': 2, 'out_channels': 3, 'cross_attention_dim': 4, 'time_proj_dim': 8, 'global_states_input_dim': 8, 'cross_attention_input_dim': 4},
         {'hidden_states': R((1, 3, 13)), 'timestep': T([10.0]), 'encoder_hidden_states': R((1, 5, 4)), 'global_hidden_states': R((1, 1, 8))},
+    ),
+    'HunyuanImageTransformer2DModel': (
+        {'in_channels': 4, 'out_channels': 4, 'num_attention_heads': 2, 'attention_head_dim': 8, 'num_layers': 1, 'num_single_layers': 1, 'num_refiner_layers': 1, 'patch_size': (1, 1), 'text_embed_dim': 16, 'rope_axes_dim': (4, 4)},
+        {'hidden_states': R((1, 4, 6, 8)), 'timestep': T([500.0], 'float32'), 'encoder_hidden_states': R((1, 7, 16)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1, 1, 1]], 'int64')},
+    ),
+    'DreamLiteUNetModel': (
+        {'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'block_out_channels': (16, 32, 32), 'layers_per_block': 1, 'norm_num_groups': 8, 'cross_attention_dim': 16, 'attention_head_dim': 8},
+        {'sample': R((1, 4, 15, 17)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 7, 16))},
+    ),
+    'AudioLDM2UNet2DConditionModel': (
+        {'block_out_channels': (8, 16), 'layers_per_block': 1, 'norm_num_groups': 8, 'sample_size': 16, 'in_channels': 4, 'out_channels': 4, 'down_block_types': ('DownBlock2D', 'CrossAttnDownBlock2D'), 'up_block_types': ('CrossAttnUpBlock2D', 'UpBlock2D'), 'cross_attention_dim': ([None, 8, 16], [None, 8, 16]), 'attention_head_dim': 4},
+        {'sample': R((1, 4, 13, 8)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_hidden_states_1': R((1, 6, 16))},
+    ),
+    'I2VGenXLUNet': (
+        {'in_channels': 4, 'out_channels': 4, 'down_block_types': ('CrossAttnDownBlock3D', 'DownBlock3D'), 'up_block_types': ('UpBlock3D', 'CrossAttnUpBlock3D'), 'block_out_channels': (4, 8), 'cross_attention_dim': 4, 'attention_head_dim': 4, 'num_attention_heads': None, 'norm_num_groups': 2},
+        {'sample': R((1, 4, 2, 12, 14)), 'timestep': T([10], 'int64'), 'fps': T([8], 'int64'), 'image_latents': R((1, 4, 2, 12, 14)), 'image_embeddings': R((1, 4)), 'encoder_hidden_states': R((1, 5, 4))},
+    ),
+    'Kandinsky3UNet': (
+        {'in_channels': 4, 'time_embedding_dim': 4, 'groups': 2, 'attention_head_dim': 4, 'layers_per_block': 2, 'block_out_channels': (8, 16, 32), 'cross_attention_dim': 4, 'encoder_hid_dim': 8},
+        {'sample': R((1, 4, 16, 12)), 'timestep': T([10], 'int64'), 'encoder_hidden_states': R((1, 5, 8)), 'encoder_attention_mask': T([[1, 1, 1, 1, 1]], 'int64')},
+    ),
+    'UVit2DModel': (
+        {'hidden_size': 8, 'use_bias': False, 'cond_embed_dim': 8, 'micro_cond_encode_dim': 2, 'micro_cond_embed_dim': 10, 'encoder_hidden_size': 8, 'vocab_size': 32, 'codebook_size': 8, 'in_channels': 8, 'block_out_channels': 8, 'num_res_blocks': 1, 'downsample': True, 'upsample': True, 'block_num_heads': 1, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'intermediate_size': 8},
+        {'input_ids': I((1, 8, 6), 32), 'encoder_hidden_states': R((1, 5, 8)), 'pooled_text_emb': R((1, 8)), 'micro_conds': R((1, 5))},
+    ),
+    'StableCascadeUNet': (
+        {'in_channels': 4, 'out_channels': 4, 'timestep_ratio_embedding_dim': 8, 'patch_size': 1, 'conditioning_dim': 16, 'block_out_channels': (16, 16), 'num_attention_heads': (2, 2), 'down_num_layers_per_block': (1, 1), 'up_num_layers_per_block': (1, 1), 'down_blocks_repeat_mappers': (1, 1), 'up_blocks_repeat_mappers': (1, 1), 'clip_text_in_channels': 8, 'clip_text_pooled_in_channels': 8, 'clip_image_in_channels': 8, 'clip_seq': 2, 'dropout': (0.0, 0.0), 'self_attn': True, 'timestep_conditioning_type': ('sca',)},
+        {'sample': R((1, 4, 12, 8)), 'timestep_ratio': T([0.5], 'float32'), 'clip_text_pooled': R((1, 1, 8)), 'clip_text': R((1, 5, 8)), 'clip_img': R((1, 1, 8))},
+    ),
+    'Kandinsky5Transformer3DModel': (
+        {'in_visual_dim': 4, 'in_text_dim': 16, 'in_text_dim2': 8, 'time_dim': 16, 'out_visual_dim': 4, 'patch_size': (1, 2, 2), 'model_dim': 32, 'ff_dim': 64, 'num_text_blocks': 1, 'num_visual_blocks': 2, 'axes_dims': (4, 6, 6)},
+        {'hidden_states': R((1, 2, 8, 12, 4)), 'encoder_hidden_states': R((1, 6, 16)), 'timestep': T([500.0], 'float32'), 'pooled_projections': R((1, 8)), 'visual_rope_pos': [T([0, 1], 'int64'), T([0, 1, 2, 3], 'int64'), T([0, 1, 2, 3, 4, 5], 'int64')], 'text_rope_pos': T([0, 1, 2, 3, 4, 5], 'int64')},
+    ),
+    'Kandinsky6Transformer3DModel': (
+        {'in_visual_dim': 4, 'out_visual_dim': 4, 'in_text_dim': 16, 'in_text_dim2': 8, 'time_dim': 16, 'patch_size': (1, 2, 2), 'model_dim': 32, 'ff_dim': 64, 'num_text_blocks': 1, 'num_visual_blocks': 2, 'axes_dims': (4, 6, 6), 'visual_cond': False, 'in_audio_dim': 4, 'out_audio_dim': 4},
+        {'hidden_states': R((1, 2, 8, 12, 4)), 'encoder_hidden_states': R((1, 6, 16)), 'pooled_projections': R((1, 8)), 'timestep': T([500.0], 'float32')},
+    ),
+    'DreamLiteTransformer2DModel': (
+        {'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'num_layers': 1, 'norm_num_groups': 2, 'cross_attention_dim': 16, 'qk_norm': 'rms_norm'},
+        {'hidden_states': R((1, 4, 7, 9)), 'encoder_hidden_states': R((1, 5, 16))},
+    ),
+    'UniDiffuserModel': (
+        {'text_dim': 16, 'clip_img_dim': 16, 'num_text_tokens': 5, 'num_attention_heads': 2, 'attention_head_dim': 8, 'in_channels': 4, 'out_channels': 4, 'num_layers': 3, 'norm_num_groups': 8, 'sample_size': 12, 'patch_size': 2, 'activation_fn': 'gelu', 'num_embeds_ada_norm': 1000, 'block_type': 'unidiffuser', 'use_data_type_embedding': True},
+        {'latent_image_embeds': R((1, 4, 12, 12)), 'image_embeds': R((1, 1, 16)), 'prompt_embeds': R((1, 5, 16)), 'timestep_img': T([10], 'int64'), 'timestep_text': T([0], 'int64'), 'data_type': 1},
+    ),
+    'BriaFibo2Transformer2DModel': (
+        {'in_channels': 4, 'patch_size': 2, 'dim': 32, 'n_layers': 2, 'n_refiner_layers': 1, 'n_heads': 2, 'cap_feat_dim': 16, 'injection_layer_ids': (1,), 'perceiver_num_layers': 1, 'min_num_gist_tokens': 4, 'max_num_gist_tokens': 8, 'gist_step': 4, 'gist_min_text_len': 4, 'gist_max_text_len': 16, 'axes_dims': (4, 6, 6), 'axes_lens': (64, 32, 32)},
+        {'hidden_states': R((1, 4, 8, 12)), 'timestep': T([0.5], 'float32'), 'encoder_hidden_states': R((1, 2, 6, 16)), 'encoder_attention_mask': T([[True, True, True, True, True, True]], 'bool'), 'context_latents': [R((1, 4, 4, 4))]},
     ),
 }
 
