@@ -11,7 +11,7 @@ import torch
 import diffattn
 from diffattn.cli import main
 from diffattn.patch.select import denoisers_of
-from diffattn.tiny import _TEXT_LEN, TINY_SPECS, build_tiny_pipeline, tiny_call_kwargs, tiny_output
+from diffattn.tiny import _TEXT_LEN, TINY_SPECS, _seeded, build_tiny_pipeline, tiny_call_kwargs, tiny_output
 from diffattn.tiny_more import KONTEXT_IMAGE_SIZE
 
 NAMES = ("tiny-wan22", "tiny-flux-kontext", "tiny-ltx2")
@@ -135,6 +135,33 @@ def test_ltx2_audio_modules_stay_dense():
         names = h.modules
     layers = pipe.transformer.config.num_layers
     assert sorted(names) == [f"transformer.transformer_blocks.{i}.attn1" for i in range(layers)]
+
+
+@pytest.mark.slow
+def test_ltx2_stg_pass_skips_the_perturbed_blocks():
+    """LTX-2.3 style guidance (``perturbed_attn`` + STG + modality isolation, three transformer passes per
+    step): in the STG pass the perturbed block returns its value projection without attention, so that module
+    counts no call for it; every call that attends runs sparse, and a covering window is exactly dense."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    name = "tiny-ltx2"
+    pipe = build_tiny_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    pipe.transformer = _seeded(0, lambda: LTX2VideoTransformer3DModel(**{**config, "perturbed_attn": True})).eval()
+    guidance = {"stg_scale": 1.0, "modality_scale": 3.0, "spatio_temporal_guidance_blocks": [1]}
+    base = tiny_output(pipe, name, **guidance)
+    with diffattn.attention(pipe, "gna", window=3) as h:
+        out = tiny_output(pipe, name, **guidance)
+    steps = tiny_call_kwargs(name)["num_inference_steps"]
+    calls = {n: (s.sparse, s.fallback) for n, s in h.stats().items()}
+    assert calls == {
+        "transformer.transformer_blocks.0.attn1": (3 * steps, 0),  # CFG batch, STG and isolated passes
+        "transformer.transformer_blocks.1.attn1": (2 * steps, 0),  # no attention in the STG pass
+    }
+    assert not torch.allclose(out, base, atol=1e-4)
+    with diffattn.attention(pipe, "gna", window=HUGE):
+        torch.testing.assert_close(tiny_output(pipe, name, **guidance), base, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
