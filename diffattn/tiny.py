@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -586,6 +587,8 @@ class TinySpec:
     call_kwargs: the family's own ``pipe(**kw)`` arguments (guidance, text length, ...).
     core: one of the ten original families that the family-parametrized test fixtures run over; the newer
     families (``core=False``) are exercised end to end by their own tests, to keep the suite's time bounded.
+    sized_kwargs: ``(height, width) -> kwargs`` made fresh for every call at that output size (an input
+    image, an area the pipeline rescales to), or None.
     """
 
     name: str
@@ -596,23 +599,32 @@ class TinySpec:
     multiple: int
     call_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     core: bool = True
+    sized_kwargs: Callable[[int, int], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "call_kwargs", MappingProxyType(dict(self.call_kwargs)))
 
 
-def _qwen(builder: str) -> Callable[[int], DiffusionPipeline]:
-    """A builder from `diffattn.tiny_qwen`, imported on first use (that module imports this one)."""
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """Function ``name`` of ``diffattn.<module>``, imported when called (those modules import this one's helpers)."""
 
-    def build(seed: int) -> DiffusionPipeline:
-        from diffattn import tiny_qwen
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"diffattn.{module}"), name)(*args)
 
-        return getattr(tiny_qwen, builder)(seed)
-
-    return build
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 _TEXT = {"max_sequence_length": _TEXT_LEN}
+_LTX2 = {
+    "guidance_scale": 3.0,
+    "negative_prompt": "",
+    "stg_scale": 0.0,
+    "audio_stg_scale": 0.0,
+    "modality_scale": 1.0,
+    "audio_modality_scale": 1.0,
+    **_TEXT,
+}
 _PIXART = {"guidance_scale": 5.0, "use_resolution_binning": False, "clean_caption": False, **_TEXT}
 
 TINY_SPECS: dict[str, TinySpec] = {
@@ -646,11 +658,12 @@ TINY_SPECS: dict[str, TinySpec] = {
         ),
         # latent 3x6x8 (VAE /16 spatial, /4 temporal), patch 1
         TinySpec("tiny-ltx", _build_ltx, 96, 128, 9, 32, {"guidance_scale": 3.0, "negative_prompt": "", **_TEXT}),
+        # --- newer families (core=False), with their own end-to-end tests
         # Qwen text encoders (diffattn.tiny_qwen).
         # latent 16x20 (VAE /4), 2x2 packing -> 8x10 tokens; true CFG: separate cond / uncond calls
         TinySpec(
             "tiny-qwenimage",
-            _qwen("build_qwenimage"),
+            _lazy("tiny_qwen", "build_qwenimage"),
             64,
             80,
             None,
@@ -659,11 +672,11 @@ TINY_SPECS: dict[str, TinySpec] = {
             core=False,
         ),
         # latent 3x6x8 (VAE /4 spatial, /2 temporal: 5 frames), patch 1; CFG through the pipeline's guider
-        TinySpec("tiny-hunyuanvideo15", _qwen("build_hunyuanvideo15"), 24, 32, 5, 4, core=False),
+        TinySpec("tiny-hunyuanvideo15", _lazy("tiny_qwen", "build_hunyuanvideo15"), 24, 32, 5, 4, core=False),
         # Flux2KleinPipeline: latent 16x20 (VAE /2), 2x2 patchified -> 8x10 tokens; real CFG (not distilled)
         TinySpec(
             "tiny-flux2",
-            _qwen("build_flux2_klein"),
+            _lazy("tiny_qwen", "build_flux2_klein"),
             32,
             40,
             None,
@@ -671,6 +684,32 @@ TINY_SPECS: dict[str, TinySpec] = {
             {"guidance_scale": 4.0, "text_encoder_out_layers": (1, 2), **_TEXT},
             core=False,
         ),
+        # tiny-wan's latent grid 3x6x8 tokens; two experts: step 0 runs transformer, step 1 transformer_2
+        TinySpec(
+            "tiny-wan22",
+            _lazy("tiny_more", "_build_wan22"),
+            96,
+            128,
+            9,
+            16,
+            {"guidance_scale": 5.0, "negative_prompt": "", **_TEXT},
+            core=False,
+        ),
+        # target 8x12 tokens (as tiny-flux) + 8x8 reference-image tokens appended to the latent stream
+        TinySpec(
+            "tiny-flux-kontext",
+            _lazy("tiny_more", "_build_flux_kontext"),
+            32,
+            48,
+            None,
+            4,
+            {"guidance_scale": 3.5, "_auto_resize": False, **_TEXT},
+            core=False,
+            sized_kwargs=_lazy("tiny_more", "kontext_call_kwargs"),
+        ),
+        # latent 3x8x8 (video VAE /4 in space and time), patch 1; the audio stream stays dense. Guidance is CFG
+        # alone: STG and modality isolation would add two more transformer passes per step
+        TinySpec("tiny-ltx2", _lazy("tiny_more", "_build_ltx2"), 32, 32, 9, 32, _LTX2, core=False),
     )
 }
 TINY_MODELS: tuple[str, ...] = tuple(TINY_SPECS)
@@ -724,6 +763,8 @@ def tiny_call_kwargs(
     if spec.frames is not None:
         kw["num_frames"] = spec.frames
     kw.update(copy.deepcopy(dict(spec.call_kwargs)))  # fresh nested dicts: a pipeline may mutate them
+    if spec.sized_kwargs is not None:
+        kw.update(spec.sized_kwargs(height, width))
     return kw
 
 
