@@ -107,6 +107,28 @@ def build_eval_pipe(model: dict, ema: dict[str, list[torch.Tensor]], comps: dict
     return pipe
 
 
+def class_probabilities(weights: list[tuple[str, float]]) -> torch.Tensor | None:
+    """Sampling probability per class from ``--class-weight CLASS=W`` (others weigh 1); None = uniform."""
+    if not weights:
+        return None
+    w = torch.ones(len(tiny_data.CLASSES))
+    for name, value in weights:
+        if name not in tiny_data.CLASSES or value <= 0:
+            raise SystemExit(f"--class-weight {name}={value}: need a class of {list(tiny_data.CLASSES)} and W > 0")
+        w[tiny_data.CLASSES.index(name)] = value
+    return w / w.sum()
+
+
+def batch_of(args: argparse.Namespace, step: int, class_p: torch.Tensor | None) -> tuple[torch.Tensor, list[str]]:
+    """The training batch of ``step`` (seeded by step): images [B, 3, 32, 32] in [0, 1] and their captions."""
+    seed = args.seed * 1_000_003 + step
+    labels = None
+    if class_p is not None:  # oversample classes the model draws poorly
+        labels = torch.multinomial(class_p, args.batch, replacement=True, generator=torch.Generator().manual_seed(seed))
+    scenes = tiny_data.sample_scenes(args.batch, seed=seed, labels=labels)
+    return tiny_data.render(scenes, tm.RESOLUTION), tiny_data.captions(scenes)
+
+
 def zero_init(transformer: torch.nn.Module) -> None:
     """DiT's adaLN-Zero: every block starts as the identity (zero gates) and the output layer at zero."""
     with torch.no_grad():
@@ -138,6 +160,7 @@ def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) ->
     tok = comps["tokenizer"]
     empty_ids = tok([""], padding="max_length", max_length=tm.TEXT_LEN, return_tensors="pt").input_ids
     g = torch.Generator().manual_seed(args.seed + 1)
+    class_p = class_probabilities(args.class_weight)
     budget = args.minutes * 60
     t0 = time.time()
     best, step, losses, t_last = -1.0, 0, [], time.time()
@@ -150,7 +173,7 @@ def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) ->
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
-        x0, caps, _ = tiny_data.make_batch(args.batch, seed=args.seed * 1_000_003 + step)
+        x0, caps = batch_of(args, step, class_p)
         x0 = x0 * 2 - 1
         ids = tok(caps, padding="max_length", max_length=tm.TEXT_LEN, return_tensors="pt").input_ids
         drop = torch.rand(args.batch, generator=g) < args.caption_dropout
@@ -221,6 +244,14 @@ def ship(ckpt: Path, scorer_path: Path, dest: Path = tm.WEIGHTS_DIR) -> None:
     print(f"shipped {ckpt} -> {dest} ({size / 1e6:.2f} MB)")
 
 
+def _class_weight(text: str) -> tuple[str, float]:
+    name, _, value = text.rpartition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CLASS=W") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/tiny"))
@@ -241,6 +272,8 @@ def main() -> None:
     ap.add_argument("--t-mean", type=float, default=1.0, help="mean of the logit-normal timestep density")
     ap.add_argument("--t-uniform", type=float, default=0.0, help="fraction of timesteps drawn uniformly")
     ap.add_argument("--scorer-steps", type=int, default=600)
+    ap.add_argument("--class-weight", type=_class_weight, action="append", default=[], metavar="CLASS=W",
+                    help="sample CLASS W times as often as the others (repeatable), e.g. --class-weight square=3")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--eval-per-class", type=int, default=8)
