@@ -30,7 +30,10 @@ PATCH = 4  # pixels per token side -> an 8x8 token grid at the training resoluti
 TEXT_LEN = 12  # tokens per caption, padded; the longest caption has 9 with <bos>/<eos>
 TRAIN_GRID = (RESOLUTION // PATCH, RESOLUTION // PATCH)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "tiny_shapes"
-REBUILD_HINT = "rebuild it with `python scripts/train_tiny.py` (about 1.5 h on 2 CPU cores) or reinstall diffattn"
+REBUILD_HINT = (
+    "rebuild it with `python scripts/train_tiny.py` (the staged commands are in the README, about 2.5 h on 2 CPU "
+    "cores) or reinstall diffattn"
+)
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 # Architecture of the shipped model; train_tiny.py may override for experiments.
