@@ -4,6 +4,9 @@
     python scripts/train_tiny.py --minutes 2 --out /tmp/smoke --no-ship   # smoke run
     python scripts/train_tiny.py --ship-only runs/tiny/best                # copy a checkpoint into the package
 
+The shipped weights came from four warm-started stages; their exact commands are in the README ("The embedded
+tiny model").
+
 Steps: (1) the scorer CNN on real rendered images (checked per class at 32/64/128 px); (2) rectified flow
 (velocity prediction, logit-normal timesteps, 10% caption dropout to the empty prompt for classifier-free guidance,
 EMA weights, bf16 autocast, a cosine learning rate over --max-steps, or over elapsed time so a wall-clock budget
