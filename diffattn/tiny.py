@@ -138,18 +138,20 @@ def _t5_text(tok: Any, d_model: int, *, umt5: bool = False) -> Any:
     return T5EncoderModel(T5Config(**kwargs))
 
 
+def _decoder_sizes(tok: Any, hidden: int, **overrides: Any) -> dict[str, Any]:
+    """The sizes every tiny decoder-style text encoder shares (Llama, Gemma 3, Qwen 3): two layers, two heads."""
+    sizes = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                 num_attention_heads=2, max_position_embeddings=64)
+    return {**sizes, **overrides}
+
+
 def _llama_text(tok: Any, hidden: int) -> Any:
     """Tiny LlamaModel (two layers)."""
     from transformers import LlamaConfig, LlamaModel
 
     config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_decoder_sizes(tok, hidden),
         num_key_value_heads=2,
-        max_position_embeddings=64,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from .tiny import _TEXT_LEN, _build_flux, _build_wan, _seeded
+from .tiny import _TEXT_LEN, _build_flux, _build_wan, _decoder_sizes, _seeded
 
 #: Wan 2.2 A14B's switch: steps with ``t >= 0.875 * 1000`` run ``transformer`` (high noise), later ones
 #: ``transformer_2``; with the tiny schedule (shift 5) a 2-step call runs each expert once
@@ -79,15 +79,10 @@ def _gemma3_text(tok: Any, hidden: int) -> Any:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     text = Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_decoder_sizes(tok, hidden),
         num_key_value_heads=1,
         head_dim=8,
         query_pre_attn_scalar=8,
-        max_position_embeddings=64,
         sliding_window=8,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
-from diffattn.tiny import _TEXT_LEN, _byte_alphabet, _seeded
+from .tiny import _TEXT_LEN, _byte_alphabet, _decoder_sizes, _seeded
 
 __all__ = ["build_flux2_klein", "build_hunyuanvideo15", "build_qwenimage", "qwen_tokenizer"]
 
@@ -268,14 +268,9 @@ def build_flux2_klein(seed: int) -> DiffusionPipeline:
     tok = qwen_tokenizer(("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",))
     hidden = 16
     text_config = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **_decoder_sizes(tok, hidden),
         num_key_value_heads=2,
         head_dim=8,
-        max_position_embeddings=64,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
