@@ -59,11 +59,15 @@ class Capture:
     split: TokenSplit | str | None = None
     layout: TokenLayout | None = None
     role: ModuleRole | None = None
+    #: (module, role, split or why not) of every patched call of the forward, in call order
+    calls: list[tuple[str, ModuleRole, TokenSplit | str]] = dataclasses.field(default_factory=list)
+    current: str = ""
 
 
 @contextlib.contextmanager
 def first_call(model: torch.nn.Module):
-    """Run ``model`` under GNA (dense-equivalent window) and capture its first patched attention call."""
+    """Run ``model`` under GNA (dense-equivalent window) and capture its first patched attention call
+    (and the split of every call)."""
     cap = Capture()
     attend, split_of = intercept._PatchedAttention.attend, intercept.split_of
 
@@ -73,12 +77,14 @@ def first_call(model: torch.nn.Module):
             p.update(kwargs)
             cap.name, cap.q, cap.k = self.name, p["query"].detach().clone(), p["key"].detach().clone()
             cap.layout, cap.role = self.runtime.layout, self.role
+        cap.current = self.name
         return attend(self, func, args, kwargs, cats)
 
     def spy_split(*args: Any, **kwargs: Any):
         split = split_of(*args, **kwargs)
         if cap.split is None:
             cap.split = split
+        cap.calls.append((cap.current, args[1], split))
         return split
 
     with (
@@ -257,21 +263,52 @@ def test_grid_rows_follow_the_latent_and_not_the_text(name):
     assert failed == expected, f"failed {sorted(failed)}, listed exceptions {sorted(expected)}: {detail}"
 
 
-def test_a_grid_misplaced_over_the_text_is_caught(monkeypatch):
-    """The checks can fail: FLUX's grid moved onto the text rows in front of it (where a reader that forgot
-    the text prefix would put it) fails both latent and text checks."""
+@pytest.mark.parametrize("name", _cases())
+def test_later_calls_place_the_grid_as_the_first(name):
+    """Later modules cannot be checked by dependence (text and image mix after the first joint attention),
+    but a call of the same role, sequence length and grid as the first must place the grid at the same rows
+    (e.g. FLUX's single-stream blocks, which receive text and image already joined, as its joint blocks)."""
+    if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
+        pytest.skip(f"{name} needs {NEEDS[name]}")
+    model, inputs = build_tiny_model(name)
+    first = _capture(model, inputs)
+    same = [(m, s) for m, r, s in first.calls if r == first.role and isinstance(s, TokenSplit)
+            and (s.seq_len, s.grid) == (first.split.seq_len, first.split.grid)]
+    moved = [(m, s.image) for m, s in same if s.image != first.split.image]
+    assert not moved, f"{first.name} has the grid at {first.split.image}, these elsewhere: {moved}"
+    unsplit = [(m, s) for m, _, s in first.calls if isinstance(s, str)]
+    assert not unsplit, unsplit
+
+
+def test_every_listed_class_is_a_case():
+    names = {c.values[0] for c in _cases()}
+    for table in (NO_TEXT, EXCEPTIONS, LATENT, TEXT):
+        assert set(table) <= names, sorted(set(table) - names)
+
+
+@pytest.mark.parametrize(
+    ("name", "shift"),
+    [
+        pytest.param("FluxTransformer2DModel", -48, id="flux-over-the-text-prefix"),
+        pytest.param("FluxTransformer2DModel", -1, id="flux-one-row-early"),
+        pytest.param("SD3Transformer2DModel", 1, id="sd3-one-row-into-the-text-suffix", marks=pytest.mark.slow),
+        pytest.param("HunyuanVideoFramepackTransformer3DModel", -40, id="framepack-over-the-history"),
+    ],
+)
+def test_a_misplaced_grid_is_caught(monkeypatch, name, shift):
+    """The checks can fail: the grid moved by ``shift`` rows (onto text, or onto in-stream history) fails
+    them, while the true placement passes."""
     split = TokenLayout.split
 
     def misplaced(self, *args, **kwargs):  # noqa: ANN001
         out = split(self, *args, **kwargs)
         if not isinstance(out, TokenSplit):
             return out
-        n = out.image.stop - out.image.start
-        return dataclasses.replace(out, image=slice(0, n))
+        return dataclasses.replace(out, image=slice(out.image.start + shift, out.image.stop + shift))
 
-    before = placement("FluxTransformer2DModel")
-    assert before.split.image.start == 48 and not _failed_checks(before)  # 48 text tokens, then the 4x4 grid
+    before = placement(name)
+    assert not _failed_checks(before), before
     monkeypatch.setattr(TokenLayout, "split", misplaced)
-    after = placement("FluxTransformer2DModel")
-    assert after.split.image == slice(0, 16)
-    assert {"grid_follows_latent", "grid_ignores_text", "outside_ignores_latent"} <= _failed_checks(after)
+    after = placement(name)
+    assert after.split.image.start == before.split.image.start + shift
+    assert {"grid_follows_latent", "grid_ignores_text"} & _failed_checks(after), after
