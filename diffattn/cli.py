@@ -133,13 +133,10 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Pipeline and call kwargs: the embedded model, tiny offline models, or ``from_pretrained`` for hub ids / paths."""
     if args.model == "tiny":
-        from .pipelines.tiny_model import RESOLUTION, tiny_model
-        from .tiny_job import STEPS, class_captions
+        from .tiny_job import tiny_inputs
 
-        size = args.height or args.width or 2 * RESOLUTION
-        kw = {"prompt": args.prompt or class_captions(args.seed)[0], "height": args.height or size,
-              "width": args.width or size, "num_inference_steps": args.steps or STEPS}
-        return tiny_model(), kw
+        pipe, captions, size, steps = tiny_inputs(args)
+        return pipe, {"prompt": captions[0], "height": size, "width": size, "num_inference_steps": steps}
     if args.model in TINY_MODELS:
         pipe = build_tiny_pipeline(args.model)
         size = 256 if args.model == "tiny-sd" else None

@@ -155,7 +155,9 @@ def render(scenes: Scenes, height: int, width: int | None = None) -> torch.Tenso
     return bg + alpha * (fg - bg)
 
 
-def make_batch(n: int, seed: int, resolution: int = 32) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(images [N, 3, R, R], captions, labels [N]) for ``n`` scenes drawn with ``seed``."""
-    scenes = sample_scenes(n, seed)
+def make_batch(
+    n: int, seed: int, resolution: int = 32, *, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(images [N, 3, R, R], captions, labels [N]) for ``n`` scenes drawn with ``seed`` (``labels`` fixes classes)."""
+    scenes = sample_scenes(n, seed, labels=labels)
     return render(scenes, resolution), captions(scenes), scenes.label

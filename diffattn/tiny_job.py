@@ -82,13 +82,9 @@ def save_grid(rows: dict[str, torch.Tensor], captions: list[str], path: Path, ce
     return path
 
 
-def generate_tiny(args: Any) -> int:
-    """The ``generate`` command for ``--model tiny`` (args as parsed by :mod:`diffattn.cli`)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    from . import apply_attention
-    from .tiny_quality import load_scorer, score
-
+def tiny_inputs(args: Any) -> tuple[Any, list[str], int, int]:
+    """The embedded model, the captions, the (square) size and the step count from ``generate``/``inspect``'s
+    arguments; a ValueError names a non-square or bad size, or an unknown caption word."""
     pipe = tm.tiny_model()
     sizes = {v for v in (args.height, args.width) if v is not None}
     size = sizes.pop() if len(sizes) == 1 else 2 * tm.RESOLUTION
@@ -98,7 +94,17 @@ def generate_tiny(args: Any) -> int:
     captions = [args.prompt] if args.prompt else class_captions(args.seed)
     for c in captions:
         tiny_data.parse_caption(c)
-    steps = args.steps or STEPS
+    return pipe, captions, size, args.steps or STEPS
+
+
+def generate_tiny(args: Any) -> int:
+    """The ``generate`` command for ``--model tiny`` (args as parsed by :mod:`diffattn.cli`)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from . import apply_attention
+    from .tiny_quality import load_scorer, score
+
+    pipe, captions, size, steps = tiny_inputs(args)
     knobs = cli_knobs(args)
     # an image model: temporal_window is refused with a clear error if set
     where = {"layers": args.layers, "backend": args.backend, "temporal_window": getattr(args, "temporal_window", None)}

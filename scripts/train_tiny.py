@@ -128,8 +128,8 @@ def batch_of(args: argparse.Namespace, step: int, class_p: torch.Tensor | None) 
     labels = None
     if class_p is not None:  # oversample classes the model draws poorly
         labels = torch.multinomial(class_p, args.batch, replacement=True, generator=torch.Generator().manual_seed(seed))
-    scenes = tiny_data.sample_scenes(args.batch, seed=seed, labels=labels)
-    return tiny_data.render(scenes, tm.RESOLUTION), tiny_data.captions(scenes)
+    images, caps, _ = tiny_data.make_batch(args.batch, seed, tm.RESOLUTION, labels=labels)
+    return images, caps
 
 
 def zero_init(transformer: torch.nn.Module) -> None:
