@@ -29,6 +29,7 @@ from diffattn.kernels import (  # noqa: E402
     choose_backend,
     reference_attention,
     triton_bsa,
+    triton_plan,
 )
 from diffattn.methods.gna import GNAConfig, gna_plan  # noqa: E402
 from diffattn.methods.naive import gna_mask  # noqa: E402
@@ -196,7 +197,7 @@ def test_mask_modes_follow_the_plan() -> None:
     sliding = gna_plan((15, 17), (5, 7), (1, 1), (1, 1))
     assert triton_bsa.KernelPlan.build(blocked, cpu).mask_mode == triton_bsa.MASK_NONE
     kp = triton_bsa.KernelPlan.build(sliding, cpu)
-    assert kp.mask_mode == triton_bsa.MASK_GNA
+    assert kp.mask_mode == triton_plan.MASK_GNA
     assert kp.gna == (1, 15, 17, 1, 5, 7, 1, 1, 1, 1, 1, 1)  # grid, window, stride, dilation; 3-D padded
     assert kp.q_index.dtype == torch.int32 and kp.tile_full.dtype == torch.int8
     assert triton_bsa.kernel_plan(sliding, cpu) is triton_bsa.kernel_plan(sliding, cpu)  # built once

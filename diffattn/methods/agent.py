@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import attend_extra, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod, FlopBound, pairs_bound
-from .gna import _as_tuple, _broadcast
+from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, pairs_bound, per_axis
 from .naive import agent_attention, agent_pooled_queries, masked_attention
 from .registry import register_method
 
@@ -68,7 +67,7 @@ class AgentConfig:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 < self.ratio <= 1:
             raise ValueError(f"ratio={self.ratio!r} must be a number in (0, 1]")
         if self.agents is not None:
-            a = _as_tuple("agents", self.agents)
+            a = axis_ints("agents", self.agents)
             object.__setattr__(self, "agents", a if isinstance(self.agents, tuple | list) else a[0])
         p = self.scale_power
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 2:
@@ -86,7 +85,7 @@ class AgentConfig:
     def agent_grid(self, grid: tuple[int, ...]) -> tuple[int, ...]:
         """Agent grid for a token ``grid``: each axis shrunk by the same factor, clamped to [1, axis]."""
         if isinstance(self.agents, tuple):
-            return tuple(min(a, length) for a, length in zip(_broadcast("agents", self.agents, len(grid)), grid))
+            return tuple(min(a, length) for a, length in zip(per_axis("agents", self.agents, len(grid)), grid))
         n = math.prod(grid)
         target = self.agents if self.agents is not None else self.ratio * n
         live = [length for length in grid if length > 1]

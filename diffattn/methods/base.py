@@ -26,6 +26,32 @@ if TYPE_CHECKING:
 AXIS_NAMES = {1: "tokens", 2: "rows, columns", 3: "frames, rows, columns"}
 
 
+def axis_ints(name: str, value: object) -> tuple[int, ...]:
+    """A knob given as an int or 1 to 3 ints (one per axis), each >= 1, as a tuple; errors name the knob."""
+    values = value if isinstance(value, tuple | list) else (value,)
+    if not 1 <= len(values) <= 3:
+        raise ValueError(f"{name}={value!r} must be an int or a tuple of 1 to 3 ints")
+    for x in values:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise TypeError(f"{name}={value!r} must hold ints, got {type(x).__name__}")
+        if x < 1:
+            raise ValueError(f"{name}={value!r} must be >= 1 on every axis")
+    return tuple(values)
+
+
+def per_axis(name: str, values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """``values`` for each of the grid's ``ndim`` axes: one value repeats; otherwise the axes must match."""
+    if len(values) == 1:
+        return values * ndim
+    if len(values) != ndim:
+        raise ValueError(
+            f"{name}={values} has {len(values)} axes but the token grid has {ndim} "
+            f"({AXIS_NAMES[ndim]}); "
+            f"give an int or a {ndim}-tuple"
+        )
+    return values
+
+
 def call_generator(seed: int, layer: str, timestep: float | None) -> torch.Generator:
     """A fresh CPU generator seeded by ``(seed, layer, timestep)``: draws that depend only on the
     call, not on call order or thread, so reruns with the same seed reproduce."""

@@ -22,35 +22,11 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
-from .base import AXIS_NAMES, AttendCall, AttentionMethod, FlopBound, pairs_bound
+from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, pairs_bound, per_axis
 from .naive import gna_mask, masked_attention
 from .registry import register_method
 
 IntOrTuple = int | tuple[int, ...]
-
-
-def _as_tuple(name: str, value: object) -> tuple[int, ...]:
-    values = value if isinstance(value, tuple | list) else (value,)
-    if not 1 <= len(values) <= 3:
-        raise ValueError(f"{name}={value!r} must be an int or a tuple of 1 to 3 ints")
-    for x in values:
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise TypeError(f"{name}={value!r} must hold ints, got {type(x).__name__}")
-        if x < 1:
-            raise ValueError(f"{name}={value!r} must be >= 1 on every axis")
-    return tuple(values)
-
-
-def _broadcast(name: str, values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    if len(values) == 1:
-        return values * ndim
-    if len(values) != ndim:
-        raise ValueError(
-            f"{name}={values} has {len(values)} axes but the token grid has {ndim} "
-            f"({AXIS_NAMES[ndim]}); "
-            f"give an int or a {ndim}-tuple"
-        )
-    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +44,16 @@ class GNAConfig:
     dilation: IntOrTuple = 1
 
     def __post_init__(self) -> None:
-        w = _as_tuple("window", self.window)
-        s = _as_tuple("stride", self.stride)
-        d = _as_tuple("dilation", self.dilation)
+        w = axis_ints("window", self.window)
+        s = axis_ints("stride", self.stride)
+        d = axis_ints("dilation", self.dilation)
         lengths = {len(x) for x in (w, s, d)} - {1}
         if len(lengths) > 1:
             raise ValueError(
                 f"window={self.window}, stride={self.stride}, dilation={self.dilation} disagree on the number of axes"
             )
         ndim = max(len(w), len(s), len(d))
-        for wi, si in zip(_broadcast("window", w, ndim), _broadcast("stride", s, ndim)):
+        for wi, si in zip(per_axis("window", w, ndim), per_axis("stride", s, ndim)):
             if si > wi:
                 raise ValueError(f"stride={self.stride} exceeds window={self.window}; stride must be in [1, window]")
         for name, value in (("window", w), ("stride", s), ("dilation", d)):
@@ -95,9 +71,9 @@ class GNAConfig:
         An axis the window covers becomes dense (window = axis, stride = dilation = 1).
         """
         ndim = len(grid)
-        w = _broadcast("window", _as_tuple("window", self.window), ndim)
-        s = _broadcast("stride", _as_tuple("stride", self.stride), ndim)
-        d = _broadcast("dilation", _as_tuple("dilation", self.dilation), ndim)
+        w = per_axis("window", axis_ints("window", self.window), ndim)
+        s = per_axis("stride", axis_ints("stride", self.stride), ndim)
+        d = per_axis("dilation", axis_ints("dilation", self.dilation), ndim)
         win, st, dil = [], [], []
         for axis, (length, wi, si, di) in enumerate(zip(grid, w, s, d)):
             if wi >= length:

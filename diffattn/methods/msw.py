@@ -37,8 +37,8 @@ from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
-from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
-from .gna import GNAConfig, _as_tuple, _broadcast, default_q_tile, gna_axis_tiling, gna_plan
+from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, call_generator, pairs_bound, per_axis
+from .gna import GNAConfig, default_q_tile, gna_axis_tiling, gna_plan
 from .naive import masked_attention, msw_mask
 from .registry import register_method
 
@@ -63,7 +63,7 @@ class MSWConfig:
 
     def __post_init__(self) -> None:
         if self.window is not None:
-            w = _as_tuple("window", self.window)
+            w = axis_ints("window", self.window)
             object.__setattr__(self, "window", w if len(w) > 1 else w[0])
         if not isinstance(self.shift, bool):
             raise TypeError(f"shift={self.shift!r} must be True or False")
@@ -82,7 +82,7 @@ class MSWConfig:
             if len(grid) == 3:  # video: 2x2 windows inside each frame
                 halves[0] = 1
             return tuple(halves)
-        w = _broadcast("window", _as_tuple("window", self.window), len(grid))
+        w = per_axis("window", axis_ints("window", self.window), len(grid))
         return tuple(min(wi, length) for wi, length in zip(w, grid))
 
     def shift_quarter(self, layer: str, timestep: float | None) -> int:

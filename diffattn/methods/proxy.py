@@ -38,8 +38,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import AxisTiling, BlockPlan, dense_attention, merge_attention
-from .base import AttendCall, AttentionMethod, FlopBound, call_generator, pairs_bound
-from .gna import _as_tuple, _broadcast
+from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, call_generator, pairs_bound, per_axis
 from .naive import proxy_attention
 from .registry import register_method
 
@@ -62,7 +61,7 @@ class ProxyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        w = _as_tuple("window", self.window)
+        w = axis_ints("window", self.window)
         object.__setattr__(self, "window", w if len(w) > 1 else w[0])
         if self.proxy not in PROXY_KINDS:
             raise ValueError(f"proxy={self.proxy!r} is not one of {PROXY_KINDS}")
@@ -77,7 +76,7 @@ class ProxyConfig:
 
     def resolve(self, grid: tuple[int, ...]) -> tuple[int, ...]:
         """Window per axis of ``grid``, clamped to the grid."""
-        w = _broadcast("window", _as_tuple("window", self.window), len(grid))
+        w = per_axis("window", axis_ints("window", self.window), len(grid))
         return tuple(min(wi, length) for wi, length in zip(w, grid))
 
 
