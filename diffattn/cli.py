@@ -246,7 +246,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     """``diffattn inspect``: the per-module table of what the method would do, from one denoiser call."""
-    from .inspect import dry_run
+    from .patch.dry_run import dry_run
 
     if args.model == "tiny":
         from .tiny_job import cli_knobs

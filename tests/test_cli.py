@@ -102,7 +102,7 @@ def test_inspect_prints_the_grid_at_the_requested_size(capsys):
 
 
 def test_inspect_joint_text_and_dry_run_leaves_pipeline_as_it_was():
-    from diffattn.inspect import dry_run
+    from diffattn.patch.dry_run import dry_run
     from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
 
     pipe = build_tiny_pipeline("tiny-flux")

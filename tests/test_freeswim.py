@@ -222,7 +222,7 @@ def test_full_steps_limit_f(fam):
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart", "wan"])
 def test_presets_build_valid_configs(family):
     from diffattn.methods.freeswim import window_size
-    from diffattn.presets import PRESETS
+    from diffattn.patch.presets import PRESETS
 
     entry = PRESETS[("freeswim", family)]
     config = FreeSwimConfig(**entry.knobs)

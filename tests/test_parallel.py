@@ -1,4 +1,4 @@
-"""diffattn.parallel: the Ulysses setting of a processor and the order of a gathered joint sequence.
+"""diffattn.patch.context_parallel: the Ulysses setting of a processor and the order of a gathered joint sequence.
 
 The expected chunking is simulated with torch's own ``chunk`` / ``tensor_split`` (what diffusers'
 sharders call), so these tests check `chunk_sizes` and `gathered_order` against diffusers' rule."""
@@ -10,7 +10,7 @@ import torch
 from diffusers import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig
 
-from diffattn.parallel import Ulysses, chunk_sizes, gathered_order, ulysses_of
+from diffattn.patch.context_parallel import Ulysses, chunk_sizes, gathered_order, ulysses_of
 
 
 def _sharded(n: int, parts: int, uneven: bool) -> list[torch.Tensor]:

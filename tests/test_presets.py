@@ -10,15 +10,14 @@ import pytest
 import torch
 
 import diffattn
-from diffattn import presets
 from diffattn.cli import main
 from diffattn.kernels import block_sparse_attention
 from diffattn.methods import AttentionMethod, get_method, register_method
 from diffattn.methods import registry as method_registry
 from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.models import family_key, find_adapter
-from diffattn.patch import StepFraction
-from diffattn.presets import FAMILIES, PRESETS, Preset, Unsupported
+from diffattn.patch import StepFraction, presets
+from diffattn.patch.presets import FAMILIES, PRESETS, Preset, Unsupported
 from diffattn.tiny import CORE_TINY_MODELS, build_tiny_pipeline, tiny_output
 
 TINY_FAMILY = {

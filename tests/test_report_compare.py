@@ -141,3 +141,25 @@ def test_cli_bad_input(tmp_path, capsys, prompt_file, command, argv, prompts, me
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing ran, nothing written
+
+
+def test_compare_times_the_steps_of_both_wan22_experts():
+    """Wan 2.2 runs ``transformer`` then ``transformer_2``: every step is timed, whichever expert runs it
+    (the step timer once hooked only the first denoiser, so the second expert's steps went untimed)."""
+    pipe = build_tiny_pipeline("tiny-wan22")
+    pipe.set_progress_bar_config(disable=True)
+    kw = {k: v for k, v in tiny_call_kwargs("tiny-wan22").items() if k not in ("prompt", "generator")}
+    ran = {attr: 0 for attr in ("transformer", "transformer_2")}
+    hooks = [
+        getattr(pipe, attr).register_forward_hook(lambda m, a, o, attr=attr: ran.__setitem__(attr, ran[attr] + 1))
+        for attr in ran
+    ]
+    try:
+        report = compare(pipe, [RunConfig("gna", (("window", 3),))], ["a fox"], [0], call_kwargs=kw, warmup=False,
+                         progress=False)  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+    assert all(n > 0 for n in ran.values()), ran  # both experts ran
+    for row in report["configs"]:
+        assert row["steps_timed"] == kw["num_inference_steps"], row["config"]

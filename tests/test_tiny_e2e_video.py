@@ -10,7 +10,7 @@ import torch
 
 import diffattn
 from diffattn.cli import main
-from diffattn.patch.select import denoisers_of
+from diffattn.models.denoisers import denoisers_of
 from diffattn.tiny import _TEXT_LEN, TINY_SPECS, _seeded, build_tiny_pipeline, tiny_call_kwargs, tiny_output
 from diffattn.tiny_more import KONTEXT_IMAGE_SIZE
 

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("diffattn")
 
-#: families whose self-attention also carries the text: no separate cross-attention to cache
-JOINT_FAMILIES = frozenset({"sd3", "flux", "cogvideox", "hunyuanvideo"})
 _COND = ("cond", "cfg")
 
 
@@ -187,7 +185,7 @@ class FreeSwim(AttentionMethod):
         return FreeSwimConfig(train_grid=max(grid), cache_steps=1, entropy_scale=False)
 
     def supports(self, adapter: FamilyAdapter) -> str | None:
-        if adapter.family in JOINT_FAMILIES or getattr(adapter, "text_position", "none") != "none":
+        if adapter.text_position != "none":  # text joins the grid in one attention (SD3, FLUX, CogVideoX, ...)
             return (
                 "FreeSwim caches separate cross-attention outputs, and this family joins text and image in one "
                 "attention; use it on UNets (SD 1.5/2.1, SDXL), PixArt or Wan"

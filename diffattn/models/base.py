@@ -25,7 +25,7 @@ class FamilyAdapter:
     ndim: int = 2
     #: the denoiser's ``timestep`` times this is in ``scheduler.timesteps`` units (FLUX gets t / 1000)
     timestep_scale: float = 1.0
-    #: key of this family in ``diffattn.presets.PRESETS`` (see `family_key`); "" = no presets
+    #: key of this family in ``diffattn.patch.presets.PRESETS`` (see `family_key`); "" = no presets
     family: str = ""
     #: module-name substrings whose attention is never patched (text-only refiners, context blocks)
     skip: tuple[str, ...] = ()
@@ -35,6 +35,8 @@ class FamilyAdapter:
     grid_only_marks: tuple[str, ...] = ()
     #: ``attn2`` is the cross-attention of BasicTransformerBlock-style blocks (SD3.5's is self-attention)
     attn2_is_cross: bool = True
+    #: where text joins the grid's self-attention ("prefix" / "suffix"), or "none": separate cross-attention
+    text_position: str = "none"
 
     def family_key(self, denoiser: nn.Module) -> str:
         """Preset family of ``denoiser``; adapters serving several families override this."""

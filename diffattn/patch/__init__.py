@@ -7,12 +7,13 @@ the method (`intercept`). Every change is an undo record (`records`) applied all
 `AttentionHandle` (`install`); `select` decides what is patched, `api` puts it together.
 """
 
+from ..models.denoisers import DENOISER_ATTRS, denoisers_of
 from .api import apply_attention, attention, remove_attention
 from .install import _ACTIVE as _ACTIVE  # noqa: F401  (tests and tools look the active handle up here)
 from .install import AttentionHandle
 from .records import ForwardPreHook, ProcessorSwap, SetAttr, SwapSubmodule, UndoRecord
 from .runtime import CallStats
-from .select import DENOISER_ATTRS, LayerSpec, StepFraction, StepSpec, denoisers_of
+from .select import LayerSpec, StepFraction, StepSpec
 
 __all__ = [
     "DENOISER_ATTRS",

@@ -15,14 +15,15 @@ from ..kernels import Backend, choose_backend
 from ..methods import AttentionMethod, get_method
 from ..methods.lifecycle import TARGET_KINDS
 from ..models import FamilyAdapter, find_adapter
-from ..parallel import ulysses_of
+from ..models.denoisers import denoisers_of
+from .context_parallel import ulysses_of
 from .generation import Generations
 from .install import _ACTIVE, AttentionHandle
 from .intercept import _PatchedAttention
 from .processors import make_wrapper
 from .records import ForwardPreHook, ProcessorSwap, SetAttr, UndoRecord
 from .runtime import _Runtime
-from .select import LayerSpec, StepSpec, attention_modules, denoisers_of, layer_filter, steps_range, with_preset
+from .select import LayerSpec, StepSpec, attention_modules, layer_filter, steps_range, with_preset
 
 logger = logging.getLogger("diffattn")
 
@@ -52,7 +53,7 @@ def apply_attention(
             None = the preset's steps, or every step.
         backend: "auto", "triton", "cpu" or "reference"; chosen once, here.
         config: a method config object (instead of keyword knobs).
-        preset: fill knobs, layers and steps the user left unset from `diffattn.presets` for this
+        preset: fill knobs, layers and steps the user left unset from `diffattn.patch.presets` for this
             model family (knobs only if no knob and no config is given). False = no defaults.
             The method's own `supports` check runs either way.
         temporal_window: also run 1-D GNA (sliding, this window over frames, clamped to the frame count)

@@ -9,10 +9,11 @@ from torch import nn
 
 from ..kernels import Backend
 from ..methods import AttentionMethod
-from ..presets import Preset
 from .generation import Generations
+from .presets import Preset
 from .records import UndoRecord, apply_all, undo_all
 from .runtime import CallStats, _Runtime
+from .summary import summary
 
 # denoiser -> the handle currently installed on it (weak: a dropped pipeline drops its entry)
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionHandle] = weakref.WeakKeyDictionary()
@@ -55,6 +56,10 @@ class AttentionHandle:
         """Per patched module (qualified name): sparse / fallback / dense (and cross / cached) call counts."""
         return {name: s for rt in self._runtimes.values() for name, s in rt.stats.items()}
 
+    def families(self) -> dict[str, str]:
+        """Per patched module (qualified name): the preset family of its denoiser (`family_key`)."""
+        return {name: rt.adapter.family_key(d) for d, rt in self._runtimes.items() for name in rt.stats}
+
     @property
     def sparse_calls(self) -> int:
         return sum(s.sparse for s in self.stats().values())
@@ -65,9 +70,7 @@ class AttentionHandle:
 
     def summary(self) -> str:
         """A table per patched module: family, kind, grid and extra tokens seen, method, bound, counts
-        (`diffattn.inspect.summary`); warns about modules that ran but never sparse."""
-        from ..inspect import summary
-
+        (`diffattn.patch.summary`); warns about modules that ran but never sparse."""
         return summary(self)
 
     def reset_state(self) -> None:

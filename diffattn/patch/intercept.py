@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from ..layout import SELF, ModuleRole
 from ..methods import AttendCall, AttentionMethod, ModuleCall
 from ..methods.lifecycle import AttentionKind
-from ..parallel import gathered_order, ulysses_of
+from .context_parallel import gathered_order, ulysses_of
 from .runtime import CallStats
 from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
 

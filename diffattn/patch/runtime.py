@@ -18,7 +18,7 @@ from ..layout import LayoutError, TokenLayout
 from ..methods import AttentionMethod, Branch, DenoiserCall
 from ..methods.lifecycle import UNKNOWN_BRANCH
 from ..models import FamilyAdapter
-from ..parallel import splits_input
+from .context_parallel import splits_input
 from .generation import Generations
 from .select import StepFraction
 

@@ -1,5 +1,5 @@
 """What gets patched: the denoisers of a target, their self-/cross-attention modules, ``layers=`` and
-``steps=`` parsing, and filling unset arguments from `diffattn.presets`."""
+``steps=`` parsing, and filling unset arguments from `diffattn.patch.presets`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from torch import nn
 
 from ..layout import ModuleRole
 from ..models import FamilyAdapter, family_key
-from ..presets import Preset, resolve_preset
+from ..models.denoisers import denoisers_of
+from .presets import Preset, resolve_preset
 
 logger = logging.getLogger("diffattn")
 
-DENOISER_ATTRS = ("unet", "transformer", "transformer_2")
 LayerSpec = str | Callable[[str], bool] | None
 StepSpec = tuple[int, int] | tuple[float, float] | range | None
 
@@ -34,27 +34,6 @@ class StepFraction:
     def resolve(self, n: int) -> range:
         eps = 1e-9  # 0.4 * 50 is 20.000000000000004 in floats
         return range(math.ceil(self.start * n - eps), math.ceil(self.stop * n - eps))
-
-
-def _uncompiled(module: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper runs: hooks and processors belong on it (the compiled
-    wrapper calls it, so they take effect there too, after a guard-triggered recompile)."""
-    return getattr(module, "_orig_mod", module)
-
-
-def denoisers_of(target: Any) -> list[tuple[str, nn.Module]]:
-    """``[(attribute, denoiser)]`` of a pipeline, or ``[("", target)]`` for a bare denoiser."""
-    if isinstance(target, nn.Module):
-        return [("", _uncompiled(target))]
-    found = [
-        (a, _uncompiled(getattr(target, a))) for a in DENOISER_ATTRS if isinstance(getattr(target, a, None), nn.Module)
-    ]
-    if not found:
-        raise TypeError(
-            f"cannot patch a {type(target).__name__}: expected a diffusers pipeline with one of "
-            f"{DENOISER_ATTRS} or a denoiser nn.Module"
-        )
-    return found
 
 
 def attention_modules(

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..methods import get_method
 from ..models import find_adapter
+from ..models.denoisers import first_denoiser
 from ..patch import SetAttr, apply_attention
 from ..patch.records import apply_all, undo_all
 from .raunet import apply_raunet
@@ -71,14 +72,6 @@ def _check_strength(strength: float) -> float:
     return float(strength)
 
 
-def _denoiser(pipe: Any) -> nn.Module:
-    for attr in ("unet", "transformer"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, nn.Module):
-            return getattr(module, "_orig_mod", module)
-    raise TypeError(f"{type(pipe).__name__} is not a diffusers pipeline with a unet or transformer")
-
-
 def training_size(pipe: Any) -> tuple[int, int]:
     """(height, width) in pixels the pipeline's model was trained at: the ``__call__`` defaults (Wan), the
     pipeline's default sample size (FLUX, SD3), or the denoiser's ``sample_size`` (UNets, PixArt)."""
@@ -87,7 +80,7 @@ def training_size(pipe: Any) -> tuple[int, int]:
     if isinstance(h, int) and isinstance(w, int):
         return h, w
     vae = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", None) or 8
-    size = getattr(pipe, "default_sample_size", None) or getattr(_denoiser(pipe).config, "sample_size", None)
+    size = getattr(pipe, "default_sample_size", None) or getattr(first_denoiser(pipe).config, "sample_size", None)
     if isinstance(size, int | tuple | list):
         sh, sw = (size, size) if isinstance(size, int) else size
         return int(sh) * vae, int(sw) * vae
@@ -187,7 +180,7 @@ def _stats(handle: Any) -> dict[str, dict[str, int]]:
 
 def _default_method(pipe: Any, grid: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
     """freeswim with the stage-1 token grid as its training grid where it applies, else sliding GNA."""
-    denoiser = _denoiser(pipe)
+    denoiser = first_denoiser(pipe)
     adapter = find_adapter(denoiser)
     freeswim = get_method("freeswim")
     spatial = tuple(grid[-2:])
@@ -199,7 +192,7 @@ def _default_method(pipe: Any, grid: tuple[int, ...]) -> tuple[str, dict[str, An
 
 def _token_grid(pipe: Any, run: Callable[[], Any]) -> tuple[Any, tuple[int, ...]]:
     """Run ``run()`` and return its result and the token grid the denoiser's first call had."""
-    denoiser = _denoiser(pipe)
+    denoiser = first_denoiser(pipe)
     adapter = find_adapter(denoiser)
     seen: list[tuple[int, ...]] = []
 

@@ -47,7 +47,6 @@ from .runner import (
     StepTimer,
     apply_config,
     check_device,
-    denoiser_of,
     render,
     resolve_module,
 )
@@ -76,7 +75,7 @@ def _measure(
     sync = synchronizer(device)
     run = _Run(attention_s=dict.fromkeys(modules, 0.0))
     for prompt, seed in zip(prompts, seeds):
-        steps = StepTimer(denoiser_of(pipe), sync)
+        steps = StepTimer(pipe, sync)
         attention = AttentionTimer(modules, sync)
         try:
             with MemoryMeter(device) as mem:

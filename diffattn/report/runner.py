@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import get_method
+from ..models.denoisers import denoisers_of
 from ..patch import AttentionHandle, apply_attention
 
 
@@ -133,14 +134,6 @@ def render(pipe: Any, call_kwargs: dict[str, Any], prompt: str, seed: int, **ext
     return out[0].detach().float().cpu().clamp(0, 1)
 
 
-def denoiser_of(pipe: Any) -> nn.Module:
-    for attr in ("transformer", "unet"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise TypeError(f"{type(pipe).__name__} has no transformer or unet")
-
-
 def resolve_module(pipe: Any, qualified: str) -> nn.Module:
     """The module named ``attr.path`` (as in ``handle.modules``) of a pipeline."""
     attr, _, rest = qualified.partition(".")
@@ -150,17 +143,20 @@ def resolve_module(pipe: Any, qualified: str) -> nn.Module:
 class StepTimer:
     """Per-step wall time from denoiser forward hooks: a step starts at the first denoiser call with a
     new timestep and lasts until the next step starts (the last one until its last call returns), so
-    it includes the scheduler update and works on pipelines without ``callback_on_step_end``."""
+    it includes the scheduler update and works on pipelines without ``callback_on_step_end``. Every
+    denoiser of the pipeline is hooked, so steps of Wan 2.2's second expert are timed too."""
 
-    def __init__(self, denoiser: nn.Module, sync: Any) -> None:
+    def __init__(self, pipe: Any, sync: Any) -> None:
         self.sync = sync
         self.starts: list[float] = []
         self.end: float | None = None
         self._timestep: object = None
-        self._hooks = [
-            denoiser.register_forward_pre_hook(self._pre, with_kwargs=True),
-            denoiser.register_forward_hook(self._post),
-        ]
+        self._hooks = []
+        for _, denoiser in denoisers_of(pipe):
+            self._hooks += [
+                denoiser.register_forward_pre_hook(self._pre, with_kwargs=True),
+                denoiser.register_forward_hook(self._post),
+            ]
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)

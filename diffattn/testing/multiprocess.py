@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..parallel import splits_input
+from ..patch.context_parallel import splits_input
 
 __all__ = [
     "CPCase",
@@ -118,7 +118,7 @@ class CPResult:
     #: with ``CPCase.remove``: whether every processor and its ``_parallel_config`` are exactly the
     #: objects diffusers alone would have left (see `_run_case`)
     restored: bool | None = None
-    #: `diffattn.parallel.splits_input` for the text argument, after ``enable_parallelism``
+    #: `diffattn.patch.context_parallel.splits_input` for the text argument, after ``enable_parallelism``
     text_split: bool | None = None
 
 

@@ -1,6 +1,6 @@
 """Adapters for denoisers whose block structure or token packing the generic readers cannot name: which
 attention modules attend over the token grid, at which level, and where the grid sits in the sequence
-(see `diffattn.models.ADAPTERS`). ``text_position`` says whether text (or other conditioning tokens)
+(see `diffattn.models.registry.ADAPTERS`). ``text_position`` says whether text (or other conditioning tokens)
 joins the grid in one attention ("prefix"/"suffix") or comes through separate cross-attention ("none"):
 methods such as FreeSwim read it; the layouts themselves place the dense tokens exactly."""
 
