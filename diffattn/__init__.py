@@ -14,9 +14,9 @@ from .patch import AttentionHandle, apply_attention, attention, remove_attention
 __version__ = "0.1.0"
 
 
-def tiny_model(path=None, **kwargs):  # noqa: ANN001, ANN201 - signature documented in pipelines.tiny_model
-    """The embedded trained tiny shapes pipeline (see :func:`diffattn.pipelines.tiny_model.tiny_model`)."""
-    from .pipelines.tiny_model import tiny_model as load
+def tiny_model(path=None, **kwargs):  # noqa: ANN001, ANN201 - signature documented in pipelines.tiny_shapes
+    """The embedded trained tiny shapes pipeline (see :func:`diffattn.pipelines.tiny_shapes.tiny_model`)."""
+    from .pipelines.tiny_shapes import tiny_model as load
 
     return load(path, **kwargs)
 

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Pipeline and call kwargs: the embedded model, tiny offline models, or ``from_pretrained`` for hub ids / paths."""
     if args.model == "tiny":
-        from .tiny_job import tiny_inputs
+        from .pipelines.tiny_shapes.job import tiny_inputs
 
         pipe, captions, size, steps = tiny_inputs(args)
         return pipe, {"prompt": captions[0], "height": size, "width": size, "num_inference_steps": steps}
@@ -207,7 +207,7 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
 
 def generate(args: argparse.Namespace) -> int:
     if args.model == "tiny":  # the embedded trained model: its own job (accuracy, PSNR/SSIM, captioned grid)
-        from .tiny_job import generate_tiny
+        from .pipelines.tiny_shapes.job import generate_tiny
 
         return generate_tiny(args)
     knobs = _knobs(args)
@@ -249,7 +249,7 @@ def inspect(args: argparse.Namespace) -> int:
     from .patch.dry_run import dry_run
 
     if args.model == "tiny":
-        from .tiny_job import cli_knobs
+        from .pipelines.tiny_shapes.job import cli_knobs
 
         knobs = cli_knobs(args)
     else:

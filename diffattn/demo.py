@@ -232,7 +232,7 @@ def _compare_one(
 
     scorer = None
     if model == "tiny":
-        from .tiny_quality import load_scorer, score
+        from .pipelines.tiny_shapes.scorer import load_scorer, score
 
         model_scorer = load_scorer()
         scorer = lambda images, prompts: score(images, prompts, model_scorer)  # noqa: E731

@@ -12,7 +12,7 @@ import torch
 
 import diffattn
 from diffattn.models import REFUSED, find_adapter
-from diffattn.testing.tiny_models import TINY, build_tiny_model, denoiser_classes, model_class, tiny_forward
+from diffattn.tiny.denoisers import TINY, build_tiny_model, denoiser_classes, model_class, tiny_forward
 
 HUGE = 10**6  # a window covering every grid: exactly dense
 

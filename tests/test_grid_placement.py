@@ -29,7 +29,7 @@ import diffattn
 from diffattn.layout import ModuleRole, TokenLayout, TokenSplit
 from diffattn.models import REFUSED
 from diffattn.patch import intercept
-from diffattn.testing.tiny_models import TINY, build_tiny_model, denoiser_classes, tiny_forward
+from diffattn.tiny.denoisers import TINY, build_tiny_model, denoiser_classes, tiny_forward
 
 from .test_every_denoiser import HUGE, NEEDS, PENDING, SLOW
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.testing.tiny_models import build_tiny_model, tiny_forward
+from diffattn.tiny.denoisers import build_tiny_model, tiny_forward
 
 HUGE = 10**6
 VIDEO = ["UNetMotionModel", "UNet3DConditionModel", "UNetSpatioTemporalConditionModel", "LatteTransformer3DModel"]

@@ -1,4 +1,4 @@
-"""End to end on the tiny pipelines with Qwen text encoders (`diffattn.tiny_qwen`): Qwen-Image, HunyuanVideo 1.5,
+"""End to end on the tiny pipelines with Qwen text encoders (`diffattn.tiny.newer`): Qwen-Image, HunyuanVideo 1.5,
 FLUX.2 Klein. They are ``core=False`` families, so the family-parametrized fixtures do not run them; this file does:
 dense run, gna run (sparse on every module, no fallback, the token grid the pipeline really used), bit-exact
 remove, a grid-covering window equal to dense, and ``diffattn generate``."""
@@ -11,7 +11,7 @@ import torch
 import diffattn
 from diffattn.cli import main
 from diffattn.tiny import TINY_SPECS, build_tiny_pipeline, tiny_call_kwargs, tiny_output
-from diffattn.tiny_qwen import qwen_tokenizer
+from diffattn.tiny.encoders import qwen_tokenizer
 
 # name -> (pixels per token side: VAE factor x patch/packing, latent frames of the spec's frame count or None)
 FAMILIES = {

@@ -1,4 +1,4 @@
-"""End to end on the newer tiny pipelines of `diffattn.tiny_more` (``TinySpec.core=False``): Wan 2.2 with two
+"""End to end on the newer tiny pipelines of `diffattn.tiny.newer` (``TinySpec.core=False``): Wan 2.2 with two
 experts, FLUX Kontext with a reference image, LTX-2 (video + audio). Each builds offline and runs
 deterministically; GNA with a small window runs sparse in every denoiser with no fallback and changes the
 output; a window covering the grid is dense; remove is bit-exact; ``diffattn generate`` runs it."""
@@ -11,8 +11,10 @@ import torch
 import diffattn
 from diffattn.cli import main
 from diffattn.models.denoisers import denoisers_of
-from diffattn.tiny import _TEXT_LEN, TINY_SPECS, _seeded, build_tiny_pipeline, tiny_call_kwargs, tiny_output
-from diffattn.tiny_more import KONTEXT_IMAGE_SIZE
+from diffattn.tiny import TINY_SPECS, build_tiny_pipeline, tiny_call_kwargs, tiny_output
+from diffattn.tiny.core import seeded
+from diffattn.tiny.encoders import TEXT_LEN
+from diffattn.tiny.newer import KONTEXT_IMAGE_SIZE
 
 NAMES = ("tiny-wan22", "tiny-flux-kontext", "tiny-ltx2")
 # window large enough to cover every tiny grid (clamped per axis, so it is exactly dense)
@@ -24,7 +26,7 @@ EXPECTED = {
     "tiny-wan22": (("transformer", "transformer_2"), (3, 6, 8), 0),
     # 32x48 px -> VAE 2 -> 16x24 latent, 2x2 packing; the text and the KONTEXT_IMAGE_SIZE px reference image
     # (packed the same way) are the dense keys of the joint attention
-    "tiny-flux-kontext": (("transformer",), (8, 12), _TEXT_LEN + (KONTEXT_IMAGE_SIZE // 4) ** 2),
+    "tiny-flux-kontext": (("transformer",), (8, 12), TEXT_LEN + (KONTEXT_IMAGE_SIZE // 4) ** 2),
     # 32x32 px, 9 frames -> video VAE /4 in space and time, patch 1; audio attends in its own modules
     "tiny-ltx2": (("transformer",), (3, 8, 8), 0),
 }
@@ -148,7 +150,7 @@ def test_ltx2_stg_pass_skips_the_perturbed_blocks():
     pipe = build_tiny_pipeline(name)
     pipe.set_progress_bar_config(disable=True)
     config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
-    pipe.transformer = _seeded(0, lambda: LTX2VideoTransformer3DModel(**{**config, "perturbed_attn": True})).eval()
+    pipe.transformer = seeded(0, lambda: LTX2VideoTransformer3DModel(**{**config, "perturbed_attn": True})).eval()
     guidance = {"stg_scale": 1.0, "modality_scale": 3.0, "spatio_temporal_guidance_blocks": [1]}
     base = tiny_output(pipe, name, **guidance)
     with diffattn.attention(pipe, "gna", window=3) as h:

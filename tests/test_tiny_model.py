@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from diffattn import tiny_data
-from diffattn.pipelines import tiny_model as tm
-from diffattn.tiny_quality import load_scorer, pattern_fid, score
+from diffattn.pipelines.tiny_shapes import data as tiny_data
+from diffattn.pipelines.tiny_shapes import pipeline as tm
+from diffattn.pipelines.tiny_shapes.scorer import load_scorer, pattern_fid, score
 
 
 def test_dataset_deterministic_by_seed():

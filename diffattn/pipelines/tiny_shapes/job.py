@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from . import tiny_data
-from .pipelines import tiny_model as tm
+from . import data as tiny_data
+from . import pipeline as tm
 
 STEPS = 20
 GUIDANCE = 3.0
@@ -101,8 +101,8 @@ def generate_tiny(args: Any) -> int:
     """The ``generate`` command for ``--model tiny`` (args as parsed by :mod:`diffattn.cli`)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    from . import apply_attention
-    from .tiny_quality import load_scorer, score
+    from ...patch import apply_attention
+    from .scorer import load_scorer, score
 
     pipe, captions, size, steps = tiny_inputs(args)
     knobs = cli_knobs(args)

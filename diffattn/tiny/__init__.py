@@ -1,0 +1,27 @@
+"""Random-weight test pipelines and denoisers, built offline from configs (tests, benchmarks, the CLI's
+``--model tiny-…``). Not the trained embedded model: that is `diffattn.pipelines.tiny_shapes`.
+
+``specs``: one `TinySpec` per pipeline family and the public builders; ``core`` / ``newer``: the builders;
+``encoders``: in-memory tokenizers and tiny text encoders; ``denoisers``: a tiny config and inputs for
+every diffusers denoiser class.
+"""
+
+from .specs import (
+    CORE_TINY_MODELS,
+    TINY_MODELS,
+    TINY_SPECS,
+    TinySpec,
+    build_tiny_pipeline,
+    tiny_call_kwargs,
+    tiny_output,
+)
+
+__all__ = [
+    "CORE_TINY_MODELS",
+    "TINY_MODELS",
+    "TINY_SPECS",
+    "TinySpec",
+    "build_tiny_pipeline",
+    "tiny_call_kwargs",
+    "tiny_output",
+]
