@@ -5,127 +5,29 @@
 
 `build_demo()` returns the Blocks without launching; `generate`, `inspect` and `knob_specs` are plain
 functions, so tests (and other front ends) call them directly. The knob widgets are generated from each
-registered method's config dataclass, so a newly registered method shows up with no demo code.
+registered method's config dataclass (`diffattn.methods.knobs`), so a newly registered method shows up with no
+demo code.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import threading
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import list_methods
-from .methods import get_method
+from .methods import list_methods
+from .methods.knobs import KnobSpec, knob_specs, parse_knobs
+from .patch import apply_attention
+from .pipelines.load import EMBEDDED
+from .pipelines.load import load_pipeline as load_pipeline_uncached
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = EMBEDDED
 _PIPELINES: dict[str, Any] = {}
 _LOCKS: dict[str, threading.Lock] = {}
 _CACHE_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class KnobSpec:
-    """One config field of a method, as a widget: ``kind`` is int, float, bool, ints (int or per-axis
-    tuple, typed as ``8`` or ``8,8``), str or choice (``choices`` set)."""
-
-    name: str
-    kind: str
-    default: Any
-    info: str
-    choices: tuple[Any, ...] = ()
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """``name: text`` entries of a config's docstring (our configs document every knob and its range
-    there), continuation lines joined."""
-    docs: dict[str, str] = {}
-    current = None
-    for line in (cls.__doc__ or "").splitlines():
-        name, sep, text = line.strip().partition(":")
-        if sep and name.isidentifier() and line.startswith(" " * 4) and not line.startswith(" " * 8):
-            current = name
-            docs[name] = text.strip()
-        elif current and line.startswith(" " * 8):
-            docs[current] += " " + line.strip()
-        else:
-            current = None
-    return docs
-
-
-def _kind(hint: Any) -> tuple[str, tuple[Any, ...]]:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return "choice", args
-    if hint in (bool, int, float, str):
-        return hint.__name__, ()
-    members = [a for a in args if a is not type(None)]
-    if len(members) == 1 and origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return _kind(members[0])  # Optional[X]
-    flat = {typing.get_origin(a) or a for a in members}
-    if flat <= {int, tuple}:
-        return "ints", ()
-    return "str", ()
-
-
-def knob_specs(method: str) -> list[KnobSpec]:
-    """The widgets of ``method``'s knobs, from its config dataclass (types, defaults, documented ranges)."""
-    config = get_method(method).Config
-    hints = typing.get_type_hints(config)
-    docs = _field_docs(config)
-    specs = []
-    for f in dataclasses.fields(config):
-        kind, choices = _kind(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        specs.append(KnobSpec(f.name, kind, default, docs.get(f.name, ""), choices))
-    return specs
-
-
-def parse_knobs(method: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """Widget values -> config knobs. Blank text and None mean "unset" (the preset or the default
-    applies); ``"8,8"`` is a per-axis tuple. A value that does not parse raises a ValueError naming it."""
-    specs = {s.name: s for s in knob_specs(method)}
-    unknown = sorted(set(raw) - set(specs))
-    if unknown:
-        raise ValueError(f"unknown knob(s) {unknown} for method {method!r}; accepted knobs: {sorted(specs)}")
-    knobs: dict[str, Any] = {}
-    for name, value in raw.items():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        kind = specs[name].kind
-        try:
-            if kind == "ints" and isinstance(value, list | tuple):  # JSON has no tuples
-                value = tuple(int(x) for x in value)
-            elif kind == "ints" and isinstance(value, str):
-                parts = tuple(int(x) for x in value.replace(" ", "").split(","))
-                value = parts[0] if len(parts) == 1 else parts
-            elif kind in ("int", "ints") and isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError("not a whole number")
-                value = int(value)
-            elif kind == "int":
-                value = int(value)
-            elif kind == "float":
-                value = float(value)
-            elif kind == "bool" and isinstance(value, str):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError("expected true or false")
-                value = value.lower() == "true"
-            elif kind == "choice":
-                matches = [c for c in specs[name].choices if str(c) == str(value)]
-                if not matches:
-                    raise ValueError(f"expected one of {list(specs[name].choices)}")
-                value = matches[0]
-        except ValueError as e:
-            raise ValueError(f"knob {name}={value!r} of {method!r} is not a valid {kind} ({e})") from None
-        knobs[name] = value
-    return knobs
 
 
 def load_pipeline(model: str) -> Any:
@@ -134,25 +36,7 @@ def load_pipeline(model: str) -> Any:
     with _CACHE_LOCK:
         if model in _PIPELINES:
             return _PIPELINES[model]
-    if model == "tiny":
-        from . import tiny_model
-
-        pipe = tiny_model()
-    elif model.startswith("tiny-"):
-        from .tiny import build_tiny_pipeline
-
-        pipe = build_tiny_pipeline(model)
-    else:
-        from diffusers import DiffusionPipeline
-
-        try:
-            pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - re-raised with what the user can do
-            raise ValueError(
-                f"cannot load model {model!r} offline ({type(e).__name__}: {e}); give 'tiny', a tiny-… family, "
-                "a local pipeline folder, or a hub id whose weights are in the local cache"
-            ) from e
-        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline_uncached(model, dtype=torch.float32, local_files_only=True)
     pipe.set_progress_bar_config(disable=False)
     with _CACHE_LOCK:
         _PIPELINES.setdefault(model, pipe)
@@ -211,8 +95,6 @@ def _call_kwargs(model: str, height: int, width: int, steps: int) -> dict[str, A
 
 
 def _describe_patch(pipe: Any, method: str, knobs: dict[str, Any], *, height: int, width: int) -> str:
-    from . import apply_attention
-
     handle = apply_attention(pipe, method, **knobs)
     try:
         rows = [f"| {name} |" for name in handle.modules]
@@ -231,7 +113,7 @@ def _compare_one(
     from .report.outputs import to_pil
 
     scorer = None
-    if model == "tiny":
+    if model == EMBEDDED:
         from .pipelines.tiny_shapes.scorer import load_scorer, score
 
         model_scorer = load_scorer()
@@ -401,17 +283,15 @@ def _offline_defaults() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="diffattn demo", description="Gradio demo: dense vs an attention method.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="'tiny' (embedded), a tiny-… family, a path or cached id")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    args = p.parse_args(argv)
+def launch(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    """Serve the demo (``diffattn demo``: its options are parsed by `diffattn.cli.demo`)."""
     _offline_defaults()
-    build_demo(args.model).launch(server_name=args.host, server_port=args.port, share=args.share)
-    return 0
+    build_demo(model).launch(server_name=host, server_port=port, share=share)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # ``python -m diffattn.demo [options]``: the same as ``diffattn demo [options]``
+    import sys
+
+    from .cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

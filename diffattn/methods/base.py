@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -50,6 +50,11 @@ def per_axis(name: str, values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
             f"give an int or a {ndim}-tuple"
         )
     return values
+
+
+class UnknownKnobError(TypeError, ValueError):
+    """A knob name the method's config does not have: a TypeError, as for an unknown keyword argument, and a
+    ValueError, as for any bad value typed into the command line or the demo page."""
 
 
 def call_generator(seed: int, layer: str, timestep: float | None) -> torch.Generator:
@@ -163,10 +168,7 @@ class AttentionMethod:
             if not isinstance(config, cls.Config):
                 raise TypeError(f"config for {cls.name!r} must be a {cls.Config.__name__}, got {type(config).__name__}")
             return config
-        known = [f.name for f in dataclasses.fields(cls.Config)]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise TypeError(f"unknown knob(s) {unknown} for method {cls.name!r}; accepted knobs: {known}")
+        cls.check_knob_names(kwargs)
         missing = [
             f.name
             for f in dataclasses.fields(cls.Config)
@@ -175,6 +177,15 @@ class AttentionMethod:
         if missing:
             raise TypeError(f"method {cls.name!r} needs knob(s) {missing}")
         return cls.Config(**kwargs)
+
+    @classmethod
+    def check_knob_names(cls, names: Iterable[str]) -> None:
+        """Raise `UnknownKnobError` naming the names that are not fields of the method's config, and the accepted
+        ones (the one check of knob names: configs, the command line, the report and the demo use it)."""
+        known = [f.name for f in dataclasses.fields(cls.Config)]
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise UnknownKnobError(f"unknown knob(s) {unknown} for method {cls.name!r}; accepted knobs: {known}")
 
     def check_ndim(self, ndim: int) -> None:
         """Raise a ValueError if the config's per-axis knobs (its ``ndim``, None = any) do not fit a

@@ -178,16 +178,22 @@ def _stats(handle: Any) -> dict[str, dict[str, int]]:
     return {name: dataclasses.asdict(s) for name, s in handle.stats().items()}
 
 
-def _default_method(pipe: Any, grid: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
-    """freeswim with the stage-1 token grid as its training grid where it applies, else sliding GNA."""
-    denoiser = first_denoiser(pipe)
-    adapter = find_adapter(denoiser)
+def default_method(pipe: Any) -> str:
+    """The method ``generate_highres`` uses when none is given: msw on UNets; on DiTs freeswim where it
+    applies (separate cross-attention), else sliding GNA."""
+    if hasattr(pipe, "unet"):
+        return "msw"
     freeswim = get_method("freeswim")
+    supported = freeswim(freeswim.make_config(train_grid=1)).supports(find_adapter(first_denoiser(pipe))) is None
+    return "freeswim" if supported else "gna"
+
+
+def _default_knobs(method: str, grid: tuple[int, ...]) -> dict[str, Any]:
+    """The stage-1 token grid as freeswim's training grid, or as sliding GNA's window."""
     spatial = tuple(grid[-2:])
-    if freeswim(freeswim.make_config(train_grid=spatial)).supports(adapter) is None:
-        return "freeswim", {"train_grid": spatial}
-    window = (*grid[:-2], *spatial) if len(grid) == 3 else spatial
-    return "gna", {"window": window, "stride": 1}
+    if method == "freeswim":
+        return {"train_grid": spatial}
+    return {"window": (*grid[:-2], *spatial) if len(grid) == 3 else spatial, "stride": 1}
 
 
 def _token_grid(pipe: Any, run: Callable[[], Any]) -> tuple[Any, tuple[int, ...]]:
@@ -259,8 +265,8 @@ def _two_stage(
     up = fmt.pack(upsample_latents(small, fmt.size(height, width))).contiguous()
 
     if method is None:
-        method, default_knobs = _default_method(pipe, grid)
-        knobs = knobs or default_knobs
+        method = default_method(pipe)
+        knobs = knobs or _default_knobs(method, grid)
     knobs = dict(knobs or {})
     handle = apply_attention(pipe, method, **knobs)
     done = []
@@ -337,7 +343,7 @@ def generate_highres(
         )
     _check_strength(strength)
     _check_target(height, width, training_size(pipe), "training resolution")
-    method = method or "msw"
+    method = method or default_method(pipe)
     handle = apply_attention(pipe, method, **(knobs or {}))
     if progress:
         progress(f"one stage: {height}x{width}, {method}{' + RAU-Net' if raunet else ''}, {num_inference_steps} steps")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import get_method
+from ..methods.knobs import format_knobs, parse_knobs, split_assignment
 from ..models.denoisers import denoisers_of
 from ..patch import AttentionHandle, apply_attention
 
@@ -31,34 +32,31 @@ class RunConfig:
     layers: str | None = None
 
     def __post_init__(self) -> None:
-        cls = get_method(self.method)  # ValueError naming the known methods
-        known = [f.name for f in dataclasses.fields(cls.Config)]
-        unknown = sorted({k for k, _ in self.knobs} - set(known))
-        if unknown:
-            raise TypeError(f"unknown knob(s) {unknown} for method {self.method!r}; accepted knobs: {known}")
+        # a ValueError naming the known methods, or an UnknownKnobError naming the accepted knobs
+        get_method(self.method).check_knob_names(k for k, _ in self.knobs)
 
     @property
     def label(self) -> str:
         """``"gna window=8 stride=8"``: the method then its knobs."""
-        knobs = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in self.knobs)
+        knobs = format_knobs(self.knobs)
         return " ".join(filter(None, [self.method, knobs, f"layers={self.layers}" if self.layers else ""]))
 
     @classmethod
     def parse(cls, text: str) -> RunConfig:
-        """``"gna window=8,8 stride=8"`` -> method ``gna`` with knobs window=(8, 8), stride=8."""
-        from ..cli import _knob  # one knob syntax for every command
-
+        """``"gna window=8,8 stride=8"`` -> method ``gna`` with knobs window=(8, 8), stride=8 (the knob syntax of
+        `diffattn.methods.knobs`, plus ``layers=REGEX``)."""
         method, *rest = text.split() or [""]
-        knobs = [_knob(item) for item in rest]
-        layers = [v for k, v in knobs if k == "layers"]
-        return cls(method, tuple((k, v) for k, v in knobs if k != "layers"), str(layers[0]) if layers else None)
+        pairs = [split_assignment(item) for item in rest]
+        layers = [v for k, v in pairs if k == "layers"]
+        knobs = parse_knobs(method, [(k, v) for k, v in pairs if k != "layers"])
+        return cls(method, tuple(knobs.items()), layers[0] if layers else None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """``{"method": "gna", "knobs": {"window": [8, 8]}, "layers": null}`` (JSON config files)."""
         if not isinstance(d, dict) or "method" not in d:
             raise ValueError(f"a config must be an object with a 'method' key, got {d!r}")
-        knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in (d.get("knobs") or {}).items()}
+        knobs = parse_knobs(d["method"], d.get("knobs") or {})
         return cls(d["method"], tuple(knobs.items()), d.get("layers"))
 
 

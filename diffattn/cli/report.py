@@ -15,15 +15,17 @@ from typing import Any
 
 import torch
 
-from .runner import check_device, load_configs, load_prompts
+from ..report.runner import check_device, load_configs, load_prompts
+from . import args as opt
+from .inputs import load
 
 
-def add_commands(sub: Any, tiny_models: tuple[str, ...]) -> None:
-    """Add the ``compare`` and ``eval`` subcommands to the CLI's subparsers."""
+def add_parsers(sub: Any) -> None:
+    """The ``compare`` and ``eval`` subcommands."""
     c = sub.add_parser("compare", help="dense vs method configs: speed beside its bounds, quality vs dense, plots")
     e = sub.add_parser("eval", help="FID / CLIP / scorer over a prompt file, dense and each config (data-parallel)")
     for p in (c, e):
-        p.add_argument("--model", default="tiny-sd", help=f"{', '.join(tiny_models)} (offline), a hub id or a path")
+        opt.model(p, "tiny-sd", f"{opt.OFFLINE} (offline), a hub id or a path")
         p.add_argument("--prompts", type=Path, required=True, help="prompt file, one prompt per non-empty line")
         p.add_argument("--num-images", type=int, default=None, help="samples (prompts cycle); default: one per prompt")
         p.add_argument(
@@ -34,17 +36,16 @@ def add_commands(sub: Any, tiny_models: tuple[str, ...]) -> None:
             help="a method config, repeatable: e.g. --config 'gna window=8,8 stride=8,8' --config msw",
         )
         p.add_argument("--configs", type=Path, default=None, help='JSON list of {"method": ..., "knobs": {...}}')
-        p.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 2, hub default 30)")
-        p.add_argument("--height", type=int, default=None)
-        p.add_argument("--width", type=int, default=None)
-        p.add_argument("--frames", type=int, default=None, help="video frames (video models)")
-        p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-        p.add_argument("--backend", default="auto", choices=["auto", "triton", "cpu", "reference"])
+        opt.steps(p, "denoising steps (tiny default 2, hub default 30)")
+        opt.size(p)
+        opt.frames(p)
+        opt.seed(p, "sample i uses seed + i")
+        opt.backend(p)
         p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
+        opt.dtype(p)
         p.add_argument("--clip", default=None, help="local Hugging Face CLIP model directory (CLIP score)")
         p.add_argument("--inception", default=None, help="FID Inception weights file (needs torch-fidelity)")
-        p.add_argument("--out", type=Path, default=Path("diffattn_report"), help="output directory")
+        opt.out(p, "diffattn_report")
         p.add_argument("--no-progress", action="store_true")
     c.add_argument("--lpips", default=None, help="TorchScript LPIPS module file (LPIPS vs dense)")
     c.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up generation per config")
@@ -60,10 +61,8 @@ def _samples(args: argparse.Namespace) -> list[str]:
 
 
 def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
-    from ..cli import _load
-
     load_args = argparse.Namespace(**vars(args), prompt="")
-    pipe, kw = _load(load_args)
+    pipe, kw = load(load_args)
     pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -83,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             "FID needs Inception weights: pass --inception PATH (a local pt_inception weights file), or --no-fid"
         )
-    from .quality import load_clip, load_feature_extractor
+    from ..report.quality import load_clip, load_feature_extractor
 
     clip = load_clip(args.clip)  # missing paths fail here, before any model is loaded
     extractor = None if getattr(args, "no_fid", False) else load_feature_extractor(args.inception)
     if args.command == "compare":
-        from .compare import compare
-        from .quality import load_lpips
+        from ..report.compare import compare
+        from ..report.quality import load_lpips
 
         lpips = load_lpips(args.lpips)
         pipe, kw = _pipeline(args, args.device)
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report else 1
     from accelerate import PartialState
 
-    from .evaluate import evaluate
+    from ..report.evaluate import evaluate
 
     # under torchrun each process takes its own GPU (state.device); on CPU, gloo
     state = PartialState(cpu=check_device(args.device).type == "cpu")

@@ -10,38 +10,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..methods.knobs import parse_knobs
+from . import args as opt
+from .inputs import HUB_PROMPT, load
 
-def add_parser(sub: Any, ints: Any, knob: Any, tiny_models: tuple[str, ...]) -> None:
-    """Add the ``highres`` subcommand (``ints`` / ``knob`` are the CLI's value parsers)."""
+
+def add_parser(sub: Any) -> None:
     h = sub.add_parser(
         "highres",
         help="generate above the training resolution: UNets msw (+ --raunet), DiTs two stages (freeswim / gna)",
     )
-    h.add_argument("--model", default="tiny-pixart-alpha", help=f"{', '.join(tiny_models)}, a hub id or a local path")
-    h.add_argument("--height", type=int, required=True, help="target height in pixels")
-    h.add_argument("--width", type=int, required=True, help="target width in pixels")
-    h.add_argument("--frames", type=int, default=None, help="video models: number of frames")
-    h.add_argument("--method", default=None, help="attention method (default: msw on UNets, freeswim or gna on DiTs)")
-    h.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE", help="a method knob")
+    opt.model(h, "tiny-pixart-alpha", f"{opt.OFFLINE}, a hub id or a local path")
+    opt.size(h, help=" in pixels", what="target ", required=True)
+    opt.frames(h, "video models: number of frames")
+    opt.method(h, None, "attention method (default: msw on UNets, freeswim or gna on DiTs)")
+    opt.knob(h, "a method knob")
     h.add_argument("--raunet", action="store_true", help="UNets: add HiDiffusion's RAU-Net")
     h.add_argument("--strength", type=float, default=0.7, help="DiTs: re-noise strength of stage 2, in (0, 1]")
-    h.add_argument("--steps", type=int, default=None, help="denoising steps (tiny default 3, hub default 30)")
+    opt.steps(h, "denoising steps (tiny default 3, hub default 30)")
     h.add_argument("--base-height", type=int, default=None, help="DiTs: stage-1 height (default: training size)")
     h.add_argument("--base-width", type=int, default=None, help="DiTs: stage-1 width (default: training size)")
-    h.add_argument("--prompt", default="a red fox in the snow, highly detailed")
-    h.add_argument("--seed", type=int, default=0)
-    h.add_argument("--out", type=Path, default=Path("diffattn_out"), help="output directory")
-    h.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="hub models only")
+    opt.prompt(h, HUB_PROMPT, None)
+    opt.seed(h)
+    opt.out(h, "diffattn_out")
+    opt.dtype(h)
 
 
-def run(args: argparse.Namespace, load: Any) -> int:
-    """Run ``diffattn highres``; ``load(args)`` gives the pipeline and its call kwargs (the CLI's loader)."""
-    from .highres import generate_highres, generate_highres_video
+def run(args: argparse.Namespace) -> int:
+    """Run ``diffattn highres``."""
+    from ..pipelines.highres import default_method, generate_highres, generate_highres_video
+
+    if args.method is not None:  # bad knobs fail before the model loads
+        parse_knobs(args.method, args.knob)
 
     args.steps = args.steps or (3 if args.model.startswith("tiny-") else 30)
     height, width = args.height, args.width
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace, load: Any) -> int:
     steps = kw.pop("num_inference_steps", args.steps)
     common = dict(
         method=args.method,
-        knobs=dict(args.knob) or None,
+        knobs=parse_knobs(args.method or default_method(pipe), args.knob) or None,
         strength=args.strength,
         num_inference_steps=steps,
         base_height=args.base_height,
