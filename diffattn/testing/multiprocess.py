@@ -201,7 +201,7 @@ def forward_case(model: nn.Module, case: CPCase) -> torch.Tensor:
 
 
 def _apply(model: nn.Module, case: CPCase) -> Any:
-    from .. import apply_attention
+    from ..patch import apply_attention
 
     return apply_attention(model, case.method, preset=False, **dict(case.knobs))
 
@@ -353,8 +353,8 @@ def data_parallel_job(model: str, method: str, knobs: dict[str, Any], prompts: l
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from .. import apply_attention
     from ..distributed import gather_stats
+    from ..patch import apply_attention
     from ..tiny import build_tiny_pipeline, tiny_output
 
     state = PartialState(cpu=True)  # plain PartialState() reports one process on a CPU build
