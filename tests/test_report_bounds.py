@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
 
 from diffattn.methods import get_method, list_methods
 from diffattn.methods.gna import gna_mask, gna_plan
-from diffattn.report import gna_bounds, method_bounds, time_round_robin
+from diffattn.report import end_to_end_bounds, gna_bounds, method_bounds, time_round_robin
 from diffattn.sim import amdahl, plan_bound, simulate
 
 KNOBS = {
@@ -82,6 +83,25 @@ def test_method_bounds_gna_like_and_amdahl():
     assert agent.token_bound is None and agent.end_to_end_bound == 1.0
     with pytest.raises(ValueError, match="share"):
         method_bounds(_method("agent"), (8, 12), attention_share=1.5)
+
+
+def test_end_to_end_bounds_weigh_each_module_by_its_dense_time():
+    """Module a: all calls sparse at the 16x FLOP bound; b: half its calls fell back; c: no grid seen (dense)."""
+    gna = _method("gna", {"window": 4, "stride": 4})
+    calls = collections.namedtuple("calls", "sparse fallback dense")
+    stats = {"a": calls(4, 0, 0), "b": calls(2, 2, 0), "c": calls(0, 0, 3)}
+    grids = {"a": ((16, 16), 0), "b": ((8, 8), 0)}
+    dense_s = {"a": 1.0, "b": 0.5, "c": 0.5}
+    b = end_to_end_bounds(gna, stats, grids, dense_s, dense_step_s=4.0, modules=["a", "b", "c"])
+    predicted = 1.0 / 16 + 0.5 * (0.5 + 0.5 / 4) + 0.5  # b's 8x8 grid: window 4 keeps 16 of 64 keys
+    assert b["attention_bound"] == pytest.approx(2.0 / predicted)
+    assert b["dense_attention_share"] == 0.5
+    assert b["end_to_end_bound"] == pytest.approx(amdahl(0.5, b["attention_bound"]))
+    assert b["finest_grid"] == [16, 16] and b["text_tokens"] == 0
+    assert b["flop_bound"] == b["token_bound"] == 16.0
+    none = end_to_end_bounds(gna, {"c": calls(0, 0, 1)}, {}, {"c": 1.0}, dense_step_s=0.5, modules=["c"])
+    assert none["attention_bound"] == none["end_to_end_bound"] == 1.0 and none["finest_grid"] is None
+    assert none["dense_attention_share"] == 1.0  # clamped to [0, 1]
 
 
 def test_round_robin_order_and_counts():

@@ -5,7 +5,7 @@ bounds, quality vs dense, report files); ``diffattn.report.evaluate(...)``: FID 
 a prompt list, data-parallel under torchrun.
 """
 
-from .bounds import GNABounds, MethodBounds, gna_bounds, method_bounds
+from .bounds import GNABounds, MethodBounds, end_to_end_bounds, gna_bounds, method_bounds
 from .compare import compare
 from .evaluate import evaluate
 from .runner import RunConfig, load_configs, load_prompts
@@ -21,6 +21,7 @@ __all__ = [
     "check_target",
     "check_targets",
     "compare",
+    "end_to_end_bounds",
     "evaluate",
     "gna_bounds",
     "load_configs",

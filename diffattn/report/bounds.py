@@ -3,12 +3,17 @@
 - FLOP bound: ``method.flop_bound(grid, extra_tokens)`` (each method class states its own count);
 - token and tile bounds of GNA-like patterns (GNA; MSW's windows are blocked GNA): `diffattn.sim`;
 - the tile bound of the `BlockPlan` the CPU backend actually runs: `diffattn.sim.plan_bound`;
-- the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`.
+- the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`;
+- the attention-part and end-to-end bounds of a patched model from its modules' FLOP bounds weighted by
+  their dense attention times (`end_to_end_bounds`, used by `compare` and the end-to-end benchmark);
+- FreeSwim's whole-step matmul FLOP bound on a Wan-sized transformer (`freeswim_wan_bounds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..methods import AttentionMethod
@@ -88,3 +93,46 @@ def method_bounds(
         gna = dict(token_bound=gb.token_bound, tile_bound=gb.tile_bound, plan_bound=gb.plan_bound)
     e2e = None if attention_share is None else amdahl(attention_share, flop.value)
     return MethodBounds(flop.value, flop.formula, attention_share=attention_share, end_to_end_bound=e2e, **gna)
+
+
+def end_to_end_bounds(
+    method: AttentionMethod,
+    stats: Mapping[str, Any],
+    grids: Mapping[str, tuple[tuple[int, ...], int]],
+    dense_attention_s: Mapping[str, float],
+    dense_step_s: float,
+    modules: Sequence[str],
+) -> dict[str, Any]:
+    """Attention-part and end-to-end (Amdahl) bounds of ``method`` installed on ``modules``.
+
+    stats: per-module call counts (``.sparse``, ``.fallback``, ``.dense``, as `AttentionHandle.stats`);
+    grids: per module, the (grid, text tokens) it attended (`runner.GridRecorder`); modules without
+    one count as dense. Each module's FLOP bound, on the fraction of its calls that ran sparse, is
+    weighted by its dense attention seconds ``dense_attention_s``; ``dense_step_s`` (the dense run's
+    step time, summed over the same steps) gives the dense attention share for Amdahl. Token and tile
+    bounds (`method_bounds`) are added at the finest grid.
+    """
+    dense_attn = sum(dense_attention_s[m] for m in modules)
+    predicted = 0.0
+    for m in modules:
+        s = stats[m]
+        calls = s.sparse + s.fallback + s.dense
+        frac = s.sparse / calls if calls else 0.0
+        bound = method.flop_bound(*grids[m]).value if m in grids else 1.0
+        predicted += dense_attention_s[m] * ((1 - frac) + frac / bound)
+    share = dense_attn / dense_step_s
+    share = min(max(share, 0.0), 1.0)
+    attention_bound = dense_attn / predicted if predicted > 0 else 1.0
+    finest = max(grids.values(), key=lambda g: math.prod(g[0])) if grids else None
+    out: dict[str, Any] = {
+        "dense_attention_share": share,
+        "attention_bound": attention_bound,
+        "end_to_end_bound": amdahl(share, attention_bound),
+        "finest_grid": list(finest[0]) if finest else None,
+        "text_tokens": finest[1] if finest else 0,
+    }
+    if finest is not None:
+        b = method_bounds(method, finest[0], finest[1])
+        out.update(flop_bound=b.flop_bound, flop_formula=b.flop_formula, token_bound=b.token_bound,
+                   tile_bound=b.tile_bound, plan_bound=b.plan_bound)
+    return out

@@ -17,8 +17,8 @@ Per case: dense, then gna / msw / proxy / agent with their family presets (`diff
 stride scaled), each installed with the preset's layers on every step. Timed round-robin
 (`timing.time_round_robin`, patch installed untimed before each call), then one probe call per config
 with the attention timer (`runner.AttentionTimer`), the grid recorder and the memory meter
-(`runner.MemoryMeter`). Bounds come from `compare`'s bound function (each module's FLOP bound weighted by
-its dense attention time, then Amdahl with the measured dense attention share).
+(`runner.MemoryMeter`). Bounds come from `bounds.end_to_end_bounds`, as in `compare` (each module's FLOP bound
+weighted by its dense attention time, then Amdahl with the measured dense attention share).
 
 Plus `memory_rows`: attention alone on a 256x256 grid (65,536 tokens), dense SDPA vs GNA, with the peak
 extra memory of each at two sizes so its growth with N can be read off.
@@ -38,7 +38,7 @@ from torch import nn
 from ..functional import gna
 from ..patch import AttentionHandle, apply_attention
 from ..presets import preset_for
-from .compare import _bounds, _Run
+from .bounds import end_to_end_bounds
 from .kernel_bench import log
 from .runner import AttentionTimer, GridRecorder, MemoryMeter, RunConfig, check_device
 from .timing import TimingSummary, synchronizer, time_round_robin
@@ -361,8 +361,8 @@ def run_case(
             else:
                 names = list(handle.modules)
                 dense_p = probes["dense"]
-                dense_run = _Run(steps_s=[dense_p.step_s], attention_s=dense_p.attention_s)
-                bounds = _bounds(handle, p.grids, dense_run, names)
+                bounds = end_to_end_bounds(handle.method, handle.stats(), p.grids, dense_p.attention_s,
+                                           dense_p.step_s, names)
                 stats = handle.stats()
                 calls = {f"{k}_calls": sum(getattr(s, k) for s in stats.values()) for k in ("sparse", "fallback")}
                 attn = sum(p.attention_s[m] for m in names)
