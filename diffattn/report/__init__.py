@@ -1,4 +1,7 @@
-"""Measurement: timing, bounds, targets, the kernel benchmark, and speed/quality reports.
+"""Measurement: timing, bounds (every speedup bound, computed in `bounds` only), targets, and speed/quality
+reports. The benchmark drivers (kernel, end-to-end, FreeSwim, compile report, GPU check) are in
+`diffattn.report.bench`, which nothing here imports but the re-exports kept for the README's paths
+(`kernel_bench`, `e2e_bench`).
 
 ``diffattn.report.compare(pipe, configs, prompts, seeds, ...)``: dense vs method configs (speed beside
 bounds, quality vs dense, report files); ``diffattn.report.evaluate(...)``: FID / CLIP / scorer over

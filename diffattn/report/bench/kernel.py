@@ -7,7 +7,7 @@ speedup (dense / sparse) and how close it gets to its bounds (`diffattn.report.b
 
   - GNA rows: the token bound ``N / prod(window)`` and the tile bound ``1 / density`` of the CPU plan
     that is timed, i.e. the work the kernel actually does (partial tiles count as full);
-  - msw, proxy and agent rows: each method's ``flop_bound(grid)``.
+  - msw, proxy and agent rows: each method's FLOP bound (``method_bounds(method, grid).flop_bound``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ...functional import gna
 from ...methods import AttendCall, get_method
-from ..bounds import gna_bounds
+from ..bounds import gna_bounds, method_bounds
 from ..targets import KERNEL_TARGETS, METHOD_TARGETS, check_targets, target_lines
 from ..timing import TimingSummary, speedup_fields, time_round_robin
 from .common import log, run_meta, write_result
@@ -264,7 +264,7 @@ def run_method_case(case: MethodCase, repeats: int) -> dict:
     method = cls(cls.make_config(**dict(case.knobs)))
     q, k, v = make_qkv(case.grid, DTYPES[case.dtype])
     call = AttendCall(grid=case.grid, backend="cpu", layer="bench", timestep=_half_shift_timestep(method))
-    bound = method.flop_bound(case.grid)
+    bound = method_bounds(method, case.grid)
     fns = {"dense": dense_fn(q, k, v), "ours": lambda: method.attend(q, k, v, call)}
     times = time_round_robin(fns, repeats, log=log, label=case.name)
     timing = timing_fields(times["dense"], times["ours"], repeats)
@@ -275,9 +275,9 @@ def run_method_case(case: MethodCase, repeats: int) -> dict:
         "grid": list(case.grid),
         "dtype": case.dtype,
         **timing,
-        "flop_bound": bound.value,
-        "bound_formula": bound.formula,
-        "achieved_over_bound": timing["speedup_min"] / bound.value,
+        "flop_bound": bound.flop_bound,
+        "bound_formula": bound.flop_formula,
+        "achieved_over_bound": timing["speedup_min"] / bound.flop_bound,
     }
 
 
