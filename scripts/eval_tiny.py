@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffattn import tiny_data  # noqa: E402
 from diffattn.pipelines import tiny_model as tm  # noqa: E402

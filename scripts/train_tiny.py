@@ -22,14 +22,11 @@ import copy
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffattn import tiny_data  # noqa: E402
 from diffattn.pipelines import tiny_model as tm  # noqa: E402

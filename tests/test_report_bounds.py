@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
 
 from diffattn.methods import get_method, list_methods
 from diffattn.methods.gna import gna_mask, gna_plan
-from diffattn.report import gna_bounds, method_bounds, time_round_robin
+from diffattn.report import end_to_end_bounds, gna_bounds, method_bounds, time_round_robin
+from diffattn.report.bounds import freeswim_step_bounds, transformer_forward_flops
 from diffattn.sim import amdahl, plan_bound, simulate
 
 KNOBS = {
@@ -82,6 +84,45 @@ def test_method_bounds_gna_like_and_amdahl():
     assert agent.token_bound is None and agent.end_to_end_bound == 1.0
     with pytest.raises(ValueError, match="share"):
         method_bounds(_method("agent"), (8, 12), attention_share=1.5)
+
+
+def test_end_to_end_bounds_weigh_each_module_by_its_dense_time():
+    """Module a: all calls sparse at the 16x FLOP bound; b: half its calls fell back; c: no grid seen (dense)."""
+    gna = _method("gna", {"window": 4, "stride": 4})
+    calls = collections.namedtuple("calls", "sparse fallback dense")
+    stats = {"a": calls(4, 0, 0), "b": calls(2, 2, 0), "c": calls(0, 0, 3)}
+    grids = {"a": ((16, 16), 0), "b": ((8, 8), 0)}
+    dense_s = {"a": 1.0, "b": 0.5, "c": 0.5}
+    b = end_to_end_bounds(gna, stats, grids, dense_s, dense_step_s=4.0, modules=["a", "b", "c"])
+    predicted = 1.0 / 16 + 0.5 * (0.5 + 0.5 / 4) + 0.5  # b's 8x8 grid: window 4 keeps 16 of 64 keys
+    assert b["attention_bound"] == pytest.approx(2.0 / predicted)
+    assert b["dense_attention_share"] == 0.5
+    assert b["end_to_end_bound"] == pytest.approx(amdahl(0.5, b["attention_bound"]))
+    assert b["finest_grid"] == [16, 16] and b["text_tokens"] == 0
+    assert b["flop_bound"] == b["token_bound"] == 16.0
+    none = end_to_end_bounds(gna, {"c": calls(0, 0, 1)}, {}, {"c": 1.0}, dense_step_s=0.5, modules=["c"])
+    assert none["attention_bound"] == none["end_to_end_bound"] == 1.0 and none["finest_grid"] is None
+    assert none["dense_attention_share"] == 1.0  # clamped to [0, 1]
+
+
+def test_freeswim_step_bounds_count_both_passes_and_f():
+    width = dict(heads=2, head_dim=4, ffn=16)
+    f = transformer_forward_flops(6, 36, 3, 2, **width)
+    d = 8
+    cross = 2 * 6 * d * d * 2 + 2 * 3 * d * d * 2 + 4 * 6 * 3 * d  # q, o; k, v of 3 text tokens; attention
+    assert f == 2 * (4 * 36 * d + 2 * 6 * d * d * 4 + 4 * 6 * d * 16 + cross)  # 2 layers: pairs, q/k/v/o, FFN
+    # a window covering the grid: W attends every pair, so only F and the cached cross-attention differ
+    b = freeswim_step_bounds((4, 6), 3, 2, 2, train_grid=(30, 52), **width)
+    n = 24
+    dense = transformer_forward_flops(n, n * n, 3, 2, **width)
+    w_cond = transformer_forward_flops(n, n * n, 3, 2, cross=False, **width)
+    assert b["window"] == (4, 6) and b["window_density"] == 1.0
+    assert b["flop_bound"] == pytest.approx(2 * dense / (dense + w_cond + dense / 2)) and b["flop_bound"] < 1
+    assert b["tile_bound"] == pytest.approx(b["flop_bound"])  # the plan is dense: no partial tiles to pay
+    assert b["attention_share_dense"] == pytest.approx(4 * n * n * 8 * 2 / dense)
+    # a window smaller than the grid: W saves pairs, the plan's partial tiles give some back
+    small = freeswim_step_bounds((60, 104), 16, 1, 2, train_grid=(30, 52), heads=12, head_dim=128, ffn=8960)
+    assert small["window"] == (31, 53) and 1 < small["flop_bound"] and small["tile_bound"] < small["flop_bound"]
 
 
 def test_round_robin_order_and_counts():

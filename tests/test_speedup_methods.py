@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffattn.report.kernel_bench import build_method_cases, method_markdown, run_method_case
+from diffattn.report.bench.kernel import build_method_cases, method_markdown, run_method_case
 from diffattn.report.targets import METHOD_TARGETS, check_targets
 
 
@@ -28,3 +28,12 @@ def test_quick_rows_and_markdown():
     assert e["status"] == expected
     md = method_markdown(rows, targets)
     assert all(r["case"] in md for r in rows) and f"{expected} (e)" in md
+
+
+def test_old_import_path_is_the_same_module():
+    """``diffattn.report.kernel_bench`` (the README's path) re-exports `diffattn.report.bench.kernel`."""
+    from diffattn.report import kernel_bench
+    from diffattn.report.bench import kernel
+
+    for name in ("run_benchmark", "report_markdown", "build_method_cases", "run_method_case", "method_markdown", "log"):
+        assert getattr(kernel_bench, name) is getattr(kernel, name), name

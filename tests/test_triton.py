@@ -562,9 +562,8 @@ def test_generic_plans_gather_key_indices() -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 _COMPILE_SCRIPT = r"""
-import sys, triton
-sys.path.insert(0, "scripts")
-from triton_report import compile_one
+import triton
+from diffattn.report.bench.compile_report import compile_one
 
 # (sm, dtype, mask mode, index mode, head dim, BLOCK_M, BLOCK_N, warps, stages)
 VARIANTS = [(80, "fp16", 1, 1, 64, 64, 64, 4, 2), (90, "bf16", 2, 0, 40, 128, 32, 8, 3),

@@ -1,11 +1,14 @@
-"""Measurement: timing, bounds, targets, the kernel benchmark, and speed/quality reports.
+"""Measurement: timing, bounds (every speedup bound, computed in `bounds` only), targets, and speed/quality
+reports. The benchmark drivers (kernel, end-to-end, FreeSwim, compile report, GPU check) are in
+`diffattn.report.bench`, which nothing here imports but the re-exports kept for the README's paths
+(`kernel_bench`, `e2e_bench`).
 
 ``diffattn.report.compare(pipe, configs, prompts, seeds, ...)``: dense vs method configs (speed beside
 bounds, quality vs dense, report files); ``diffattn.report.evaluate(...)``: FID / CLIP / scorer over
 a prompt list, data-parallel under torchrun.
 """
 
-from .bounds import GNABounds, MethodBounds, gna_bounds, method_bounds
+from .bounds import GNABounds, MethodBounds, end_to_end_bounds, gna_bounds, method_bounds
 from .compare import compare
 from .evaluate import evaluate
 from .runner import RunConfig, load_configs, load_prompts
@@ -21,6 +24,7 @@ __all__ = [
     "check_target",
     "check_targets",
     "compare",
+    "end_to_end_bounds",
     "evaluate",
     "gna_bounds",
     "load_configs",

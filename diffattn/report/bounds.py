@@ -3,15 +3,22 @@
 - FLOP bound: ``method.flop_bound(grid, extra_tokens)`` (each method class states its own count);
 - token and tile bounds of GNA-like patterns (GNA; MSW's windows are blocked GNA): `diffattn.sim`;
 - the tile bound of the `BlockPlan` the CPU backend actually runs: `diffattn.sim.plan_bound`;
-- the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`.
+- the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`;
+- the attention-part and end-to-end bounds of a patched model from its modules' FLOP bounds weighted by
+  their dense attention times (`end_to_end_bounds`, used by `compare` and the end-to-end benchmark);
+- FreeSwim's whole-step matmul FLOP and tile bounds on a Wan-style transformer (`freeswim_step_bounds`,
+  over `transformer_forward_flops`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..methods import AttentionMethod
+from ..methods.freeswim import window_size
 from ..methods.gna import GNAConfig, gna_plan
 from ..sim import amdahl, plan_bound, simulate
 
@@ -88,3 +95,105 @@ def method_bounds(
         gna = dict(token_bound=gb.token_bound, tile_bound=gb.tile_bound, plan_bound=gb.plan_bound)
     e2e = None if attention_share is None else amdahl(attention_share, flop.value)
     return MethodBounds(flop.value, flop.formula, attention_share=attention_share, end_to_end_bound=e2e, **gna)
+
+
+def end_to_end_bounds(
+    method: AttentionMethod,
+    stats: Mapping[str, Any],
+    grids: Mapping[str, tuple[tuple[int, ...], int]],
+    dense_attention_s: Mapping[str, float],
+    dense_step_s: float,
+    modules: Sequence[str],
+) -> dict[str, Any]:
+    """Attention-part and end-to-end (Amdahl) bounds of ``method`` installed on ``modules``.
+
+    stats: per-module call counts (``.sparse``, ``.fallback``, ``.dense``, as `AttentionHandle.stats`);
+    grids: per module, the (grid, text tokens) it attended (`runner.GridRecorder`); modules without
+    one count as dense. Each module's FLOP bound, on the fraction of its calls that ran sparse, is
+    weighted by its dense attention seconds ``dense_attention_s``; ``dense_step_s`` (the dense run's
+    step time, summed over the same steps) gives the dense attention share for Amdahl. Token and tile
+    bounds (`method_bounds`) are added at the finest grid.
+    """
+    dense_attn = sum(dense_attention_s[m] for m in modules)
+    predicted = 0.0
+    for m in modules:
+        s = stats[m]
+        calls = s.sparse + s.fallback + s.dense
+        frac = s.sparse / calls if calls else 0.0
+        bound = method.flop_bound(*grids[m]).value if m in grids else 1.0
+        predicted += dense_attention_s[m] * ((1 - frac) + frac / bound)
+    share = dense_attn / dense_step_s
+    share = min(max(share, 0.0), 1.0)
+    attention_bound = dense_attn / predicted if predicted > 0 else 1.0
+    finest = max(grids.values(), key=lambda g: math.prod(g[0])) if grids else None
+    out: dict[str, Any] = {
+        "dense_attention_share": share,
+        "attention_bound": attention_bound,
+        "end_to_end_bound": amdahl(share, attention_bound),
+        "finest_grid": list(finest[0]) if finest else None,
+        "text_tokens": finest[1] if finest else 0,
+    }
+    if finest is not None:
+        b = method_bounds(method, finest[0], finest[1])
+        out.update(flop_bound=b.flop_bound, flop_formula=b.flop_formula, token_bound=b.token_bound,
+                   tile_bound=b.tile_bound, plan_bound=b.plan_bound)
+    return out
+
+
+def transformer_forward_flops(
+    n: int, pairs: int, text: int, layers: int, heads: int, head_dim: int, ffn: int, cross: bool = True
+) -> float:
+    """Matmul FLOPs of one forward of a Wan-style transformer (self-attention, cross-attention to
+    ``text`` tokens, FFN of width ``ffn``; ``heads x head_dim`` wide, ``layers`` deep) over ``n`` image
+    tokens with ``pairs`` attended (query, key) pairs; ``cross=False`` leaves out cross-attention."""
+    d = heads * head_dim
+    per_layer = 4 * pairs * d  # QK^T and PV
+    per_layer += 2 * n * d * d * 4  # q, k, v, o of self-attention
+    per_layer += 2 * 2 * n * d * ffn  # FFN in and out
+    if cross:
+        per_layer += 2 * n * d * d * 2 + 2 * text * d * d * 2 + 4 * n * text * d  # q, o; k, v; attention
+    return layers * per_layer
+
+
+def freeswim_step_bounds(
+    grid: tuple[int, int],
+    text: int,
+    layers: int,
+    cache_steps: int,
+    train_grid: tuple[int, int],
+    heads: int,
+    head_dim: int,
+    ffn: int,
+    frames: int = 1,
+) -> dict[str, Any]:
+    """FreeSwim's bounds over a whole denoising step with CFG on a Wan-style transformer
+    (`transformer_forward_flops`), at ``frames`` frames of ``grid`` tokens trained at ``train_grid``.
+
+    Dense: a cond and an uncond forward. FreeSwim: W on the uncond pass, W without cross-attention
+    (cached) on the cond pass, plus F (dense) every ``cache_steps`` steps. ``flop_bound``: dense FLOPs
+    / FreeSwim FLOPs; ``tile_bound``: the same with W's attention counted as the tiles of the CPU plan
+    that runs (`diffattn.sim.plan_bound`); ``attention_share_dense``: attention's share of a dense
+    step's FLOPs; ``window`` and ``window_density``: W's window (clamped to the grid) and its share."""
+    width = dict(heads=heads, head_dim=head_dim, ffn=ffn)
+    n = frames * math.prod(grid)
+    window = tuple(min(window_size(t), g) for t, g in zip(train_grid, grid))
+    dense_pass = transformer_forward_flops(n, n * n, text, layers, **width)
+    # the inward window: every query attends exactly prod(window) keys in every frame
+    w_pairs = n * frames * math.prod(window)
+    dense_step = 2 * dense_pass  # cond + uncond
+    freeswim_step = (
+        transformer_forward_flops(n, w_pairs, text, layers, **width)  # W uncond
+        + transformer_forward_flops(n, w_pairs, text, layers, cross=False, **width)  # W cond: cached cross-attention
+        + dense_pass / cache_steps  # F every cache_steps steps
+    )
+    plan = gna_plan((frames, *grid), (frames, *window), (1, 1, 1), (1, 1, 1))  # the plan the CPU kernel runs
+    attn_dense = 4 * n * n * heads * head_dim * layers
+    tile_pairs = n * n / plan_bound(plan)
+    freeswim_tile = freeswim_step + 2 * (tile_pairs - w_pairs) * 4 * heads * head_dim * layers
+    return {
+        "flop_bound": dense_step / freeswim_step,
+        "tile_bound": dense_step / freeswim_tile,
+        "attention_share_dense": 2 * attn_dense / dense_step,
+        "window": window,
+        "window_density": frames * math.prod(window) / n,
+    }

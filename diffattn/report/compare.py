@@ -6,16 +6,15 @@ steps of all prompts), total time, the attention share of step time (wall time i
 minus their projections, see `runner.AttentionTimer`), peak memory (`runner.MemoryMeter`, which
 says what it measured) and the handle's sparse / fallback / dense call counts.
 
-Bounds per config: each patched module's FLOP bound (``method.flop_bound`` at the grid it attended,
-counting only its sparse calls) weighted by that module's dense attention time gives the bound of
-the attention part; Amdahl with the dense attention share gives the end-to-end bound. Token and tile
-bounds (GNA-like patterns, `diffattn.sim`) are reported at the finest grid.
+Bounds per config (`bounds.end_to_end_bounds`): each patched module's FLOP bound (``method.flop_bound``
+at the grid it attended, counting only its sparse calls) weighted by that module's dense attention time
+gives the bound of the attention part; Amdahl with the dense attention share gives the end-to-end bound.
+Token and tile bounds (GNA-like patterns, `diffattn.sim`) are reported at the finest grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -25,8 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..sim import amdahl
-from .bounds import method_bounds
+from .bounds import end_to_end_bounds
 from .quality import (
     PSNR_CAP_DB,
     ImageMetric,
@@ -106,35 +104,6 @@ def _speed(run: _Run) -> dict[str, Any]:
     }
 
 
-def _bounds(handle: Any, grids: dict, dense: _Run, modules: list[str]) -> dict[str, Any]:
-    """Attention-part and end-to-end (Amdahl) bounds from per-module FLOP bounds and dense times."""
-    stats = handle.stats()
-    dense_attn = sum(dense.attention_s[m] for m in modules)
-    predicted = 0.0
-    for m in modules:
-        s = stats[m]
-        calls = s.sparse + s.fallback + s.dense
-        frac = s.sparse / calls if calls else 0.0
-        bound = handle.method.flop_bound(*grids[m]).value if m in grids else 1.0
-        predicted += dense.attention_s[m] * ((1 - frac) + frac / bound)
-    share = dense_attn / sum(dense.steps_s or dense.totals_s)
-    share = min(max(share, 0.0), 1.0)
-    attention_bound = dense_attn / predicted if predicted > 0 else 1.0
-    finest = max(grids.values(), key=lambda g: math.prod(g[0])) if grids else None
-    out: dict[str, Any] = {
-        "dense_attention_share": share,
-        "attention_bound": attention_bound,
-        "end_to_end_bound": amdahl(share, attention_bound),
-        "finest_grid": list(finest[0]) if finest else None,
-        "text_tokens": finest[1] if finest else 0,
-    }
-    if finest is not None:
-        b = method_bounds(handle.method, finest[0], finest[1])
-        out.update(flop_bound=b.flop_bound, flop_formula=b.flop_formula, token_bound=b.token_bound,
-                   tile_bound=b.tile_bound, plan_bound=b.plan_bound)
-    return out
-
-
 @torch.no_grad()
 def compare(
     pipe: Any,
@@ -201,7 +170,8 @@ def compare(
                     run = _measure(pipe, kw, prompts, seeds, modules, dev, bar)
                 finally:
                     grids = recorder.close()
-                bounds = _bounds(handle, grids, dense, list(handle.modules))
+                bounds = end_to_end_bounds(handle.method, handle.stats(), grids, dense.attention_s,
+                                           sum(dense.steps_s or dense.totals_s), list(handle.modules))
                 after = _counts(handle.stats())
                 counts = dict(zip(("sparse_calls", "fallback_calls", "dense_calls"), after - before))
                 counts = {k: int(v) for k, v in counts.items()} | {"modules": len(handle.modules)}
