@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffattn.presets import preset_for
+from diffattn.patch.presets import preset_for
 from diffattn.report.bench import e2e
 from diffattn.sim import amdahl
 

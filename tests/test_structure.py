@@ -34,7 +34,6 @@ LAYERS: dict[str, int] = {
     "demo": 8,
     "__init__": 9,  # the public API
     "tiny_quality": 9,  # a re-export kept at a documented path
-    "presets": 9,  # a re-export while the benchmark drivers move
 }
 
 

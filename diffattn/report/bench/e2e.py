@@ -13,7 +13,7 @@ Cases (full scale, ``scale=1``), each at a resolution where attention matters:
 ``scale`` multiplies the token grid per spatial side (frames, model width and depth stay; FLUX's text
 length scales with the image token count), and the methods' spatial windows and strides with it.
 
-Per case: dense, then gna / msw / proxy / agent with their family presets (`diffattn.presets`; window and
+Per case: dense, then gna / msw / proxy / agent with their family presets (`diffattn.patch.presets`; window and
 stride scaled), each installed with the preset's layers on every step. Timed round-robin
 (`timing.time_round_robin`, patch installed untimed before each call), then one probe call per config
 with the attention timer (`runner.AttentionTimer`), the grid recorder and the memory meter
@@ -40,7 +40,7 @@ from torch import nn
 
 from ...functional import gna
 from ...patch import AttentionHandle, apply_attention
-from ...presets import preset_for
+from ...patch.presets import preset_for
 from ..bounds import end_to_end_bounds
 from ..runner import AttentionTimer, GridRecorder, MemoryMeter, RunConfig, check_device
 from ..timing import TimingSummary, synchronizer, time_round_robin
@@ -57,7 +57,7 @@ SCALED_KNOBS = ("window", "stride")
 
 @dataclasses.dataclass(frozen=True)
 class E2ECase:
-    """One end-to-end case: ``family`` is the preset key (`diffattn.presets.FAMILIES`)."""
+    """One end-to-end case: ``family`` is the preset key (`diffattn.models.FAMILIES`)."""
 
     name: str
     family: str
