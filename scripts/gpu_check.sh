@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default gpu_check_out/<UTC time>; PYTHON=... to pick python)
 #
-# 1. tests/test_triton.py on the real GPU (TRITON_INTERPRET=0: the tests put tensors on CUDA), one
+# 1. tests/kernels/test_triton.py on the real GPU (TRITON_INTERPRET=0: the tests put tensors on CUDA), one
 #    autotune config per launch (DIFFATTN_TRITON_QUICK_TUNE=1) so that ~40 kernel variants compile in time;
 # 2. on FLUX-4K (256x256 tokens, window 80x80, stride 1 and 16x16) and HunyuanVideo-720p (30x48x80,
 #    window 18x24x24, stride 1 and 16x8x8), 24 heads, head dim 128, bf16, with full autotuning:
@@ -29,9 +29,9 @@ status=0
 "$PY" -m diffattn.report.bench.gpu_check cuda || { echo "no CUDA GPU visible to torch: nothing to check" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT_DIR/gpu.txt" 2>&1 || true
 
-echo "== 1/4 tests/test_triton.py on the GPU"
+echo "== 1/4 tests/kernels/test_triton.py on the GPU"
 # (the two CUBIN-compile tests need no GPU and run in CI; step 3 covers them here)
-DIFFATTN_TRITON_QUICK_TUNE=1 timeout 190 "$PY" -m pytest tests/test_triton.py -q -x -p no:cacheprovider \
+DIFFATTN_TRITON_QUICK_TUNE=1 timeout 190 "$PY" -m pytest tests/kernels/test_triton.py -q -x -p no:cacheprovider \
     -k "not compiles_for_real_gpus and not compile_report" > "$OUT_DIR/pytest.log" 2>&1 || status=1
 tail -3 "$OUT_DIR/pytest.log"
 

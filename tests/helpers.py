@@ -1,16 +1,17 @@
-"""Small helpers shared by the tests (the `tiny` and `sd` fixtures live in conftest.py)."""
+"""Small helpers shared by the tests (the pipeline fixtures and the session cache live in conftest.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from diffattn.methods import AttentionMethod, get_method
+from diffattn.models.denoisers import first_denoiser
 from diffattn.patch import _ACTIVE
 
 
 def denoiser(pipe) -> torch.nn.Module:
-    """The pipeline's UNet or transformer."""
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    """The pipeline's UNet or transformer (the first one it runs)."""
+    return first_denoiser(pipe)
 
 
 def processors(pipe) -> dict[str, object]:

@@ -140,7 +140,7 @@ class AttentionMethod:
     processor (e.g. return a cached cross-attention output without running the module); `attend`
     replaces the self-attention call itself. State lives in ``AttendCall.state`` / ``ModuleCall.state``
     (per layer) and ``DenoiserCall.state``: dicts reset when a new generation starts.
-    The method-contract suite (``tests/test_method_contract.py``) runs every registered method on
+    The method-contract suite (``tests/methods/test_method_contract.py``) runs every registered method on
     what the class declares: ``example_knobs``, `oracle`, `dense_limit` and ``invalid_knobs``.
     """
 

@@ -18,7 +18,7 @@ from diffattn.methods import AttendCall
 from diffattn.methods.naive import agent_attention, agent_pooled_queries
 from diffattn.tiny import tiny_output
 
-from .helpers import make_method, random_qkv, random_text
+from ..helpers import make_method, random_qkv, random_text
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 

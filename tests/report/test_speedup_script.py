@@ -13,7 +13,7 @@ from pathlib import Path
 from diffattn.methods.gna import gna_plan
 from diffattn.sim import plan_bound, simulate
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "speedup.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speedup.py"
 
 
 def test_speedup_quick(tmp_path: Path) -> None:

@@ -38,13 +38,10 @@ def _assert_unchanged(pipe, snap, ref, name):
     assert torch.equal(tiny_output(pipe, name, num_inference_steps=STEPS, **CASES[name]), ref)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def unet_pipe(request):
+@pytest.fixture(params=list(CASES))
+def unet_pipe(request, pipelines):
     name = request.param
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
-    ref = tiny_output(pipe, name, num_inference_steps=STEPS, **CASES[name])
-    return name, pipe, ref
+    return name, pipelines.pipe(name), pipelines.output(name, num_inference_steps=STEPS, **CASES[name])
 
 
 def test_layout_is_hidiffusions(unet_pipe):

@@ -16,9 +16,10 @@ from diffattn.methods import AttentionMethod, get_method, register_method
 from diffattn.methods import registry as method_registry
 from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.models import family_key, find_adapter
+from diffattn.models.denoisers import first_denoiser
 from diffattn.patch import StepFraction, presets
 from diffattn.patch.presets import FAMILIES, PRESETS, Preset, Unsupported
-from diffattn.tiny import CORE_TINY_MODELS, build_tiny_pipeline, tiny_output
+from diffattn.tiny import CORE_TINY_MODELS, tiny_output
 
 TINY_FAMILY = {
     "tiny-sd": "sd",
@@ -39,10 +40,9 @@ FAMILY_NDIM = {f: 3 if f in ("wan", "cogvideox", "hunyuanvideo", "ltx") else 2 f
 
 
 @pytest.mark.parametrize("name", CORE_TINY_MODELS)
-def test_family_key_of_every_tiny_model(name):
-    pipe = build_tiny_pipeline(name)
-    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    assert family_key(denoiser) == TINY_FAMILY[name]
+def test_family_key_of_every_tiny_model(name, pipelines):
+    pipe = pipelines.pipe(name)
+    assert family_key(first_denoiser(pipe)) == TINY_FAMILY[name]
 
 
 def test_families_are_the_tiny_families():
@@ -246,7 +246,7 @@ def test_integer_steps_keep_their_meaning(sd):
     assert all(s.sparse == 1 and s.dense == 1 for s in h.stats().values())
 
 
-def test_adapters_expose_family_keys():
-    pipe = build_tiny_pipeline("tiny-sdxl")
+def test_adapters_expose_family_keys(pipelines):
+    pipe = pipelines.pipe("tiny-sdxl")
     assert find_adapter(pipe.unet).family_key(pipe.unet) == "sdxl"
     assert presets.preset_for("gna", "dit") is None  # a family without presets: no defaults, no error

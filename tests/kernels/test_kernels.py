@@ -12,7 +12,7 @@ from diffattn.kernels import block_sparse_attention, choose_backend, merge_atten
 from diffattn.methods.gna import gna_plan
 from diffattn.methods.naive import gna_mask
 
-from .helpers import randn
+from ..helpers import randn
 
 
 @pytest.mark.parametrize("parts", [2, 3], ids=["two-parts", "three-parts"])

@@ -11,8 +11,9 @@ import torch
 import diffattn
 from diffattn.methods.freeswim import FreeSwimConfig, entropy_scale
 from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
-from tests.freeswim_oracle import NaiveFreeSwim
 from tests.helpers import processors, same_objects
+
+from .freeswim_oracle import NaiveFreeSwim
 
 STEPS = 3
 
@@ -39,12 +40,9 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def fam(request):
-    name = request.param
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
-    return name, pipe
+@pytest.fixture(params=list(FAMILIES))
+def fam(request, pipelines):
+    return request.param, pipelines.pipe(request.param)
 
 
 def _call(pipe, name, size=None, **extra):
@@ -193,8 +191,8 @@ def test_bad_knobs(knobs, match):
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-cogvideox", "tiny-hunyuanvideo"])
-def test_joint_attention_families_are_refused(name):
-    pipe = build_tiny_pipeline(name)
+def test_joint_attention_families_are_refused(name, pipelines):
+    pipe = pipelines.pipe(name)
     before = processors(pipe)
     for preset in (True, False):
         with pytest.raises(ValueError, match=r"'freeswim' does not support .*separate cross-attention"):
@@ -244,11 +242,10 @@ def test_sdxl_batched_cfg_with_added_conditions():
     assert all(s.cross_cached == 2 for n, s in handle.stats().items() if n.endswith("attn2"))
 
 
-def test_bare_denoiser_runs_w_only_and_says_so(caplog):
+def test_bare_denoiser_runs_w_only_and_says_so(caplog, pipelines):
     """Without a pipeline (no captured prompt embeddings, no scheduler) F cannot run: loud, not silent."""
     name = "tiny-pixart-alpha"
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe(name)
     with diffattn.attention(pipe.transformer, "freeswim", train_grid=3) as handle:
         tiny_output(pipe, name)
     assert "runs the window branch W only" in caplog.text

@@ -16,7 +16,7 @@ from diffattn import demo, list_methods  # noqa: E402
 
 MODEL = "tiny"  # the embedded trained model (the demo's default): the scorer's accuracy shows up too
 RANDOM = "tiny-pixart-alpha"  # random weights, for what needs no trained model
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

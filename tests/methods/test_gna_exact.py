@@ -12,8 +12,8 @@ from diffattn.kernels import reference_attention
 from diffattn.methods.gna import GNAConfig, gna_plan
 from diffattn.methods.naive import gna_mask
 
+from ..helpers import random_qkv
 from .gna_cases import GNA_CASES, case_id
-from .helpers import random_qkv
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 

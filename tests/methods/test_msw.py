@@ -17,9 +17,9 @@ from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
 from diffattn.methods.msw import MSWConfig
 from diffattn.methods.naive import msw_mask
-from diffattn.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import tiny_output
 
-from .helpers import random_qkv
+from ..helpers import random_qkv
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 MSW = get_method("msw")
@@ -170,8 +170,8 @@ def test_none_timestep_is_still_deterministic():
 
 # --------------------------------------------------------------------------- config
 
-def test_3d_window_on_image_model_is_rejected():
-    pipe = build_tiny_pipeline("tiny-sd")
+def test_3d_window_on_image_model_is_rejected(pipelines):
+    pipe = pipelines.pipe("tiny-sd")
     with pytest.raises(ValueError, match=r"msw window=\(1, 4, 4\) is 3-D but this model's token grid is 2-D"):
         diffattn.apply_attention(pipe, "msw", window=(1, 4, 4))
 
@@ -213,9 +213,9 @@ def test_msw_without_knobs_runs_on_every_family(tiny):
     ],
     ids=["sd", "sdxl"],
 )
-def test_unet_default_layers_are_the_highest_resolution_blocks(name, expected):
+def test_unet_default_layers_are_the_highest_resolution_blocks(name, expected, pipelines):
     """SD: down_blocks.0 / up_blocks.3 (tiny-sd has 2 levels, so only down_blocks.0); SDXL: down/up_blocks.1."""
-    pipe = build_tiny_pipeline(name)
+    pipe = pipelines.pipe(name)
     handle = diffattn.apply_attention(pipe, "msw")
     handle.remove()
     assert handle.modules == expected

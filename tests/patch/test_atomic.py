@@ -9,7 +9,7 @@ import torch
 import diffattn
 from diffattn.tiny import tiny_output
 
-from .helpers import attention_state, denoiser, fail_set_processor
+from ..helpers import attention_state, denoiser, fail_set_processor
 
 FAMILIES = ["tiny-sd", "tiny-flux", "tiny-wan"]  # attention_processor processors and dispatch ones
 pytestmark = pytest.mark.parametrize("tiny", FAMILIES, indirect=True)

@@ -21,7 +21,7 @@ from diffattn.methods import registry as method_registry
 from diffattn.patch import records
 from diffattn.tiny import build_tiny_pipeline, tiny_output
 
-from .helpers import denoiser
+from ..helpers import denoiser
 
 TOY = "toy-two-pass"
 COND = ("cond", "cfg")
@@ -90,10 +90,11 @@ def _pipe(name: str = "tiny-sd", seed: int = 0):
     return pipe
 
 
-@pytest.fixture(scope="module", params=["tiny-sd", "tiny-wan"], ids=["batched-cfg", "separate-cfg-calls"])
-def tiny(request):
-    pipe = _pipe(request.param)
-    return request.param, pipe, tiny_output(pipe, request.param, num_inference_steps=3)
+@pytest.fixture(params=["tiny-sd", "tiny-wan"], ids=["batched-cfg", "separate-cfg-calls"])
+def cfg_pipe(request, pipelines):
+    """(name, pipeline, unpatched 3-step output): CFG batched into one call (SD) or separate calls (Wan)."""
+    name = request.param
+    return name, pipelines.pipe(name), pipelines.output(name, num_inference_steps=3)
 
 
 def _snapshot(pipe) -> dict:
@@ -112,8 +113,8 @@ def _forwards(method) -> collections.Counter:
     return collections.Counter((e[2], e[3]) for e in method.events if e[0] == "forward")
 
 
-def test_runs_twice_per_step_and_reuses_the_cache_across_steps(tiny):
-    name, pipe, base = tiny
+def test_runs_twice_per_step_and_reuses_the_cache_across_steps(cfg_pipe):
+    name, pipe, base = cfg_pipe
     with diffattn.attention(pipe, TOY, preset=False) as h:
         out = tiny_output(pipe, name, num_inference_steps=3)
     events = h.method.events
@@ -136,18 +137,18 @@ def test_runs_twice_per_step_and_reuses_the_cache_across_steps(tiny):
     assert torch.equal(tiny_output(pipe, name, num_inference_steps=3), base)
 
 
-def test_every_step_full_pass_matches_dense(tiny):
+def test_every_step_full_pass_matches_dense(cfg_pipe):
     """With the extra pass on every step, each reused cross output is the one the regular pass would
     have computed from identical inputs: the result is the model's own, up to rounding."""
-    name, pipe, base = tiny
+    name, pipe, base = cfg_pipe
     with diffattn.attention(pipe, TOY, preset=False, every=1) as h:
         out = tiny_output(pipe, name, num_inference_steps=3)
     assert sum(s.cross_cached for s in h.stats().values()) > 0
     torch.testing.assert_close(out, base, atol=1e-4, rtol=1e-4)
 
 
-def test_state_resets_on_each_generation(tiny):
-    name, pipe, _ = tiny
+def test_state_resets_on_each_generation(cfg_pipe):
+    name, pipe, _ = cfg_pipe
     with diffattn.attention(pipe, TOY, preset=False) as h:
         first = tiny_output(pipe, name, num_inference_steps=3, seed=1)
         second = tiny_output(pipe, name, num_inference_steps=3, seed=2)
@@ -174,8 +175,8 @@ def test_step_going_back_resets_without_a_pipeline_call():
     assert histories == [(0,), (0, 1), (0,), (0, 0), (1,)]
 
 
-def test_apply_remove_pickle_are_bit_exact(tiny):
-    name, pipe, base = tiny
+def test_apply_remove_pickle_are_bit_exact(cfg_pipe):
+    name, pipe, base = cfg_pipe
     before = _snapshot(pipe)
     handle = diffattn.apply_attention(pipe, TOY, preset=False)
     assert "forward" in denoiser(pipe).__dict__ and "encode_prompt" in pipe.__dict__
@@ -192,8 +193,8 @@ def test_apply_remove_pickle_are_bit_exact(tiny):
 
 
 @pytest.mark.parametrize("position", ["first", "pre-hook", "forward", "middle", "last"])
-def test_failure_anywhere_in_the_install_rolls_back(tiny, position, monkeypatch):
-    name, pipe, base = tiny
+def test_failure_anywhere_in_the_install_rolls_back(cfg_pipe, position, monkeypatch):
+    name, pipe, base = cfg_pipe
     with diffattn.attention(pipe, TOY, preset=False) as h:
         kinds = [type(r).__name__ for r in h._records]
     at = {

@@ -10,7 +10,7 @@ import torch
 
 from diffattn import cli
 from diffattn.pipelines.highres import generate_highres, generate_highres_video, upsample_latents
-from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
+from diffattn.tiny import tiny_call_kwargs
 from tests.helpers import processors, same_objects
 
 # model -> CLI size arguments (targets 2x the tiny base per side)
@@ -54,10 +54,9 @@ def _kw(name):
     return kw
 
 
-def test_refine_runs_the_strength_tail_from_renoised_latents():
+def test_refine_runs_the_strength_tail_from_renoised_latents(pipelines):
     name = "tiny-pixart-alpha"
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe(name)
     before = processors(pipe)
     timesteps = []
     hook = pipe.transformer.register_forward_pre_hook(
@@ -79,10 +78,9 @@ def test_refine_runs_the_strength_tail_from_renoised_latents():
     assert same_objects(processors(pipe), before) and "set_timesteps" not in pipe.scheduler.__dict__
 
 
-def test_video_record_and_frames():
+def test_video_record_and_frames(pipelines):
     name = "tiny-wan"
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe(name)
     out, record = generate_highres_video(
         pipe, "a fox", 160, 192, 9, num_inference_steps=3, base_height=96, base_width=128, output_type="pt",
         **_kw(name),
@@ -116,10 +114,9 @@ def test_upsample_latents_per_frame():
     ],
     ids=["strength0", "strength>1", "smaller", "same-size", "raunet-dit", "bad-method", "bad-knob", "no-steps"],
 )
-def test_bad_input_leaves_pipeline_unchanged(kwargs, match):
+def test_bad_input_leaves_pipeline_unchanged(kwargs, match, pipelines):
     name = "tiny-pixart-alpha"
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe(name)
     before = processors(pipe)
     call = dict(height=64, width=64, num_inference_steps=3, output_type="pt")
     call.update(kwargs)

@@ -15,7 +15,7 @@ import torch
 import diffattn
 from diffattn.tiny import build_tiny_pipeline, tiny_output
 
-from .helpers import denoiser, processors, same_objects
+from ..helpers import denoiser, processors, same_objects
 
 HUGE = 10**6  # a window covering every tiny grid (clamped per axis: exactly dense)
 SD = "tiny-sd"

@@ -18,7 +18,7 @@ from diffattn.patch.presets import preset_for
 from diffattn.report.bench import e2e
 from diffattn.sim import amdahl
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "speedup.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speedup.py"
 
 
 @pytest.mark.parametrize(

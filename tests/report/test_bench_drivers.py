@@ -15,7 +15,7 @@ import torch
 from diffattn.methods.gna import gna_mask
 from diffattn.report.bench import freeswim, gpu_check
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("grid, window, stride", [((9, 11), (3, 5), (2, 3)), ((3, 6, 5), (2, 3, 3), (1, 3, 1))])

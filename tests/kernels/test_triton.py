@@ -560,7 +560,7 @@ def test_generic_plans_gather_key_indices() -> None:
 
 # ------------------------------------------------------------------------------------- real GPUs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _COMPILE_SCRIPT = r"""
 import triton
 from diffattn.report.bench.compile_report import compile_one

@@ -17,7 +17,7 @@ from diffattn.methods.naive import proxy_attention, proxy_window_ids
 from diffattn.methods.proxy import axis_windows, sampled_tokens
 from diffattn.tiny import tiny_output
 
-from .helpers import make_method, random_qkv, random_text
+from ..helpers import make_method, random_qkv, random_text
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 

@@ -39,13 +39,11 @@ def _expected_shape(name: str) -> tuple[int, ...]:
     return (1, 3, kw["height"], kw["width"])
 
 
-@pytest.fixture(scope="module", params=NAMES)
-def e2e(request):
-    """(name, pipeline, unpatched output) per pipeline, built once for this module."""
+@pytest.fixture(params=NAMES)
+def e2e(request, pipelines):
+    """(name, pipeline, unpatched output) per pipeline, from the session cache."""
     name = request.param
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
-    return name, pipe, tiny_output(pipe, name)
+    return name, pipelines.pipe(name), pipelines.output(name)
 
 
 def test_specs_are_newer_families():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import tiny_output
 
 # window large enough to cover every tiny grid (clamped per axis, so it is exactly dense)
 HUGE = 10**6
@@ -58,10 +58,9 @@ def test_context_manager_restores_on_error(tiny):
 
 
 @pytest.mark.parametrize("name", ["tiny-sd", "tiny-flux", "tiny-wan"])
-def test_steps_limit_where_the_method_runs(name):
+def test_steps_limit_where_the_method_runs(name, pipelines):
     """steps=(0, 1) of a 2-step schedule: first step sparse, second dense (Wan calls twice per step)."""
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe(name)
     with diffattn.attention(pipe, "gna", window=3, steps=(0, 1)) as h:
         tiny_output(pipe, name)
     stats = list(h.stats().values())

@@ -25,7 +25,7 @@ from diffattn.methods import AttendCall, get_method, list_methods
 from diffattn.models import find_adapter
 from diffattn.tiny import tiny_output
 
-from .helpers import attention_state, denoiser, fail_set_processor, processors, random_qkv, random_text, same_objects
+from ..helpers import attention_state, denoiser, fail_set_processor, processors, random_qkv, random_text, same_objects
 
 METHODS = list_methods()
 GRIDS = [(13,), (7, 9), (3, 5, 6)]

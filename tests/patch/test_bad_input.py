@@ -9,7 +9,7 @@ import diffattn
 from diffattn.functional import gna
 from diffattn.tiny import tiny_output
 
-from .helpers import random_qkv
+from ..helpers import random_qkv
 
 
 def _state(pipe):

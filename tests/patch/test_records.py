@@ -11,7 +11,6 @@ import torch
 
 import diffattn
 from diffattn.patch import SetAttr, SwapSubmodule
-from diffattn.tiny import build_tiny_pipeline
 
 
 class _Doubled(torch.nn.Module):
@@ -25,9 +24,9 @@ class _Doubled(torch.nn.Module):
         return 2 * self.inner(x)
 
 
-@pytest.fixture(scope="module")
-def unet_call():
-    pipe = build_tiny_pipeline("tiny-sd")
+@pytest.fixture
+def unet_call(pipelines):
+    pipe = pipelines.pipe("tiny-sd")
     unet = pipe.unet
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(1, unet.config.in_channels, 16, 16, generator=g)

@@ -101,12 +101,11 @@ def test_inspect_prints_the_grid_at_the_requested_size(capsys):
     assert all(r[8:] == ["1", "0", "0"] for r in rows), rows  # one sparse call each, no fallback
 
 
-def test_inspect_joint_text_and_dry_run_leaves_pipeline_as_it_was():
+def test_inspect_joint_text_and_dry_run_leaves_pipeline_as_it_was(pipelines):
     from diffattn.patch.dry_run import dry_run
-    from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
+    from diffattn.tiny import tiny_call_kwargs, tiny_output
 
-    pipe = build_tiny_pipeline("tiny-flux")
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.pipe("tiny-flux")
     before = tiny_output(pipe, "tiny-flux")
     table = dry_run(pipe, tiny_call_kwargs("tiny-flux"), "gna", window=3)
     rows = _rows(table)

@@ -27,12 +27,9 @@ def test_families_are_registered_as_non_core():
     assert all(name in TINY_SPECS and not TINY_SPECS[name].core for name in NAMES)
 
 
-@pytest.fixture(scope="module", params=NAMES)
-def built(request):
-    name = request.param
-    pipe = build_tiny_pipeline(name)
-    pipe.set_progress_bar_config(disable=True)
-    return name, pipe
+@pytest.fixture(params=NAMES)
+def built(request, pipelines):
+    return request.param, pipelines.pipe(request.param)
 
 
 def _sizes(name: str) -> list[tuple[int, int]]:
