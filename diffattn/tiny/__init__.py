@@ -6,22 +6,5 @@
 every diffusers denoiser class.
 """
 
-from .specs import (
-    CORE_TINY_MODELS,
-    TINY_MODELS,
-    TINY_SPECS,
-    TinySpec,
-    build_tiny_pipeline,
-    tiny_call_kwargs,
-    tiny_output,
-)
-
-__all__ = [
-    "CORE_TINY_MODELS",
-    "TINY_MODELS",
-    "TINY_SPECS",
-    "TinySpec",
-    "build_tiny_pipeline",
-    "tiny_call_kwargs",
-    "tiny_output",
-]
+from .specs import *  # noqa: F403  (the public names, listed once in specs.__all__)
+from .specs import __all__  # noqa: F401
