@@ -76,3 +76,30 @@ def random_text(t: int, dtype=torch.float32, seed: int = 1, batch: int = 2, padd
     if padded:
         mask[0, t // 2 :] = False
     return k, v, mask
+
+
+def run_script(name: str, *args: str) -> tuple[int, str, str]:
+    """``python scripts/<name> args...`` in this process (its argument parsing and its one call into the package),
+    returning (exit code, stdout, stderr); cheaper than a subprocess, which would import torch again."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / name
+    out, err = io.StringIO(), io.StringIO()
+    argv, code = sys.argv, 0
+    sys.argv = [str(script), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+            code = 1
+        else:
+            code = e.code or 0
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -18,7 +16,15 @@ from diffattn.patch.presets import preset_for
 from diffattn.report.bench import e2e
 from diffattn.sim import amdahl
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speedup.py"
+from ..helpers import run_script
+
+
+class _Proc(NamedTuple):
+    """``scripts/speedup.py``'s exit code and output (run in this process by `run_script`)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @pytest.mark.parametrize(
@@ -61,7 +67,7 @@ def test_bad_input_is_a_clear_error(kwargs: dict, message: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_flag_without_cuda_fails_clearly() -> None:
-    proc = _run_script("--e2e", "--device", "cuda", "--out", "/nonexistent", timeout=120)
+    proc = _Proc(*run_script("speedup.py", "--e2e", "--device", "cuda", "--out", "/nonexistent"))
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr
 
@@ -86,23 +92,10 @@ def test_memory_rows_state_both_peaks() -> None:
     assert "(N x4, N² x16)" in e2e.memory_growth(rows)
 
 
-def _run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``scripts/speedup.py args`` in a subprocess that imports this checkout's package."""
-    path = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=SCRIPT.parents[1],
-        env=dict(os.environ, PYTHONPATH=path),
-    )
-
-
 @pytest.mark.slow
 def test_e2e_script_tiny_scale(tmp_path: Path) -> None:
     args = ["--e2e", "--cases", "wan", "--scale", "0.0625", "--repeats", "1", "--dtype", "fp32", "--out", str(tmp_path)]
-    proc = _run_script(*args, timeout=600)
+    proc = _Proc(*run_script("speedup.py", *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "e2e.json").read_text())
     assert data["meta"]["scale"] == 0.0625 and data["meta"]["device"] == "cpu" and data["goal"] == e2e.GOAL

@@ -1,33 +1,19 @@
-"""Smoke test of ``scripts/speedup.py --quick``: it runs, and writes sane JSON and Markdown.
-
-The script has no ``sys.path`` hack: it imports this checkout's package through ``PYTHONPATH``."""
+"""Smoke test of ``scripts/speedup.py --quick``: it runs, and writes sane JSON and Markdown."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from diffattn.methods.gna import gna_plan
 from diffattn.sim import plan_bound, simulate
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speedup.py"
+from ..helpers import run_script
 
 
 def test_speedup_quick(tmp_path: Path) -> None:
-    # import this checkout's package, not whichever diffattn the venv has installed
-    path = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--no-natten", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=SCRIPT.parents[1],
-        env=dict(os.environ, PYTHONPATH=path),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, stdout, err = run_script("speedup.py", "--quick", "--no-natten", "--out", str(tmp_path))
+    assert code == 0, err[-2000:]
     data = json.loads((tmp_path / "speedup.json").read_text())
     rows = data["rows"]
     names = [r["case"] for r in rows]
@@ -65,4 +51,4 @@ def test_speedup_quick(tmp_path: Path) -> None:
     assert [len(t["rows"]) for t in targets] == [8, 2, 4, 0, 6]
     md = (tmp_path / "speedup.md").read_text()
     assert md.count("\n| ") >= 20 and all(n in md for n in names + [r["case"] for r in method_rows])
-    assert "Targets" in proc.stdout
+    assert "Targets" in stdout
