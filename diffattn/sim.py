@@ -31,9 +31,10 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .kernels import BlockPlan
-from .methods.gna import GNAConfig, IntOrTuple, gna_axis_window_starts
+from .methods.gna import GNAConfig, IntOrTuple
 
 DEFAULT_Q_TILE = {1: (128,), 2: (16, 8), 3: (4, 4, 8)}
 DEFAULT_KV_TILE = {1: (128,), 2: (16, 8), 3: (4, 4, 8)}
@@ -350,35 +351,152 @@ def simulate(
     )
 
 
-def _axis_counts(length: int, window: int, stride: int, dilation: int, q_tile: int, kv_tile: int) -> tuple[int, ...]:
-    """``(q_tiles, kv_tiles, live pairs, fully live pairs)`` of one axis.
+#: query tiles of one dilation group counted one by one (vectorised) up to this many; past it, by periods (below)
+DIRECT_TILES = 1 << 14
+#: most query tiles ever evaluated for one axis (a period longer than this is refused, never approximated)
+MAX_EVALUATED_TILES = 1 << 25
+#: largest window per axis whose smallest block-sparse stride is searched (every stride in [1, window] is a candidate)
+MAX_SEARCH_WINDOW = 1_000_000
 
-    Within a dilation group, window starts never decrease and grow by at most ``stride <= window``
-    between neighbours, so the keys of query tile ``[a, b)`` are the interval
-    ``[start[a], start[b-1] + window)``, and a key tile ``[c, e)`` is seen by every query of the
-    tile iff ``start[b-1] <= c`` and ``e <= start[a] + window``.
+
+def _starts(pos: Tensor, n: int, k: int, s: Tensor | int) -> Tensor:
+    """Window start of group positions ``pos`` (GNA's rule, as `gna_axis_window_starts`), without per-token arrays."""
+    leader = torch.clamp((pos // s) * s + s // 2, max=n - 1)
+    return torch.clamp(leader - k // 2, min=0, max=n - k)
+
+
+def _tile_terms(i: Tensor, n: int, k: int, s: Tensor | int, tq: int, tk: int) -> tuple[Tensor, Tensor]:
+    """Live and fully live KV tiles of query tiles ``i`` of one dilation group of length ``n``.
+
+    A query tile ``[a, b)`` sees keys ``[lo, hi + k)`` with ``lo = start(a)``, ``hi = start(b - 1)``: KV tile ``m``
+    is live iff ``m * tk < hi + k`` and ``(m + 1) * tk > lo``, fully live iff ``m * tk >= hi`` and its end
+    ``min((m + 1) * tk, n) <= lo + k``; both are intervals of ``m``, counted in closed form.
     """
+    a = i * tq
+    b = torch.clamp(a + tq, max=n)
+    lo, hi = _starts(a, n, k, s), _starts(b - 1, n, k, s)
+    kv_tiles = -(-n // tk)
+    live = (hi + k - 1) // tk - lo // tk + 1
+    first = -(-hi // tk)
+    last = torch.clamp((lo + k) // tk - 1, max=kv_tiles - 1)
+    full = torch.clamp(last - first + 1, min=0)
+    if n % tk:  # the last KV tile is partial: fully live iff the window reaches the end of the axis
+        full = full + ((lo + k == n) & ((kv_tiles - 1) * tk >= hi)).long()
+    return live, full
+
+
+def _explicit(p: int, q: int, n: int, k: int, s: int, tq: int, tk: int) -> tuple[int, int]:
+    live = full = 0
+    for c in range(p, q, 1 << 20):  # chunks keep the index arrays small
+        lv, fl = _tile_terms(torch.arange(c, min(q, c + (1 << 20)), dtype=torch.long), n, k, s, tq, tk)
+        live, full = live + int(lv.sum()), full + int(fl.sum())
+    return live, full
+
+
+def _periodic(p: int, q: int, period: int, n: int, k: int, s: int, tq: int, tk: int) -> tuple[int, int]:
+    """Sum over query tiles ``[p, q)`` whose terms repeat every ``period`` tiles."""
+    count = q - p
+    if count <= 0:
+        return 0, 0
+    if count <= 2 * period:
+        return _explicit(p, q, n, k, s, tq, tk)
+    if period > MAX_EVALUATED_TILES:
+        raise ValueError(
+            f"an axis of {n} tokens with stride {s} and tiles {tq}/{tk} repeats only every {period} query tiles, more "
+            f"than the {MAX_EVALUATED_TILES} this counts exactly: use tiles or a stride that share factors"
+        )
+    reps, rem = divmod(count, period)
+    one = _explicit(p, p + period, n, k, s, tq, tk)
+    tail = _explicit(p, p + rem, n, k, s, tq, tk)
+    return reps * one[0] + tail[0], reps * one[1] + tail[1]
+
+
+def _group_counts(n: int, k: int, s: int, tq: int, tk: int, direct: int = DIRECT_TILES) -> tuple[int, int]:
+    """``(live, fully live)`` tile pairs of one dilation group of length ``n`` in closed form.
+
+    Window starts are 0 for the groups ``j < jA`` (left border), ``j * s + s // 2 - k // 2`` for ``jA <= j <= jB``
+    (interior) and ``n - k`` past it (right border). Query tiles inside a border all see the same keys; inside the
+    interior, shifting a tile by ``lcm(tq, s, tk)`` tokens shifts its keys by whole KV tiles, so the counts repeat
+    every ``lcm(tq, s, tk) / tq`` tiles. Only the few tiles that straddle a border are counted one by one.
+    """
+    q_tiles = -(-n // tq)
+    if q_tiles <= direct:
+        return _explicit(0, q_tiles, n, k, s, tq, tk)
+    groups = -(-n // s)
+    j_a = max(0, (k // 2 - s // 2) // s + 1)  # first group whose start is past 0
+    j_b = min((n - k - s // 2 + k // 2 - 1) // s, (n - 1 - s // 2) // s, groups - 1)  # last before n - k
+    left_end = min(j_a * s, n)
+    right_start = min(max(j_a, j_b + 1) * s, n)
+    interior = (j_a * s, min((j_b + 1) * s, n)) if j_b >= j_a else (left_end, left_end)
+    last = q_tiles - 1  # the last tile (maybe partial) is always counted on its own
+    b1 = min(left_end // tq, last)
+    b2 = max(b1, min(-(-interior[0] // tq), last))
+    b3 = max(b2, min(interior[1] // tq, last))
+    b4 = max(b3, min(-(-right_start // tq), last))
+    period = math.lcm(tq, s, tk) // tq
+    parts = [
+        _periodic(0, b1, 1, n, k, s, tq, tk),
+        _explicit(b1, b2, n, k, s, tq, tk),
+        _periodic(b2, b3, period, n, k, s, tq, tk),
+        _explicit(b3, b4, n, k, s, tq, tk),
+        _periodic(b4, last, 1, n, k, s, tq, tk),
+        _explicit(last, q_tiles, n, k, s, tq, tk),
+    ]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _group_lengths(length: int, dilation: int) -> list[tuple[int, int]]:
+    """``(group length, how many groups)``: a dilated axis splits into groups of two lengths at most."""
+    short, extra = divmod(length, dilation)
+    return [(n, c) for n, c in ((short + 1, extra), (short, dilation - extra)) if c and n]
+
+
+def _axis_counts(length: int, window: int, stride: int, dilation: int, q_tile: int, kv_tile: int) -> tuple[int, ...]:
+    """``(q_tiles, kv_tiles, live pairs, fully live pairs)`` of one axis, in closed form (`_group_counts`): no array
+    grows with the axis, so a grid of 10^12 tokens per axis costs what a small one does."""
     q_tiles = kv_tiles = live = full = 0
-    for g in range(dilation):
-        group_len = len(range(g, length, dilation))
-        start = gna_axis_window_starts(group_len, window, stride)
-        qa = torch.arange(0, group_len, q_tile)
-        qb = (qa + q_tile).clamp(max=group_len)
-        kc = torch.arange(0, group_len, kv_tile)
-        ke = (kc + kv_tile).clamp(max=group_len)
-        lo, hi = start[qa][:, None], start[qb - 1][:, None]  # [q tiles, 1]
-        is_live = (kc[None, :] < hi + window) & (ke[None, :] > lo)
-        is_full = (kc[None, :] >= hi) & (ke[None, :] <= lo + window)
-        q_tiles, kv_tiles = q_tiles + len(qa), kv_tiles + len(kc)
-        live, full = live + int(is_live.sum()), full + int(is_full.sum())
+    for n, count in _group_lengths(length, dilation):
+        lv, fl = _group_counts(n, window, stride, q_tile, kv_tile)
+        q_tiles += count * -(-n // q_tile)
+        kv_tiles += count * -(-n // kv_tile)
+        live, full = live + count * lv, full + count * fl
     return q_tiles, kv_tiles, live, full
 
 
+def _surely_partial(n: int, k: int, strides: Tensor, tq: int, tk: int) -> Tensor:
+    """Strides (a vector) that certainly leave a partial tile pair in a group of length ``n``: the first or last
+    query tile is partial, or the windows move at two consecutive stride groups, which must then both begin on a
+    query tile (else a tile would hold two different windows), so the stride must be a multiple of ``tq``."""
+    s = strides
+    q_tiles = -(-n // tq)
+    bad = torch.zeros_like(s, dtype=torch.bool)
+    for i in (0, q_tiles - 1):
+        live, full = _tile_terms(torch.full_like(s, i), n, k, s, tq, tk)
+        bad |= live != full
+    groups = -(-n // s)
+    j_a = torch.clamp((k // 2 - s // 2).div(s, rounding_mode="floor") + 1, min=0)
+    j_b = torch.minimum(torch.minimum((n - k - s // 2 + k // 2 - 1) // s, (n - 1 - s // 2) // s), groups - 1)
+    moves = torch.minimum(j_b + 1, groups - 1) - torch.clamp(j_a, min=1) >= 1
+    return bad | (moves & (s % tq != 0))
+
+
 def _min_stride(length: int, window: int, dilation: int, q_tile: int, kv_tile: int) -> int | None:
-    """Smallest stride in [1, window] with no partial tile pair on this axis, or None."""
-    for s in range(1, window + 1):
-        _, _, live, full = _axis_counts(length, window, s, dilation, q_tile, kv_tile)
-        if live == full:
+    """Smallest stride in [1, window] with no partial tile pair on this axis, or None. Every stride is a candidate;
+    `_surely_partial` drops most at once and the rest are counted exactly."""
+    if window == length:  # a dense axis: every live pair is fully live whatever the stride
+        return 1
+    if window > MAX_SEARCH_WINDOW:
+        raise ValueError(
+            f"window {window} on an axis of {length}: the smallest block-sparse stride is searched for windows up to "
+            f"{MAX_SEARCH_WINDOW} tokens per axis (or a window covering the axis)"
+        )
+    strides = torch.arange(1, window + 1, dtype=torch.long)
+    keep = torch.ones_like(strides, dtype=torch.bool)
+    for n, _ in _group_lengths(length, dilation):
+        keep &= ~_surely_partial(n, window, strides, q_tile, kv_tile)
+    for s in strides[keep].tolist():
+        counts = [_group_counts(n, window, s, q_tile, kv_tile) for n, _ in _group_lengths(length, dilation)]
+        if all(live == full for live, full in counts):
             return s
     return None
 

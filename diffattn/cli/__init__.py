@@ -20,12 +20,24 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from . import catalog, demo, generate, highres, report, simulate
+from .args import ArgumentParser, print_error
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises (one line, exit 2; ``-v`` adds the traceback): bad values, unreadable or unwritable
+    paths, a missing optional dependency, a request too big for memory, weights that fail their check."""
+    import torch
+
+    from ..pipelines.tiny_shapes.pipeline import WeightsCheckError
+
+    return (ValueError, TypeError, OSError, ImportError, MemoryError, torch.OutOfMemoryError, WeightsCheckError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
+    p = ArgumentParser(prog="diffattn", description="Training-free sparse attention for diffusers pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
     generate.add_parsers(sub)
     simulate.add_parser(sub)
@@ -51,12 +63,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    """Run one command; its exit status (0 ok, 2 bad input: one ``diffattn: error: ...`` line on stderr)."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, already printed on one line)
+        return e.code if isinstance(e.code, int) else 2
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     try:
         return _dispatch(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"diffattn: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        if verbose:
+            traceback.print_exc()
+        print_error("diffattn", e)
         return 2
 
 

@@ -14,7 +14,7 @@ import torch
 from ..patch import apply_attention
 from ..pipelines.load import EMBEDDED
 from . import args as opt
-from .inputs import load, method_knobs, where
+from .inputs import before_load, load, method_knobs, where
 
 GENERATE_HELP = "generate once dense and once accelerated with the same seed; time both"
 INSPECT_HELP = "per patched module: family, kind, grid, text/extra tokens, method and bound, from one denoiser call"
@@ -74,6 +74,7 @@ def _save(out: Any, path: Path) -> Path:
 
 
 def generate(args: argparse.Namespace) -> int:
+    before_load(args)  # the output folder and sizes, before any model loads
     if args.model == EMBEDDED:  # the embedded trained model: its own job (accuracy, PSNR/SSIM, captioned grid)
         from .shapes import generate_tiny
 
@@ -116,12 +117,7 @@ def inspect(args: argparse.Namespace) -> int:
     """``diffattn inspect``: the per-module table of what the method would do, from one denoiser call."""
     from ..patch.dry_run import dry_run
 
-    if args.model == EMBEDDED:
-        from .shapes import cli_knobs
-
-        knobs = cli_knobs(args)
-    else:
-        knobs = method_knobs(args)
+    knobs = method_knobs(args, embedded=args.model == EMBEDDED)
     pipe, kw = load(args)
     kw["generator"] = torch.Generator("cpu").manual_seed(args.seed)
     print(dry_run(pipe, kw, args.method, **where(args), **knobs))

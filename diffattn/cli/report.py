@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from ..report.runner import check_device, load_configs, load_prompts
 from . import args as opt
-from .inputs import load
+from .inputs import before_load, load, read_configs, read_prompts
 
 
 def add_parsers(sub: Any) -> None:
@@ -27,7 +26,7 @@ def add_parsers(sub: Any) -> None:
     for p in (c, e):
         opt.model(p, "tiny-sd", f"{opt.OFFLINE} (offline), a hub id or a path")
         p.add_argument("--prompts", type=Path, required=True, help="prompt file, one prompt per non-empty line")
-        p.add_argument("--num-images", type=int, default=None, help="samples (prompts cycle); default: one per prompt")
+        opt.num_images(p)
         p.add_argument(
             "--config",
             action="append",
@@ -41,28 +40,29 @@ def add_parsers(sub: Any) -> None:
         opt.frames(p)
         opt.seed(p, "sample i uses seed + i")
         opt.backend(p)
-        p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+        opt.device(p)
         opt.dtype(p)
-        p.add_argument("--clip", default=None, help="local Hugging Face CLIP model directory (CLIP score)")
-        p.add_argument("--inception", default=None, help="FID Inception weights file (needs torch-fidelity)")
+        p.add_argument("--clip", default=None, help="local Hugging Face CLIP model folder (CLIP score; safetensors "
+                       "weights, no remote code)")
+        p.add_argument("--inception", default=None, help="FID Inception weights (.safetensors or a torch.save state "
+                       "dict; needs the fid extra: pip install 'diffattn[fid]')")
         opt.out(p, "diffattn_report")
         p.add_argument("--no-progress", action="store_true")
-    c.add_argument("--lpips", default=None, help="TorchScript LPIPS module file (LPIPS vs dense)")
+    c.add_argument("--lpips", default=None, help="LPIPS weights (alex or vgg; .safetensors or a torch.save state dict "
+                   "of lpips.LPIPS) for LPIPS vs dense")
     c.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up generation per config")
     e.add_argument("--no-fid", action="store_true", help="skip FID (no Inception weights needed)")
 
 
 def _samples(args: argparse.Namespace) -> list[str]:
-    prompts = load_prompts(args.prompts)
-    n = len(prompts) if args.num_images is None else args.num_images
-    if n < 1:
-        raise ValueError(f"--num-images {n} must be >= 1")
+    prompts = read_prompts(args.prompts)
+    n = len(prompts) if args.num_images is None else args.num_images  # the parser bounds --num-images
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
 def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
-    load_args = argparse.Namespace(**vars(args), prompt="")
-    pipe, kw = load(load_args)
+    load_args = argparse.Namespace(**vars(args), prompt=None)
+    pipe, kw = load(load_args)  # checks the memory the request needs on --device
     pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -72,9 +72,9 @@ def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any
 
 def run(args: argparse.Namespace) -> int:
     """Run ``compare`` or ``eval``; every input check happens before the model is loaded or run."""
-    check_device(args.device)
+    before_load(args)  # --out, --device, absurd sizes
     prompts = _samples(args)
-    configs = load_configs(args.config, args.configs)
+    configs = read_configs(args.config, args.configs)
     fid = args.inception is not None if args.command == "compare" else not args.no_fid
     if fid and len(prompts) < 2:
         raise ValueError(f"FID needs >= 2 images per config, got --num-images {len(prompts)}; use >= 2")
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report.evaluate import evaluate
 
     # under torchrun each process takes its own GPU (state.device); on CPU, gloo
-    state = PartialState(cpu=check_device(args.device).type == "cpu")
+    state = PartialState(cpu=torch.device(args.device).type == "cpu")
     pipe, kw = _pipeline(args, state.device if state.device.type == "cuda" else args.device)
     result = evaluate(
         pipe, configs, prompts, kw, seed=args.seed, backend=args.backend, feature_extractor=extractor, clip=clip,

@@ -12,32 +12,16 @@ from typing import Any
 
 import torch
 
-from ..methods.knobs import parse_knobs
-from ..pipelines.tiny_shapes import data as tiny_data
 from ..pipelines.tiny_shapes import pipeline as tm
-from ..pipelines.tiny_shapes.job import STEPS, class_captions, method_knobs, sample, save_grid
+from ..pipelines.tiny_shapes.job import sample, save_grid
+from .args import method_knobs as knobs_from_args
+from .inputs import check_memory, tiny_inputs
 
 
 def cli_knobs(args: Any) -> dict[str, Any]:
-    """The method's knobs from ``--knob`` / ``--window`` (GNA: sliding by default), else :func:`method_knobs`."""
-    if args.method == "gna" and args.window is not None:
-        return {"window": args.window, "stride": args.stride or 1, "dilation": args.dilation}
-    return parse_knobs(args.method, args.knob) or method_knobs(args.method)
-
-
-def tiny_inputs(args: Any) -> tuple[Any, list[str], int, int]:
-    """The embedded model, the captions, the (square) size and the step count from ``generate``/``inspect``'s
-    arguments; a ValueError names a non-square or bad size, or an unknown caption word."""
-    pipe = tm.tiny_model()
-    sizes = {v for v in (args.height, args.width) if v is not None}
-    size = sizes.pop() if len(sizes) == 1 else 2 * tm.RESOLUTION
-    if sizes:
-        raise ValueError(f"the tiny model draws square images; got height={args.height}, width={args.width}")
-    pipe.check_size(size, size)
-    captions = [args.prompt] if args.prompt else class_captions(args.seed)
-    for c in captions:
-        tiny_data.parse_caption(c)
-    return pipe, captions, size, args.steps or STEPS
+    """The method's knobs on the embedded model (`args.method_knobs`: GNA sliding by default, GNA's options refused
+    for other methods, the training receptive field when no knob is given)."""
+    return knobs_from_args(args, embedded=True)
 
 
 def generate_tiny(args: Any) -> int:
@@ -47,8 +31,9 @@ def generate_tiny(args: Any) -> int:
     from ..patch import apply_attention
     from ..pipelines.tiny_shapes.scorer import load_scorer, score
 
-    pipe, captions, size, steps = tiny_inputs(args)
     knobs = cli_knobs(args)
+    pipe, captions, size, steps = tiny_inputs(args)
+    check_memory(pipe, {"height": size, "width": size}, batch=min(len(captions), 48))  # `sample`'s batches
     # an image model: temporal_window is refused with a clear error if set
     where = {"layers": args.layers, "backend": args.backend, "temporal_window": getattr(args, "temporal_window", None)}
     # bad knob values, layers or backend fail here, before any generation (apply/remove is bit-exact)

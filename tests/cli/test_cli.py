@@ -81,9 +81,11 @@ def test_list_commands(capsys):
     assert "UNet2DConditionModel" in capsys.readouterr().out
 
 
-def test_unloadable_model_names_the_offline_choices(tmp_path):
-    with pytest.raises(SystemExit, match="one of the offline models: tiny-sd"):
-        main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
+def test_unloadable_model_names_the_offline_choices(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one of the offline models: tiny-sd" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def _rows(text: str) -> list[list[str]]:

@@ -187,37 +187,78 @@ class TinyShapesPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
 
+class WeightsCheckError(RuntimeError):
+    """The model folder does not match its manifest (a corrupted, extra or unlisted file): one line naming it."""
+
+
+MANIFEST = "manifest.json"
+
+
 def _check_weights(path: Path) -> None:
-    """Raise ``FileNotFoundError``/``RuntimeError`` naming the first missing or corrupted file under ``path``."""
-    manifest = path / "manifest.json"
+    """Raise ``FileNotFoundError`` / `WeightsCheckError` (one line) naming the first missing, corrupted or unlisted
+    file under ``path``: every file of the folder must be listed in the manifest with its sha256, so nothing the
+    manifest does not vouch for (an added index file and shard, say) is ever loaded."""
+    manifest = path / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"tiny model weights not found: {manifest} is missing; {REBUILD_HINT}")
     try:
-        entries = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        raise RuntimeError(f"tiny model manifest {manifest} is corrupted ({e}); {REBUILD_HINT}") from e
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(entries, dict):
+            raise ValueError(f"'files' is a {type(entries).__name__}, not an object")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise WeightsCheckError(f"tiny model manifest {manifest} is corrupted ({e}); {REBUILD_HINT}") from None
     import hashlib
 
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()}
+    unlisted = sorted(present - set(entries) - {MANIFEST})
+    if unlisted:
+        raise WeightsCheckError(
+            f"tiny model folder {path} holds {len(unlisted)} file(s) its manifest does not list ({', '.join(unlisted)}"
+            f"): refused, nothing unverified is loaded; remove them, or {REBUILD_HINT}"
+        )
     for rel, digest in entries.items():
         f = path / rel
         if not f.is_file():
             raise FileNotFoundError(f"tiny model file missing: {f}; {REBUILD_HINT}")
         if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-            raise RuntimeError(f"tiny model file corrupted (sha256 mismatch): {f}; {REBUILD_HINT}")
+            raise WeightsCheckError(f"tiny model file corrupted (sha256 mismatch): {f}; {REBUILD_HINT}")
+
+
+#: config keys that record where the files were written (the training machine's absolute path): never shipped
+MACHINE_KEYS = ("_name_or_path",)
+
+
+def strip_machine_paths(path: Path) -> list[Path]:
+    """Drop `MACHINE_KEYS` from every JSON config under ``path`` (diffusers and transformers write them sorted,
+    2-space indented: kept so); returns the files changed."""
+    changed = []
+    for f in sorted(path.rglob("*.json")):
+        if f.name == MANIFEST:
+            continue
+        data = json.loads(f.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and any(k in data for k in MACHINE_KEYS):
+            for k in MACHINE_KEYS:
+                data.pop(k, None)
+            f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            changed.append(f)
+    return changed
 
 
 def write_manifest(path: Path) -> None:
-    """Record the sha256 of every file under ``path`` in ``manifest.json`` (checked by :func:`tiny_model`)."""
+    """Strip machine paths from the configs (`strip_machine_paths`), then record the sha256 of every file under
+    ``path`` in ``manifest.json`` (checked by :func:`tiny_model`, which refuses any file not listed)."""
     import hashlib
 
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "manifest.json")
-    digests = {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-    (path / "manifest.json").write_text(json.dumps({"files": digests}, indent=1) + "\n")
+    strip_machine_paths(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() != MANIFEST)
+    digests = {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    (path / MANIFEST).write_text(json.dumps({"files": digests}, indent=1) + "\n")
 
 
 def tiny_model(path: str | Path | None = None, *, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> TinyShapesPipeline:
-    """Load the trained tiny model shipped in the package (or from ``path``), checking every file first."""
+    """Load the trained tiny model shipped in the package (or from ``path``), checking every file against the
+    manifest first (`_check_weights`); safetensors weights only."""
     path = Path(path) if path is not None else WEIGHTS_DIR
     _check_weights(path)
     from diffusers.utils import logging as dlog
@@ -227,7 +268,7 @@ def tiny_model(path: str | Path | None = None, *, device: str | torch.device = "
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:  # the load bars would be noise: four tiny components load in about a second
-        pipe = TinyShapesPipeline.from_pretrained(path, dtype=dtype)
+        pipe = TinyShapesPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
     finally:
         if was[0]:
             dlog.enable_progress_bar()

@@ -141,7 +141,7 @@ def zero_init(transformer: torch.nn.Module) -> None:
 def train_diffusion(out: Path, scorer: ShapeScorer, args: argparse.Namespace) -> None:
     comps = tm.build_components(args.seed)
     if args.init_from is not None:  # warm start: same architecture, weights of an earlier checkpoint
-        warm = tm.TinyShapesPipeline.from_pretrained(args.init_from)
+        warm = tm.TinyShapesPipeline.from_pretrained(args.init_from, use_safetensors=True)
         comps["transformer"].load_state_dict(warm.transformer.float().state_dict())
         comps["text_encoder"].load_state_dict(warm.text_encoder.float().state_dict())
     elif args.zero_init:
@@ -226,8 +226,9 @@ def checkpoint(out: Path, model: dict, ema: dict, comps: dict, scorer: ShapeScor
 
 
 def ship(ckpt: Path, scorer_path: Path, dest: Path = tm.WEIGHTS_DIR) -> None:
-    """Copy a checkpoint into the package in fp16 with its scorer and a sha256 manifest."""
-    pipe = tm.TinyShapesPipeline.from_pretrained(ckpt)
+    """Copy a checkpoint into the package in fp16 with its scorer and a sha256 manifest (`write_manifest` drops the
+    configs' `_name_or_path`, this machine's absolute path, first)."""
+    pipe = tm.TinyShapesPipeline.from_pretrained(ckpt, use_safetensors=True)
     pipe.transformer.to(torch.float16)
     pipe.text_encoder.to(torch.float16)
     if dest.exists():
