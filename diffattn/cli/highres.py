@@ -16,7 +16,7 @@ import torch
 
 from ..methods.knobs import parse_knobs
 from . import args as opt
-from .inputs import HUB_PROMPT, load
+from .inputs import HUB_PROMPT, before_load, load
 
 
 def add_parser(sub: Any) -> None:
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``diffattn highres``."""
     from ..pipelines.highres import default_method, generate_highres, generate_highres_video
 
+    before_load(args)  # --out and the target size, before the model loads
     if args.method is not None:  # bad knobs fail before the model loads
         parse_knobs(args.method, args.knob)
 
