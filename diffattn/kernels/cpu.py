@@ -2,11 +2,11 @@
 worker threads that each use one intra-op thread.
 
 Two exact paths, chosen once per plan by `CpuCostModel` (`prepare`):
-  - **tiled**: q, k, v are laid out token-major (``[S, B*H*D]``, one copy) so that gathering a token is
-    one contiguous row (5x faster than gathering from ``[B, S, H, D]``: 1.4 vs 7.9 ms for a 64x64 grid's
-    keys, measured); each chunk of tiles then gathers its query and key rows and runs *one* CPU flash
-    call with batch = tiles and heads = B*H, the tiles' element masks broadcast over the heads, and
-    scatters its output rows back. Fully-live plans (GNA with tile-aligned strides) run with no mask.
+  - **tiled**: each chunk of tiles gathers its query and key rows (``index_select`` of ``[B, S, H*D]`` rows:
+    as fast as from a token-major copy, and 5x faster than gathering a ``[S, B, H, D]`` view: 1.3 vs 7.9 ms
+    for a 64x64 grid's keys, measured), runs *one* CPU flash call with batch = (batch item, tile) and the
+    tiles' element masks broadcast over the heads, and scatters its output rows back into contiguous
+    ``[B, S, H, D]``. Fully-live plans (GNA with tile-aligned strides) run with no mask.
   - **masked-sdpa**: one flash call over the whole sequence with the plan's ``[N, N]`` additive mask:
     no gathers, but N^2 work, so only for small grids (the model compares both costs).
 Neither materializes more than a chunk of gathered tiles or, for masked-sdpa, one ``N x N`` mask
@@ -84,21 +84,24 @@ def sdpa_with_lse(
 
 @dataclasses.dataclass(frozen=True)
 class CpuCostModel:
-    """Modelled single-thread seconds per (batch x head) of the two paths, from a least-squares fit of
-    the CPU flash op over query tiles of 8-512 and key tiles of 64-1024 (head dim 32, fp32, masked;
-    `scripts/bench_engine.py --calibrate` refits it; relative error: median 5%, max 28%).
+    """Modelled single-thread seconds per (batch x head) of the two paths.
 
-    Per (tile, head) problem: ``tile_s + q_len * kv_len * pair_s + kv_len * key_s + q_len * query_s``;
-    the tiled path also gathers or scatters ``2 * (q_len + kv_len)`` token rows per tile and lays
-    out q, k and v (3 rows per token) at ``row_s`` each. Only ratios matter (they choose tiles and paths),
-    and they barely move with the head dim: the choice is made once per plan, for every head dim.
+    Tiled: ``tiles * (tile_s + q_len * kv_len * pair_s + kv_len * key_s + q_len * query_s) + tokens * token_s``,
+    where a key slot costs its gather and the flash op's packing, a query slot its gather, softmax
+    normalisation and scatter, and a token the token-major layout. Masked sdpa: ``tokens^2 * pair_s + tile_s``.
+    Fitted by least squares (relative error) to the thread CPU time of the whole tiled path on 2-D grids of
+    16-128 per side, windows 3-16, strides 1 and 4 and every power-of-two tile (B 2, 4 heads, d 32, fp32,
+    one thread): median error 7.5%; the tile it picks ran within 1% of the fastest measured tile on 12 of
+    the 13 configurations (20% on the 13th, a 16x16 grid). Only ratios matter (they choose tiles and
+    paths), and they barely move with the head dim, so one choice per plan serves every head dim.
+    ``scripts/bench_engine.py --calibrate`` refits it (another machine, another torch).
     """
 
-    pair_s: float = 2.1e-9
-    key_s: float = 5.6e-9
-    query_s: float = 32e-9
-    tile_s: float = 0.35e-6
-    row_s: float = 8.5e-9
+    pair_s: float = 2.34e-9
+    key_s: float = 62e-9
+    query_s: float = 41e-9
+    tile_s: float = 0.30e-6
+    token_s: float = 32e-9
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -106,17 +109,18 @@ class CpuCostModel:
             if not (isinstance(value, float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{f.name}={value!r} must be a finite float >= 0")
 
-    def problem(self, q_len: int, kv_len: int) -> float:
-        """One flash problem (one tile, one head)."""
-        return self.tile_s + q_len * kv_len * self.pair_s + kv_len * self.key_s + q_len * self.query_s
-
     def tiled(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float:
         """The tiled path over ``tiles`` tiles of ``q_len`` query slots and ``kv_len`` key slots."""
-        return tiles * (self.problem(q_len, kv_len) + 2 * (q_len + kv_len) * self.row_s) + 3 * num_tokens * self.row_s
+        per_tile = self.tile_s + q_len * kv_len * self.pair_s + kv_len * self.key_s + q_len * self.query_s
+        return tiles * per_tile + num_tokens * self.token_s
 
     def masked_sdpa(self, num_tokens: int) -> float:
         """One masked flash call over all ``num_tokens`` queries and keys."""
-        return self.problem(num_tokens, num_tokens)
+        return num_tokens * num_tokens * self.pair_s + self.tile_s
+
+    def dense(self, q_len: int, kv_len: int) -> float:
+        """One flash call of ``q_len`` queries over ``kv_len`` keys (no gathers)."""
+        return q_len * kv_len * self.pair_s + self.tile_s
 
 
 COST = CpuCostModel()
@@ -137,8 +141,8 @@ class CpuPlan:
     """What the CPU kernel needs of one `BlockPlan` in one dtype, built once (`prepare`).
 
     path: ``"tiled"`` or ``"masked-sdpa"``; label: what ``handle.summary()`` shows (``"tiled(4x8)"``).
-    q_rows ``[T * Tq]`` / kv_rows ``[T * R]``: token row of each query / key slot (padding -> row N - 1,
-    masked); dest ``[T * Tq]``: output row of each query slot (padding -> row N, a scratch row).
+    q_rows ``[T * Tq]`` / kv_rows ``[T * R]``: token of each query / key slot (padding -> token N - 1,
+    masked); dest ``[T * Tq]``: output token of each query slot (padding -> N: the kernel's scratch row).
     masks: tiled: additive ``[G, 1, Tq, R]``, one per group of like tiles, with ``tile_group [T]`` the
     group of each tile (None: every tile full); masked-sdpa: ``[1, 1, N, N]`` (None: plain dense).
     dead: tokens whose queries attend no key (out 0, lse -inf), or None.
@@ -164,15 +168,16 @@ class CpuPlan:
         tensors = (self.q_rows, self.kv_rows, self.dest, self.masks, self.tile_group, self.dead)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def chunk_mask(self, t0: int, t1: int) -> Tensor | None:
-        """The additive mask of tiles ``t0:t1``: one group's ``[1, 1, Tq, R]`` (broadcast over the tiles),
-        or ``[t, 1, Tq, R]`` gathered when the chunk spans groups."""
+    def chunk_mask(self, t0: int, t1: int, batch: int = 1) -> Tensor | None:
+        """The additive mask of tiles ``t0:t1`` for a flash batch of (batch item, tile) pairs, b-major: one
+        group's ``[1, 1, Tq, R]`` (broadcast), or ``[batch * t, 1, Tq, R]`` when the chunk spans groups."""
         if self.masks is None or self.tile_group is None:
             return self.masks
         g0, g1 = int(self.tile_group[t0]), int(self.tile_group[t1 - 1])
         if g0 == g1:  # tiles are sorted by group
             return self.masks[g0 : g0 + 1]
-        return self.masks.index_select(0, self.tile_group[t0:t1])
+        per_tile = self.masks.index_select(0, self.tile_group[t0:t1])
+        return per_tile if batch == 1 else per_tile.repeat(batch, 1, 1, 1)
 
 
 def _tile_label(plan: BlockPlan) -> str:
@@ -372,38 +377,32 @@ def num_chunks(seconds: float, nbytes: int, units: int, threads: int) -> int:
 
 def _tiled(q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int) -> tuple[Tensor, Tensor]:
     b, s, h, d = q.shape
-    bh, tq, r = b * h, cp.q_len, cp.kv_len
-    out = q.new_empty(s + 1, b * h * d)  # row S: scratch for padded query slots
-    lse = torch.empty(s + 1, bh, dtype=torch.float32)
-    if b == 1 and all(t.is_contiguous() for t in (q, k, v)):
-        q_rows, k_rows, v_rows = (t.view(s, h * d) for t in (q, k, v))
-    else:  # token-major copies, rows cut among the workers
-        q_rows, k_rows, v_rows = (torch.empty(s, b * h * d, dtype=q.dtype) for _ in range(3))
-
-        def layout(a: int, c: int) -> None:  # [B, S, H, D] -> [S, B*H*D], rows a..c
-            for src, dst in ((q, q_rows), (k, k_rows), (v, v_rows)):
-                dst[a:c].view(c - a, b, h, d).copy_(src[:, a:c].transpose(0, 1))
-
-        nbytes = 3 * q.numel() * q.element_size()
-        run_parallel(layout, split(s, num_chunks(3 * s * bh * COST.row_s, nbytes, s, threads)), threads)
+    tq, r = cp.q_len, cp.kv_len
+    qf, kf, vf = (t.reshape(b, s, h * d) for t in (q, k, v))  # views of contiguous [B, S, H, D]
+    # outputs as rows [B * S + 1, ...]: row B * S is the scratch row of every padded query slot, so that the
+    # results [B, S, H, D] and [B, S, H] are contiguous views of the rest
+    out_rows = q.new_empty(b * s + 1, h * d)
+    lse_rows = torch.empty(b * s + 1, h, dtype=torch.float32)
+    pad = cp.dest == s
+    offsets = torch.arange(b)[:, None] * s
+    dest = torch.where(pad, b * s, cp.dest + offsets)  # [B, T * Tq] output row of each (batch, query slot)
 
     def tiles(t0: int, t1: int) -> None:
         t = t1 - t0
         qi, ki = cp.q_rows[t0 * tq : t1 * tq], cp.kv_rows[t0 * r : t1 * r]
-        # [t * L, B*H*D] gathered rows -> [t, B*H, L, D] strided views (the flash op takes strides)
-        qt = q_rows.index_select(0, qi).view(t, tq, bh, d).transpose(1, 2)
-        kt = k_rows.index_select(0, ki).view(t, r, bh, d).transpose(1, 2)
-        vt = v_rows.index_select(0, ki).view(t, r, bh, d).transpose(1, 2)
-        o, l = sdpa_with_lse(qt, kt, vt, cp.chunk_mask(t0, t1), scale)  # [t, BH, Tq, D], [t, BH, Tq]
-        dest = cp.dest[t0 * tq : t1 * tq]
-        out.index_copy_(0, dest, o.transpose(1, 2).reshape(t * tq, -1))
-        lse.index_copy_(0, dest, l.transpose(1, 2).reshape(t * tq, bh))
+        # [B, t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
+        qt = qf.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
+        kt = kf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+        vt = vf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+        o, l = sdpa_with_lse(qt, kt, vt, cp.chunk_mask(t0, t1, b), scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
+        rows = dest[:, t0 * tq : t1 * tq].reshape(-1)
+        out_rows.index_copy_(0, rows, o.transpose(1, 2).reshape(b * t * tq, h * d))
+        lse_rows.index_copy_(0, rows, l.transpose(1, 2).reshape(b * t * tq, h))
 
-    per_tile_bytes = bh * d * (2 * r + 2 * tq) * q.element_size()
-    pieces = num_chunks(cp.cost * bh, per_tile_bytes * cp.num_tiles, cp.num_tiles, threads)
+    per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
+    pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, threads)
     run_parallel(tiles, split(cp.num_tiles, pieces), threads)
-    out4, lse3 = out.view(s + 1, b, h, d)[:s].transpose(0, 1), lse.view(s + 1, b, h)[:s].transpose(0, 1)
-    return out4, lse3
+    return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
 
 def sdpa_rows(
@@ -436,7 +435,13 @@ def _threads(*tensors: Tensor) -> int:
 
 
 def block_sparse_attention_cpu(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None = None, path: str | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    plan: BlockPlan,
+    scale: float | None = None,
+    path: str | None = None,
+    workers: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention of every query over its tile's keys.
 
@@ -444,8 +449,11 @@ def block_sparse_attention_cpu(
         q, k, v: ``[B, S, H, D]`` with ``S == plan.num_tokens`` (grid order).
         plan: the tiles and keys to attend.
         path: force ``"tiled"`` or ``"masked-sdpa"`` (default: the cheaper one by `CpuCostModel`).
+        workers: single-threaded workers to share the chunks (default ``torch.get_num_threads()``); 1 runs
+            every chunk on the calling thread, on its own intra-op threads. Autograd and torch.compile
+            tracing always run on the calling thread.
     Returns:
-        ``(out [B, S, H, D], lse [B, S, H] fp32)``, possibly strided views (token-major memory).
+        ``(out [B, S, H, D], lse [B, S, H] fp32)``.
     """
     b, s, h, d = q.shape
     if s != plan.num_tokens:
@@ -454,7 +462,9 @@ def block_sparse_attention_cpu(
     note_path(cp.label)
     if b * h == 0:  # no (batch, head): nothing to attend
         return q.new_empty(b, s, h, d), torch.empty(b, s, h, dtype=torch.float32)
-    threads = _threads(q, k, v)
+    threads = _threads(q, k, v) if workers is None or workers > 1 else 1
+    if workers is not None and threads > 1:
+        threads = workers
     if cp.path == "masked-sdpa":
         out, lse = sdpa_rows(q, k, v, cp.masks, scale, threads, cp.cost * b * h)
     else:
@@ -478,7 +488,7 @@ def dense_attention_cpu(
         return q.new_zeros(b, sq, h, d), torch.full((b, sq, h), float("-inf"))
     if bias is not None and bias.dtype not in (q.dtype, torch.float32):  # the flash op takes either
         bias = bias.float()
-    cost = b * h * COST.problem(sq, k.shape[1])
+    cost = b * h * COST.dense(sq, k.shape[1])
     out, lse = sdpa_rows(q, k, v, bias, scale, _threads(q, k, v), cost)
     if bias is not None:
         dead = torch.isneginf(bias).all(-1)  # [.., Sq] over broadcast dims of [B, H, Sq]
