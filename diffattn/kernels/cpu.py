@@ -8,7 +8,8 @@ Two exact paths, chosen once per plan by `CpuCostModel` (`prepare`):
     tiles' element masks broadcast over the heads, and scatters its output rows back into contiguous
     ``[B, S, H, D]``. Fully-live plans (GNA with tile-aligned strides) run with no mask.
   - **masked-sdpa**: one flash call over the whole sequence with the plan's ``[N, N]`` additive mask:
-    no gathers, but N^2 work, so only for small grids (the model compares both costs).
+    no gathers, but N^2 work, so only for small grids (the model compares both costs), and with no mask
+    at all (``dense-sdpa``) for a plan of every query over every key (a window covering the grid).
 Neither materializes more than a chunk of gathered tiles or, for masked-sdpa, one ``N x N`` mask
 (at most `MASKED_SDPA_MAX_TOKENS` tokens); both return the same result to fp tolerance.
 
@@ -30,12 +31,16 @@ NaN + -inf is NaN), as may every query of the same masked-sdpa call.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -184,9 +189,18 @@ def _tile_label(plan: BlockPlan) -> str:
     return "tiled(" + "x".join(str(a.q_pos.shape[1]) for a in plan.axes) + ")"
 
 
-def choose_path(plan: BlockPlan) -> str:
-    """``"masked-sdpa"`` where one masked call is modelled cheaper than the tiles (small grids), else ``"tiled"``."""
+def _all_pairs(plan: BlockPlan) -> bool:
+    """Whether the plan is one full tile of every query over every key (a window covering the grid)."""
     n = plan.num_tokens
+    return plan.num_tiles == 1 and not plan.has_mask and plan.kv_index.shape[1] == n and bool((plan.kv_index < n).all())
+
+
+def choose_path(plan: BlockPlan) -> str:
+    """``"masked-sdpa"`` where one masked call is modelled cheaper than the tiles (small grids) or the plan is
+    dense (then with no mask, at any size), else ``"tiled"``."""
+    n = plan.num_tokens
+    if _all_pairs(plan):
+        return "masked-sdpa"
     tiled = COST.tiled(plan.num_tiles, plan.q_index.shape[1], plan.kv_index.shape[1], n)
     if n <= MASKED_SDPA_MAX_TOKENS and COST.masked_sdpa(n) < tiled:
         return "masked-sdpa"
@@ -195,14 +209,15 @@ def choose_path(plan: BlockPlan) -> str:
 
 def _prepare_masked(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     n = plan.num_tokens
-    dense = plan.dense_mask()  # [N, N] bool
-    everything = bool(dense.all())
-    masks = None if everything else additive_mask(dense, dtype)[None, None]
-    dead = (~dense.any(1)).nonzero().flatten()
+    masks = dead = None
+    if not _all_pairs(plan):
+        dense = plan.dense_mask()  # [N, N] bool
+        masks = additive_mask(dense, dtype)[None, None]
+        dead = (~dense.any(1)).nonzero().flatten()
     empty = torch.zeros(0, dtype=torch.long)
     return CpuPlan(
-        "masked-sdpa", "dense-sdpa" if everything else "masked-sdpa", n, 1, n, n, empty, empty, empty,
-        masks, None, dead if dead.numel() else None, COST.masked_sdpa(n),
+        "masked-sdpa", "masked-sdpa" if masks is not None else "dense-sdpa", n, 1, n, n, empty, empty, empty,
+        masks, None, dead if dead is not None and dead.numel() else None, COST.masked_sdpa(n),
     )  # fmt: skip
 
 
@@ -278,7 +293,7 @@ def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> Cpu
     """The `CpuPlan` of ``plan`` in ``dtype`` (cached); ``path`` forces one of `PATHS` (tests, benchmarks)."""
     if path is not None and path not in PATHS:
         raise ValueError(f"path={path!r} is not one of {PATHS}")
-    if path == "masked-sdpa" and plan.num_tokens > MASKED_SDPA_MAX_TOKENS:
+    if path == "masked-sdpa" and plan.num_tokens > MASKED_SDPA_MAX_TOKENS and not _all_pairs(plan):
         raise ValueError(
             f"path='masked-sdpa' needs a grid of at most {MASKED_SDPA_MAX_TOKENS} tokens; "
             f"the grid {plan.grid} has {plan.num_tokens}"
@@ -289,14 +304,30 @@ def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> Cpu
 # --- worker threads -----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _omp_set_num_threads() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch already loaded (it sets the calling thread's
+    count only), or None where there is none to find (torch built without GNU OpenMP, another platform)."""
+    candidates = [Path(torch.__file__).parent / "lib" / "libgomp.so.1", ctypes.util.find_library("gomp")]
+    for name in candidates:
+        if not name:
+            continue
+        try:  # RTLD_NOLOAD: only a runtime that is already loaded, never a second one
+            return ctypes.CDLL(str(name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 class _Workers:
     """A process-wide pool of threads that each run torch ops on ONE intra-op thread.
 
-    ``torch.set_num_threads`` is per thread for threads already running (OpenMP's thread count is a
-    per-thread setting) but also sets the default of threads that start later. A worker therefore sets
-    1 for itself and has a short-lived helper thread put the process default back (under a lock, once
-    per worker): the caller's and every other existing thread's count is never touched. The pool is
-    rebuilt after a fork (its threads do not exist in the child).
+    OpenMP's thread count is per thread, but ``torch.set_num_threads`` also sets the default that threads
+    starting later read, which would leak into the caller's other threads. So a worker sets its own count
+    through the OpenMP runtime torch loaded (``omp_set_num_threads``, checked to take effect); only where
+    that runtime cannot be found does it fall back to ``torch.set_num_threads(1)`` followed by a helper
+    thread that puts the process default back, under a lock. The pool is rebuilt after a fork (its threads
+    do not exist in the child).
     """
 
     def __init__(self) -> None:
@@ -307,8 +338,13 @@ class _Workers:
 
     @staticmethod
     def _single_threaded() -> None:
-        with _THREADS_LOCK:
-            default = torch.get_num_threads()  # a new thread starts at the process default
+        default = torch.get_num_threads()  # also initialises this thread's count from the process default
+        setter = _omp_set_num_threads()
+        if setter is not None:
+            setter(1)
+            if torch.get_num_threads() == 1:
+                return
+        with _THREADS_LOCK:  # fallback: torch's setter, then the process default back
             torch.set_num_threads(1)
             restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="diffattn-threads")
             restore.start()

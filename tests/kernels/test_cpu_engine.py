@@ -6,6 +6,7 @@ count alone and give bit-identical results, and the no-silent-wrong-result cases
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import pytest
@@ -108,6 +109,16 @@ def test_tiled_and_masked_sdpa_paths_agree_where_the_model_switches(case, dtype)
     ref, ref_lse = reference_attention(q, k, v, gna_mask(grid, *resolved))
     torch.testing.assert_close(tiled[0].float(), ref.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(tiled[1], ref_lse, atol=tol, rtol=tol)
+
+
+def test_a_window_covering_the_grid_is_one_sdpa_call_without_a_mask_at_any_size():
+    grid = (48, 49)  # 2352 tokens: above the masked path's limit, but no mask is needed
+    q, k, v = _qkv(1, 2352, 2, 8)
+    with record_paths() as seen:
+        out = gna(q, k, v, grid, 64, backend="cpu")
+    assert seen == ["dense-sdpa"]
+    want = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
 def test_masked_sdpa_path_is_refused_on_large_grids():
@@ -222,6 +233,8 @@ def test_workers_leave_every_other_threads_count_alone(monkeypatch):
     assert seen == [before]
     counts = list(cpu.WORKERS.executor(2).map(lambda _: torch.get_num_threads(), range(4)))
     assert set(counts) == {1}
+    if sys.platform == "linux" and "OpenMP" in torch.__config__.parallel_info():
+        assert cpu._omp_set_num_threads() is not None  # the thread-local setter, not the fallback
 
 
 def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
