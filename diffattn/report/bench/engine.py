@@ -301,6 +301,20 @@ def run_benchmark(
     }
 
 
+def not_quiet(payload: dict) -> str:
+    """Why the ``quiet`` rows were not measured on a quiet machine (a 1-minute load average, before or after
+    them, of half the cores or more), or ``""``."""
+    nproc = payload["meta"]["nproc"] or 1
+    load = payload["load_average"].get("quiet")
+    if load is None:
+        return ""
+    worst = max(load["before"][0], load["after"][0])
+    if worst < nproc / 2:
+        return ""
+    return (f"the machine was not quiet: load average {worst:.2f} on {nproc} cores during the quiet rows, so they "
+            "are contended too and their speedups are not the engine's; rerun on an idle machine")  # fmt: skip
+
+
 def _fmt(t: list[int]) -> str:
     return "x".join(map(str, t))
 
@@ -322,6 +336,9 @@ def markdown(payload: dict) -> str:
         b, a = load["before"], load["after"]
         lines.append(f"- load average ({condition}): {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} before, "
                      f"{a[0]:.2f} {a[1]:.2f} {a[2]:.2f} after")  # fmt: skip
+    warning = not_quiet(payload)
+    if warning:
+        lines += ["", f"**WARNING: {warning}**"]
     head = (
         "| condition | case | engine | path | dense median (s) | engine median [min-max] (s) | speedup [rounds] "
         "| token bound | tile bound | of token | of tile | busy keeps |"
@@ -458,5 +475,6 @@ def run_and_write(
         log(f"bench_engine.py: {e} (--cases)")
         return 2
     payload["meta"] = run_meta(argv, start, quick=quick, rounds=rounds)
+    payload["not_quiet"] = not_quiet(payload)
     write_result(out, "engine", payload, markdown(payload))
     return 0
