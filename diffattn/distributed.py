@@ -38,6 +38,9 @@ def gather_stats(handle: Any) -> dict[str, CallStats]:
             for f, value in zip(dataclasses.fields(CallStats), values):
                 if f.name in COUNTS:
                     setattr(s, f.name, getattr(s, f.name) + value)
+                elif f.name == "paths":  # kernel path -> calls, summed per path
+                    for path, calls in value.items():
+                        s.paths[path] = s.paths.get(path, 0) + calls
                 elif value not in (None, 0) or getattr(s, f.name) is None:  # what a module is: any rank's
                     setattr(s, f.name, value)
     return total

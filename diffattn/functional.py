@@ -72,6 +72,7 @@ def gna(
     extra_mask: Tensor | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    check_finite: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Generalized Neighborhood Attention (NATTEN 0.21 ``na{1,2,3}d`` semantics, non-causal).
 
@@ -85,6 +86,10 @@ def gna(
         extra_mask: bool ``[B, T]`` key padding of the extra keys (True = attend).
         scale: softmax scale, default ``D ** -0.5``.
         return_lse: also return the log-sum-exp ``[B, S, H]`` (fp32).
+        check_finite: first check q/k/v (and extra_k/v) for NaN or Inf and raise a ValueError naming the
+            tensor: a debugging aid that costs one pass over the data, so off by default. Without it, NaN
+            or Inf is never removed: every query that attends it gets NaN (on the cpu and triton backends
+            also the other queries of its tile).
 
     Returns:
         ``out [B, S, H, D]`` (and ``lse`` if asked).
@@ -99,15 +104,15 @@ def gna(
         raise ValueError(
             f"window={window}, stride={stride}, dilation={dilation} do not match the {len(grid)}-D grid {grid}"
         )
-    _warn_non_finite(q, k, v)
+    if check_finite:
+        _check_finite(q=q, k=k, v=v, extra_k=extra_k, extra_v=extra_v)
     method = GNA(cfg)
     chosen = choose_backend(q, backend)  # once per call: the kernels do not check again
     call = AttendCall(grid=grid, extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, scale=scale, backend=chosen)
-    return method.plan_attention(q, k, v, method.plan(grid), call, return_lse=return_lse)
+    return method.plan_attention(q, k, v, method.plan(grid, chosen), call, return_lse=return_lse)
 
 
-def _warn_non_finite(*tensors: Tensor) -> None:
-    if any(not torch.isfinite(t).all() for t in tensors):
-        import warnings
-
-        warnings.warn("gna: q/k/v contain NaN or Inf; the output will too", RuntimeWarning, stacklevel=3)
+def _check_finite(**tensors: Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"gna: {name} contains NaN or Inf (check_finite=True)")

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .backends import BACKENDS, Backend, choose_backend, get_backend
 from .merge import merge_attention
-from .plan import AxisTiling, BlockPlan
+from .paths import note_path, record_paths
+from .plan import AxisTiling, BlockPlan, check_bool_mask
 from .reference import reference_attention
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "dense_attention",
     "get_backend",
     "merge_attention",
+    "record_paths",
     "reference_attention",
 ]
 
@@ -41,7 +43,9 @@ def attend_extra(
 
     q ``[B, S, H, D]``, extra_k/v ``[B, T, H, D]``, extra_mask bool ``[B, T]`` (True = valid).
     Returns ``(out [B, S, H, D], lse [B, S, H] fp32)``. Never O(S^2) except on the reference backend.
+    A float ``extra_mask`` (an SDPA-style additive one) is refused with a TypeError.
     """
+    check_bool_mask("extra_mask", extra_mask)
     return choose_backend(q, backend).extra(q, extra_k, extra_v, extra_mask, scale)
 
 
@@ -61,7 +65,10 @@ def dense_attention(
     Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``. Without a bias on triton it never
     materializes scores; with a bias off the CPU it is the exact ``Sq x Sk`` reference.
     """
-    return choose_backend(q, backend).dense(q, k, v, bias, scale)
+    chosen = choose_backend(q, backend)
+    if chosen.name != "cpu":  # the cpu backend records its own path
+        note_path(chosen.name)
+    return chosen.dense(q, k, v, bias, scale)
 
 
 def block_sparse_attention(
@@ -81,9 +88,16 @@ def block_sparse_attention(
 
     q, k, v: ``[B, S, H, D]``, ``S == plan.num_tokens``; extra_k/v ``[B, T, H, D]``.
     Returns ``out [B, S, H, D]`` (and ``lse [B, S, H]`` fp32 if ``return_lse``).
+    ``extra_mask`` is bool ``[B, T]`` (True = valid); a float one (an SDPA-style additive mask) is refused
+    with a TypeError. NaN or Inf in q, k or v is never removed: every query that attends it gets NaN
+    (so may the other queries its backend computes with it: the same tile on cpu and triton).
     """
+    check_bool_mask("extra_mask", extra_mask)
     if extra_k is not None and extra_v is None:
         raise ValueError("extra_k was given without extra_v")
     extra = (extra_k, extra_v, extra_mask) if extra_k is not None and extra_v is not None else None
-    out, lse = choose_backend(q, backend).sparse(q, k, v, plan, extra, scale)
+    chosen = choose_backend(q, backend)
+    if chosen.name != "cpu":  # the cpu backend records its own path per plan
+        note_path(chosen.name)
+    out, lse = chosen.sparse(q, k, v, plan, extra, scale)
     return (out, lse) if return_lse else out

@@ -7,9 +7,10 @@ can) and has three entry points, all on ``[B, S, H, D]`` tensors returning ``(ou
   - `Backend.extra`: every query over extra keys with a key-padding mask.
 Kinds, in the order ``"auto"`` tries them: ``triton`` (block-sparse flash attention on CUDA,
 `triton_bsa.py`, imported lazily so that diffattn imports and runs without triton), ``cpu`` (tile
-gather + batched SDPA, `cpu.py`) and ``reference`` (exact dense masked fp32, `reference.py`, any
-device, small shapes only). `choose_backend` resolves a name once (at patch time, or once per
-functional call) and logs why each rejected kind cannot run; the entry points never re-check.
+gather + batched SDPA, or one masked SDPA on small grids, `cpu.py`) and ``reference`` (exact dense
+masked fp32, `reference.py`, any device, small shapes only). `choose_backend` resolves a name once
+(at patch time, or once per functional call) and logs why each rejected kind cannot run; the entry
+points never re-check.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .cpu import additive_mask, block_sparse_attention_cpu, sdpa_with_lse
+from .cpu import block_sparse_attention_cpu, dense_attention_cpu, extra_attention_cpu, tiling_cost
 from .merge import merge_attention
+from .paths import note_path
 from .plan import BlockPlan
 from .reference import reference_attention, reference_plan_attention
 
@@ -77,6 +79,12 @@ class Backend:
 
     def _plan_keys(self, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None) -> OutLse:
         raise NotImplementedError
+
+    def tiling_cost(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float | None:
+        """Modelled cost of a plan of ``tiles`` query tiles of ``q_len`` query slots over ``kv_len`` key slots
+        each on a grid of ``num_tokens``, which methods minimise to choose their query tile; None when the
+        backend has no model (methods then keep their default tile)."""
+        return None
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -158,7 +166,8 @@ class TritonBackend(Backend):
 
 
 class CpuBackend(Backend):
-    """Tile gather + batched SDPA (`cpu.py`); never an ``S x S`` tensor."""
+    """Tiles of gathered keys, one SDPA per chunk of tiles, or one masked SDPA on small grids (`cpu.py`),
+    whichever its cost model finds cheaper per plan; on worker threads of one intra-op thread each."""
 
     name = "cpu"
     runs_because = "CPU tensors of a supported dtype"
@@ -174,17 +183,19 @@ class CpuBackend(Backend):
     def _plan_keys(self, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None) -> OutLse:
         return block_sparse_attention_cpu(q, k, v, plan, scale)
 
+    def tiling_cost(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float | None:
+        return tiling_cost(tiles, q_len, kv_len, num_tokens)
+
     def dense(
         self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, scale: float | None = None
     ) -> OutLse:
-        o, lse = sdpa_with_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias, scale)
-        return o.transpose(1, 2), lse.transpose(1, 2)
+        note_path("sdpa")
+        return dense_attention_cpu(q, k, v, bias, scale)
 
     def extra(
         self, q: Tensor, extra_k: Tensor, extra_v: Tensor, extra_mask: Tensor | None = None, scale: float | None = None
     ) -> OutLse:
-        bias = None if extra_mask is None else additive_mask(extra_mask, q.dtype)[:, None, None, :]  # [B, 1, 1, T]
-        return self.dense(q, extra_k, extra_v, bias, scale)
+        return extra_attention_cpu(q, extra_k, extra_v, extra_mask, scale)
 
 
 class ReferenceBackend(Backend):

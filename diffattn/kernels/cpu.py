@@ -1,83 +1,546 @@
-"""Fast CPU block-sparse attention: gather each tile's keys, then one batched SDPA.
+"""Fast CPU block-sparse attention: per plan, tiles of gathered keys or one masked SDPA call, run on
+worker threads that each use one intra-op thread.
 
-Never materializes an S x S tensor: the largest temporaries are a chunk of gathered tiles
-(``[B * t, H, R, D]``) and one additive mask ``[1, 1, Tq, R]`` per group of like tiles (the plan
-orders tiles so that tiles with equal masks are adjacent). Fully-live plans (GNA with strides of
-at least half a tile) run with no mask at all. What remains costly is the gather itself: keys of
-overlapping windows are copied once per tile that needs them.
+Two exact paths, chosen once per plan by `CpuCostModel` (`prepare`):
+  - **tiled**: each chunk of tiles gathers its query and key rows (``index_select`` of ``[B, S, H*D]`` rows:
+    as fast as from a token-major copy, and 5x faster than gathering a ``[S, B, H, D]`` view: 1.3 vs 7.9 ms
+    for a 64x64 grid's keys, measured), runs *one* CPU flash call with batch = (batch item, tile) and the
+    tiles' element masks broadcast over the heads, and scatters its output rows back into contiguous
+    ``[B, S, H, D]``. Fully-live plans (GNA with tile-aligned strides) run with no mask.
+  - **masked-sdpa**: one flash call over the whole sequence with the plan's ``[N, N]`` additive mask:
+    no gathers, but N^2 work, so only for small grids (the model compares both costs), and with no mask
+    at all (``dense-sdpa``) for a plan of every query over every key (a window covering the grid).
+Neither materializes more than a chunk of gathered tiles or, for masked-sdpa, one ``N x N`` mask
+(at most `MASKED_SDPA_MAX_TOKENS` tokens); both return the same result to fp tolerance.
+
+Why worker threads (measured on this 2-core machine, 64x64 tokens, B 2, 4 heads, d 32, window 8x8):
+the CPU flash op splits its work statically over its OpenMP threads, so when other processes keep the
+cores busy, every op of a few milliseconds waits for whichever of its threads was descheduled. With two
+spinning processes beside it, the old engine (many small ops) fell from 4.6x dense to 1.3x, and even one
+large flash call on 2 OpenMP threads kept only 2.0x, while the same work as 8-16 chunks taken
+dynamically by 2 workers (one intra-op thread each) kept 9-13x: a descheduled worker simply takes fewer
+chunks. The workers inherit the caller's ``torch.get_num_threads()`` as their count (1 = run inline).
+Results do not depend on the chunking or the thread count (each (tile, head) is one independent flash
+problem), which the tests check bit for bit.
+
+Non-finite inputs: a NaN or Inf in q, k or v is never removed. Every query whose keys include it gets a
+NaN output; so may the other queries of the same tile (the flash op adds the mask to the score, and
+NaN + -inf is NaN), as may every query of the same masked-sdpa call.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import ctypes.util
+import dataclasses
+import functools
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
-from .plan import BlockPlan
+from .paths import note_path
+from .plan import BlockPlan, check_bool_mask
 
-# Bound on the bytes gathered per chunk of tiles. Small on purpose: glibc serves blocks below its
+_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+# Bound on the gathered bytes of one chunk of tiles. Small on purpose: glibc serves blocks below its
 # mmap threshold (<= 32 MB) from reused heap memory, while bigger temporaries are fresh mmaps whose
 # page faults cost more than the gather itself (measured: 0.34 s vs 0.09 s for 512 MB).
 CHUNK_BYTES = 16 * 2**20
+#: The masked-sdpa path materializes an ``N x N`` mask: never above this many tokens (16 MB in fp32).
+MASKED_SDPA_MAX_TOKENS = 2048
+#: Modelled single-thread seconds below which a chunk is not worth a hand-off to a worker (a hand-off
+#: plus the chunk's ~8 op dispatches cost ~0.1 ms).
+MIN_CHUNK_S = 0.5e-3
+#: Chunks per worker at most: enough for a descheduled worker to be covered by the others.
+CHUNKS_PER_WORKER = 8
 
-_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool mask (True = attend) as the additive 0 / -inf bias the CPU flash op wants, in ``dtype``."""
+    check_bool_mask("mask", mask)
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
 
 
 def sdpa_with_lse(
     q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, scale: float | None = None
 ) -> tuple[Tensor, Tensor]:
-    """SDPA that also returns the log-sum-exp, on CPU tensors.
+    """One CPU flash call that also returns the log-sum-exp (on the calling thread's intra-op threads).
 
     Args: q ``[N, H, Lq, D]``, k/v ``[N, H, Lk, D]``, attn_mask additive in q's dtype,
     broadcastable to ``[N, H, Lq, Lk]``.
-    Returns: ``(out [N, H, Lq, D], lse [N, H, Lq] fp32)``.
+    Returns: ``(out [N, H, Lq, D], lse [N, H, Lq] fp32)``. A query whose every key is masked gets
+    out 0 and lse **0** from the op (not -inf): callers that can mask a whole row fix the lse.
     """
     # the CPU flash op silently returns garbage when D is not the innermost (stride-1) dimension
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return _flash_cpu(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Bool mask (True = attend) as the additive 0 / -inf bias the CPU flash op wants, in ``dtype``."""
-    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask.bool(), float("-inf"))
+# --- the cost model -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCostModel:
+    """Modelled single-thread seconds per (batch x head) of the two paths.
+
+    Tiled: ``tiles * (tile_s + q_len * kv_len * pair_s + kv_len * key_s + q_len * query_s) + tokens * token_s``,
+    where a key slot costs its gather and the flash op's packing, a query slot its gather, softmax
+    normalisation and scatter, and a token the token-major layout. Masked sdpa: ``tokens^2 * pair_s + tile_s``.
+    Fitted by least squares (relative error) to the thread CPU time of the whole tiled path on 2-D grids of
+    16-128 per side, windows 3-16, strides 1 and 4 and every power-of-two tile (B 2, 4 heads, d 32, fp32,
+    one thread): median error 7.5%; the tile it picks ran within 1% of the fastest measured tile on 12 of
+    the 13 configurations (20% on the 13th, a 16x16 grid). Only ratios matter (they choose tiles and
+    paths), and they barely move with the head dim, so one choice per plan serves every head dim.
+    ``scripts/bench_engine.py --calibrate`` refits it (another machine, another torch).
+    """
+
+    pair_s: float = 2.34e-9
+    key_s: float = 62e-9
+    query_s: float = 41e-9
+    tile_s: float = 0.30e-6
+    token_s: float = 32e-9
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{f.name}={value!r} must be a finite float >= 0")
+
+    def tiled(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float:
+        """The tiled path over ``tiles`` tiles of ``q_len`` query slots and ``kv_len`` key slots."""
+        per_tile = self.tile_s + q_len * kv_len * self.pair_s + kv_len * self.key_s + q_len * self.query_s
+        return tiles * per_tile + num_tokens * self.token_s
+
+    def masked_sdpa(self, num_tokens: int) -> float:
+        """One masked flash call over all ``num_tokens`` queries and keys."""
+        return num_tokens * num_tokens * self.pair_s + self.tile_s
+
+    def dense(self, q_len: int, kv_len: int) -> float:
+        """One flash call of ``q_len`` queries over ``kv_len`` keys (no gathers)."""
+        return q_len * kv_len * self.pair_s + self.tile_s
+
+
+COST = CpuCostModel()
+
+
+def tiling_cost(tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float:
+    """`CpuCostModel.tiled` of the default model (what methods minimise when they choose a query tile)."""
+    return COST.tiled(tiles, q_len, kv_len, num_tokens)
+
+
+# --- prepared plans -----------------------------------------------------------------------------------------
+
+PATHS = ("tiled", "masked-sdpa")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CpuPlan:
+    """What the CPU kernel needs of one `BlockPlan` in one dtype, built once (`prepare`).
+
+    path: ``"tiled"`` or ``"masked-sdpa"``; label: what ``handle.summary()`` shows (``"tiled(4x8)"``).
+    q_rows ``[T * Tq]`` / kv_rows ``[T * R]``: token of each query / key slot (padding -> token N - 1,
+    masked); dest ``[T * Tq]``: output token of each query slot (padding -> N: the kernel's scratch row).
+    masks: tiled: additive ``[G, 1, Tq, R]``, one per group of like tiles, with ``tile_group [T]`` the
+    group of each tile (None: every tile full); masked-sdpa: ``[1, 1, N, N]`` (None: plain dense).
+    dead: tokens whose queries attend no key (out 0, lse -inf), or None.
+    cost: modelled single-thread seconds per (batch x head).
+    """
+
+    path: str
+    label: str
+    num_tokens: int
+    num_tiles: int
+    q_len: int
+    kv_len: int
+    q_rows: Tensor
+    kv_rows: Tensor
+    dest: Tensor
+    masks: Tensor | None
+    tile_group: Tensor | None
+    dead: Tensor | None
+    cost: float
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.q_rows, self.kv_rows, self.dest, self.masks, self.tile_group, self.dead)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def chunk_mask(self, t0: int, t1: int, batch: int = 1) -> Tensor | None:
+        """The additive mask of tiles ``t0:t1`` for a flash batch of (batch item, tile) pairs, b-major: one
+        group's ``[1, 1, Tq, R]`` (broadcast), or ``[batch * t, 1, Tq, R]`` when the chunk spans groups."""
+        if self.masks is None or self.tile_group is None:
+            return self.masks
+        g0, g1 = int(self.tile_group[t0]), int(self.tile_group[t1 - 1])
+        if g0 == g1:  # tiles are sorted by group
+            return self.masks[g0 : g0 + 1]
+        per_tile = self.masks.index_select(0, self.tile_group[t0:t1])
+        return per_tile if batch == 1 else per_tile.repeat(batch, 1, 1, 1)
+
+
+def _tile_label(plan: BlockPlan) -> str:
+    return "tiled(" + "x".join(str(a.q_pos.shape[1]) for a in plan.axes) + ")"
+
+
+def _all_pairs(plan: BlockPlan) -> bool:
+    """Whether the plan is one full tile of every query over every key (a window covering the grid)."""
+    n = plan.num_tokens
+    return plan.num_tiles == 1 and not plan.has_mask and plan.kv_index.shape[1] == n and bool((plan.kv_index < n).all())
+
+
+def choose_path(plan: BlockPlan) -> str:
+    """``"masked-sdpa"`` where one masked call is modelled cheaper than the tiles (small grids) or the plan is
+    dense (then with no mask, at any size), else ``"tiled"``."""
+    n = plan.num_tokens
+    if _all_pairs(plan):
+        return "masked-sdpa"
+    tiled = COST.tiled(plan.num_tiles, plan.q_index.shape[1], plan.kv_index.shape[1], n)
+    if n <= MASKED_SDPA_MAX_TOKENS and COST.masked_sdpa(n) < tiled:
+        return "masked-sdpa"
+    return "tiled"
+
+
+def _prepare_masked(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
+    n = plan.num_tokens
+    masks = dead = None
+    if not _all_pairs(plan):
+        dense = plan.dense_mask()  # [N, N] bool
+        masks = additive_mask(dense, dtype)[None, None]
+        dead = (~dense.any(1)).nonzero().flatten()
+    empty = torch.zeros(0, dtype=torch.long)
+    return CpuPlan(
+        "masked-sdpa", "masked-sdpa" if masks is not None else "dense-sdpa", n, 1, n, n, empty, empty, empty,
+        masks, None, dead if dead is not None and dead.numel() else None, COST.masked_sdpa(n),
+    )  # fmt: skip
+
+
+def _prepare_tiled(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
+    n, tiles = plan.num_tokens, plan.num_tiles
+    tq, r = plan.q_index.shape[1], plan.kv_index.shape[1]
+    q_rows, kv_rows = (i.reshape(-1).contiguous() for i in plan.gather_index)
+    masks = tile_group = dead = None
+    if plan.has_mask:
+        bool_masks = torch.stack([plan.tile_mask(slice(g0, g0 + 1))[0] for g0, _, _ in plan.groups])  # [G, Tq, R]
+        masks = additive_mask(bool_masks, dtype)[:, None]  # [G, 1, Tq, R]
+        sizes = torch.tensor([g1 - g0 for g0, g1, _ in plan.groups])
+        tile_group = torch.repeat_interleave(torch.arange(len(plan.groups)), sizes)
+        # real query slots whose mask row is empty (never for GNA; a generic plan may have them)
+        empty_rows = ~bool_masks.any(-1)  # [G, Tq]
+        if bool(empty_rows.any()):
+            slots = empty_rows[tile_group] & (plan.q_index < n)
+            dead = plan.q_index[slots].unique()
+    cost = COST.tiled(tiles, tq, r, n)
+    return CpuPlan(
+        "tiled", _tile_label(plan), n, tiles, tq, r, q_rows, kv_rows, plan.q_index.reshape(-1).contiguous(),
+        masks, tile_group, dead, cost,
+    )  # fmt: skip
+
+
+class _PlanCache:
+    """Prepared plans by (plan, dtype, path), least recently used first out, bounded in count and bytes.
+    Holds its plans alive (plans themselves are cached per shape by the methods)."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 256 * 2**20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries: collections.OrderedDict[tuple, CpuPlan] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> CpuPlan:
+        key = (plan, dtype, path)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        chosen = choose_path(plan) if path is None else path
+        prepared = _prepare_masked(plan, dtype) if chosen == "masked-sdpa" else _prepare_tiled(plan, dtype)
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = prepared
+                self._bytes += prepared.nbytes
+                while len(self._entries) > 1 and (
+                    len(self._entries) > self.max_entries or self._bytes > self.max_bytes
+                ):
+                    _, old = self._entries.popitem(last=False)
+                    self._bytes -= old.nbytes
+            return self._entries.get(key, prepared)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+PLANS = _PlanCache()
+
+
+def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> CpuPlan:
+    """The `CpuPlan` of ``plan`` in ``dtype`` (cached); ``path`` forces one of `PATHS` (tests, benchmarks)."""
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path={path!r} is not one of {PATHS}")
+    if path == "masked-sdpa" and plan.num_tokens > MASKED_SDPA_MAX_TOKENS and not _all_pairs(plan):
+        raise ValueError(
+            f"path='masked-sdpa' needs a grid of at most {MASKED_SDPA_MAX_TOKENS} tokens; "
+            f"the grid {plan.grid} has {plan.num_tokens}"
+        )
+    return PLANS.get(plan, dtype, path)
+
+
+# --- worker threads -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _omp_set_num_threads() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch already loaded (it sets the calling thread's
+    count only), or None where there is none to find (torch built without GNU OpenMP, another platform)."""
+    candidates = [Path(torch.__file__).parent / "lib" / "libgomp.so.1", ctypes.util.find_library("gomp")]
+    for name in candidates:
+        if not name:
+            continue
+        try:  # RTLD_NOLOAD: only a runtime that is already loaded, never a second one
+            return ctypes.CDLL(str(name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+class _Workers:
+    """A process-wide pool of threads that each run torch ops on ONE intra-op thread.
+
+    OpenMP's thread count is per thread, but ``torch.set_num_threads`` also sets the default that threads
+    starting later read, which would leak into the caller's other threads. So a worker sets its own count
+    through the OpenMP runtime torch loaded (``omp_set_num_threads``, checked to take effect); only where
+    that runtime cannot be found does it fall back to ``torch.set_num_threads(1)`` followed by a helper
+    thread that puts the process default back, under a lock. The pool is rebuilt after a fork (its threads
+    do not exist in the child).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._size = 0
+        self._pid = -1
+
+    @staticmethod
+    def _single_threaded() -> None:
+        default = torch.get_num_threads()  # also initialises this thread's count from the process default
+        setter = _omp_set_num_threads()
+        if setter is not None:
+            setter(1)
+            if torch.get_num_threads() == 1:
+                return
+        with _THREADS_LOCK:  # fallback: torch's setter, then the process default back
+            torch.set_num_threads(1)
+            restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="diffattn-threads")
+            restore.start()
+            restore.join()
+
+    def executor(self, workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid() or self._size < workers:
+                if self._pool is not None and self._pid == os.getpid():
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(workers, "diffattn-cpu", initializer=self._single_threaded)
+                self._size, self._pid = workers, os.getpid()
+            return self._pool
+
+
+_THREADS_LOCK = threading.Lock()
+WORKERS = _Workers()
+
+
+def _inline(*tensors: Tensor) -> bool:
+    """Whether to run on the calling thread: while torch.compile traces, or when autograd records."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]], threads: int) -> None:
+    """``fn(start, end)`` for every range: on the calling thread when ``threads`` is 1 or there is one
+    range, else taken dynamically by ``threads`` single-threaded workers (under the caller's grad and
+    inference modes). Returns when every range is done; re-raises the first error."""
+    if threads <= 1 or len(ranges) <= 1:
+        for a, b in ranges:
+            fn(a, b)
+        return
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def task(a: int, b: int) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            fn(a, b)
+
+    pool = WORKERS.executor(threads)
+    futures: list[Future] = [pool.submit(task, a, b) for a, b in ranges]
+    errors = [f.exception() for f in futures]  # wait for all: none may still write when we return
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+
+
+def split(total: int, pieces: int) -> list[tuple[int, int]]:
+    """``[0, total)`` in ``pieces`` near-equal consecutive ranges (fewer if ``total`` is smaller)."""
+    pieces = max(1, min(pieces, total))
+    bounds = [round(i * total / pieces) for i in range(pieces + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def num_chunks(seconds: float, nbytes: int, units: int, threads: int) -> int:
+    """How many chunks to cut ``units`` of work into: modelled ``seconds`` (single thread) of at least
+    `MIN_CHUNK_S` each, at most `CHUNKS_PER_WORKER` per thread, and at most `CHUNK_BYTES` of temporaries."""
+    by_time = min(CHUNKS_PER_WORKER * threads, int(seconds / MIN_CHUNK_S)) if threads > 1 else 1
+    by_bytes = math.ceil(nbytes / CHUNK_BYTES)
+    return max(1, min(units, max(by_time, by_bytes)))
+
+
+# --- the kernels -----------------------------------------------------------------------------------------------
+
+
+def _tiled(q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int) -> tuple[Tensor, Tensor]:
+    b, s, h, d = q.shape
+    tq, r = cp.q_len, cp.kv_len
+    qf, kf, vf = (t.reshape(b, s, h * d) for t in (q, k, v))  # views of contiguous [B, S, H, D]
+    # outputs as rows [B * S + 1, ...]: row B * S is the scratch row of every padded query slot, so that the
+    # results [B, S, H, D] and [B, S, H] are contiguous views of the rest
+    out_rows = q.new_empty(b * s + 1, h * d)
+    lse_rows = torch.empty(b * s + 1, h, dtype=torch.float32)
+    pad = cp.dest == s
+    offsets = torch.arange(b)[:, None] * s
+    dest = torch.where(pad, b * s, cp.dest + offsets)  # [B, T * Tq] output row of each (batch, query slot)
+
+    def tiles(t0: int, t1: int) -> None:
+        t = t1 - t0
+        qi, ki = cp.q_rows[t0 * tq : t1 * tq], cp.kv_rows[t0 * r : t1 * r]
+        # [B, t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
+        qt = qf.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
+        kt = kf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+        vt = vf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+        o, l = sdpa_with_lse(qt, kt, vt, cp.chunk_mask(t0, t1, b), scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
+        rows = dest[:, t0 * tq : t1 * tq].reshape(-1)
+        out_rows.index_copy_(0, rows, o.transpose(1, 2).reshape(b * t * tq, h * d))
+        lse_rows.index_copy_(0, rows, l.transpose(1, 2).reshape(b * t * tq, h))
+
+    per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
+    pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, threads)
+    run_parallel(tiles, split(cp.num_tiles, pieces), threads)
+    return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
+
+
+def sdpa_rows(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, threads: int, cost: float
+) -> tuple[Tensor, Tensor]:
+    """SDPA of ``q [B, Sq, H, D]`` over ``k/v [B, Sk, H, D]`` with an additive ``mask`` broadcastable to
+    ``[B, H, Sq, Sk]``, its query rows cut into chunks for the workers (``cost``: modelled single-thread
+    seconds of the whole call). Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``."""
+    b, sq, h, d = q.shape
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
+    pieces = num_chunks(cost, 0, sq, threads)
+    if pieces == 1:
+        o, l = sdpa_with_lse(qh, kh, vh, mask, scale)
+        return o.transpose(1, 2), l.transpose(1, 2)
+    out = q.new_empty(b, sq, h, d)
+    lse = torch.empty(b, sq, h, dtype=torch.float32)
+
+    def rows(a: int, c: int) -> None:
+        m = mask if mask is None or mask.shape[-2] == 1 else mask[..., a:c, :]
+        o, l = sdpa_with_lse(qh[:, :, a:c], kh, vh, m, scale)
+        out[:, a:c].copy_(o.transpose(1, 2))
+        lse[:, a:c].copy_(l.transpose(1, 2))
+
+    run_parallel(rows, split(sq, pieces), threads)
+    return out, lse
+
+
+def _threads(*tensors: Tensor) -> int:
+    return 1 if _inline(*tensors) else torch.get_num_threads()
 
 
 def block_sparse_attention_cpu(
-    q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    plan: BlockPlan,
+    scale: float | None = None,
+    path: str | None = None,
+    workers: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention of every query over its tile's keys.
 
     Args:
         q, k, v: ``[B, S, H, D]`` with ``S == plan.num_tokens`` (grid order).
         plan: the tiles and keys to attend.
+        path: force ``"tiled"`` or ``"masked-sdpa"`` (default: the cheaper one by `CpuCostModel`).
+        workers: single-threaded workers to share the chunks (default ``torch.get_num_threads()``); 1 runs
+            every chunk on the calling thread, on its own intra-op threads. Autograd and torch.compile
+            tracing always run on the calling thread.
     Returns:
         ``(out [B, S, H, D], lse [B, S, H] fp32)``.
     """
     b, s, h, d = q.shape
     if s != plan.num_tokens:
         raise ValueError(f"sequence length {s} does not match the plan's grid {plan.grid} ({plan.num_tokens})")
-    # row S of the outputs receives every padded query slot and is dropped
-    out = q.new_empty(b, s + 1, h, d)
-    lse = torch.empty(b, s + 1, h, dtype=torch.float32)
-    q_gather, kv_gather = plan.gather_index
-    tq, r = plan.q_index.shape[1], plan.kv_index.shape[1]
-    per_tile = b * h * d * (2 * r + 2 * tq) * q.element_size()
-    step = max(1, CHUNK_BYTES // per_tile)
-    for g0, g1, full in plan.groups:
-        bias = None
-        if not full:  # one mask serves the whole group: [1, 1, Tq, R], broadcast over tiles
-            mask = plan.tile_mask(slice(g0, g0 + 1))
-            assert mask is not None
-            bias = additive_mask(mask, q.dtype)[:, None]
-        for start in range(g0, g1, step):
-            tiles = slice(start, min(start + step, g1))
-            t = q_gather[tiles].shape[0]
-            qi, ki = q_gather[tiles].reshape(-1), kv_gather[tiles].reshape(-1)
-            # [B, t * L, H, D] gathered rows -> [B * t, H, L, D] strided view (SDPA takes strides)
-            qt = q.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
-            kt = k.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
-            vt = v.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
-            o, l = sdpa_with_lse(qt, kt, vt, bias, scale)
-            dest = plan.q_index[tiles].reshape(-1)
-            out.index_copy_(1, dest, o.transpose(1, 2).reshape(b, t * tq, h, d))
-            lse.index_copy_(1, dest, l.transpose(1, 2).reshape(b, t * tq, h))
-    return out[:, :s], lse[:, :s]
+    cp = prepare(plan, q.dtype, path)
+    note_path(cp.label)
+    if b * h == 0:  # no (batch, head): nothing to attend
+        return q.new_empty(b, s, h, d), torch.empty(b, s, h, dtype=torch.float32)
+    threads = _threads(q, k, v) if workers is None or workers > 1 else 1
+    if workers is not None and threads > 1:
+        threads = workers
+    if cp.path == "masked-sdpa":
+        out, lse = sdpa_rows(q, k, v, cp.masks, scale, threads, cp.cost * b * h)
+    else:
+        out, lse = _tiled(q, k, v, cp, scale, threads)
+    if cp.dead is not None:  # the flash op gives lse 0 (not -inf) to a query with no key
+        out.index_fill_(1, cp.dead, 0.0)
+        lse.index_fill_(1, cp.dead, float("-inf"))
+    return out, lse
+
+
+def dense_attention_cpu(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Every query of ``q [B, Sq, H, D]`` over every key of ``k/v [B, Sk, H, D]`` with an optional additive
+    ``bias`` broadcastable to ``[B, H, Sq, Sk]`` (``-inf`` drops a pair); a query that drops every key
+    gets out 0 and lse -inf. Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``."""
+    b, sq, h, d = q.shape
+    if b * h == 0 or sq == 0:
+        return q.new_empty(b, sq, h, d), torch.empty(b, sq, h, dtype=torch.float32)
+    if k.shape[1] == 0:  # no key at all: the empty partial
+        return q.new_zeros(b, sq, h, d), torch.full((b, sq, h), float("-inf"))
+    if bias is not None and bias.dtype not in (q.dtype, torch.float32):  # the flash op takes either
+        bias = bias.float()
+    cost = b * h * COST.dense(sq, k.shape[1])
+    out, lse = sdpa_rows(q, k, v, bias, scale, _threads(q, k, v), cost)
+    if bias is not None:
+        dead = torch.isneginf(bias).all(-1)  # [.., Sq] over broadcast dims of [B, H, Sq]
+        if bool(dead.any()):
+            dead = dead.expand(b, h, sq).transpose(1, 2)  # [B, Sq, H]
+            out = out.masked_fill(dead[..., None], 0.0)
+            lse = lse.masked_fill(dead, float("-inf"))
+    return out, lse
+
+
+def extra_attention_cpu(
+    q: Tensor, extra_k: Tensor, extra_v: Tensor, extra_mask: Tensor | None = None, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Every query of ``q [B, S, H, D]`` over ``extra_k/v [B, T, H, D]`` with a key-padding ``extra_mask``
+    bool ``[B, T]`` (True = valid). A batch item whose mask is all False gets out 0 and lse -inf (its
+    partial is empty), as the reference does."""
+    check_bool_mask("extra_mask", extra_mask)
+    bias = None if extra_mask is None else additive_mask(extra_mask, q.dtype)[:, None, None, :]  # [B, 1, 1, T]
+    return dense_attention_cpu(q, extra_k, extra_v, bias, scale)

@@ -21,7 +21,8 @@ def merge_attention(partials: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tens
 
     Returns:
         ``(out [B, S, H, D] in the dtype of the first partial, lse [B, S, H] fp32)``.
-        A query whose every partial is empty (lse = -inf) gets a zero output.
+        A query whose every partial is empty (lse = -inf) gets a zero output; a NaN in any partial's
+        lse or output stays NaN (never zeroed: non-finite inputs must show in the result).
     """
     if not partials:
         raise ValueError("merge_attention needs at least one partial attention, got none")
@@ -29,14 +30,15 @@ def merge_attention(partials: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tens
         return partials[0]
     lses = torch.stack([lse.float() for _, lse in partials])  # [P, B, S, H]
     lse = torch.logsumexp(lses, dim=0)
-    # exp(-inf - -inf) is NaN for fully-masked queries; their weights must be 0
-    weights = torch.exp(lses - lse.unsqueeze(0)).nan_to_num(0.0).unsqueeze(-1)  # [P, B, S, H, 1]
+    # exp(-inf - -inf) is NaN for queries with no key in any partial: their weights must be 0, and only
+    # theirs (a NaN from NaN inputs must survive)
+    weights = torch.exp(lses - lse.unsqueeze(0)).masked_fill(torch.isneginf(lse).unsqueeze(0), 0.0).unsqueeze(-1)
     # Accumulate in fp32 over token chunks of ~4 MB: whole-tensor fp32 temporaries are fresh
     # allocations whose page faults cost more than the arithmetic on CPUs (bf16 at 16k tokens x 8
     # heads x 64: 30 ms whole vs 5 ms chunked); small chunks reuse the allocator's memory.
     first = partials[0][0]
     out = torch.empty_like(first)
-    rows = max(1, _CHUNK_BYTES // (4 * first[:, :1].numel()))
+    rows = max(1, _CHUNK_BYTES // (4 * max(1, first[:, :1].numel())))  # batch 0: one empty chunk
     for start in range(0, first.shape[1], rows):
         sl = slice(start, start + rows)
         acc = first[:, sl].float() * weights[0][:, sl]  # not in place: .float() of fp32 is the input

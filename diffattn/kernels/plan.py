@@ -22,6 +22,16 @@ from torch import Tensor
 PAD = -1  # per-axis padding position inside an AxisTiling
 
 
+def check_bool_mask(name: str, mask: Tensor | None) -> None:
+    """Refuse a mask that is not bool: a float SDPA-style mask (0 = attend, -inf = drop) read as a bool
+    one would be inverted, silently."""
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool mask (True = attend), got dtype {mask.dtype}; an additive float mask "
+            "(0 / -inf, as SDPA takes) is not accepted here: pass `mask == 0` for one"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class AxisTiling:
     """1-D tiling of one grid axis.

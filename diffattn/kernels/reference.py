@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .plan import BlockPlan
+from .plan import BlockPlan, check_bool_mask
 
 
 def reference_attention(
@@ -35,24 +35,29 @@ def reference_attention(
 
     Returns:
         ``(out [B, S, H, D] in q's dtype, lse [B, S, H] fp32)``; fully-masked rows give 0 / -inf.
+        NaN or Inf in q, k or v is never removed: every query that attends it gets NaN (a NaN value
+        also reaches the queries that mask it out: 0 x NaN is NaN in the product with v).
     """
+    check_bool_mask("mask", mask)
+    check_bool_mask("extra_mask", extra_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
     scores = (qf @ kf.transpose(-1, -2)) * scale
     if bias is not None:
         scores = scores + bias.float()
     if mask is not None:
-        scores = scores.masked_fill(~mask.bool(), float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf"))
     if extra_k is not None:
         assert extra_v is not None
         ek, ev = extra_k.float().transpose(1, 2), extra_v.float().transpose(1, 2)
         extra_scores = (qf @ ek.transpose(-1, -2)) * scale
         if extra_mask is not None:
-            extra_scores = extra_scores.masked_fill(~extra_mask.bool()[:, None, None, :], float("-inf"))
+            extra_scores = extra_scores.masked_fill(~extra_mask[:, None, None, :], float("-inf"))
         scores = torch.cat([scores, extra_scores], dim=-1)
         vf = torch.cat([vf, ev], dim=2)
     lse = torch.logsumexp(scores, dim=-1)  # [B, H, S]
-    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0)
+    # exp(-inf - -inf) is NaN on rows with no key: those rows are 0, and only those (NaN inputs stay NaN)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).masked_fill(torch.isneginf(lse).unsqueeze(-1), 0.0)
     out = probs @ vf
     return out.transpose(1, 2).to(q.dtype), lse.transpose(1, 2)
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import torch
 from torch import Tensor
 
-from ..kernels import AxisTiling, BlockPlan
+from ..kernels import AxisTiling, Backend, BlockPlan
 from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, pairs_bound, per_axis
 from .naive import gna_mask, masked_attention
 from .registry import register_method
@@ -134,9 +135,49 @@ def gna_axis_tiling(length: int, window: int, stride: int, dilation: int, q_tile
 
 
 def default_q_tile(ndim: int) -> tuple[int, ...]:
-    """Query tile per axis for small strides, measured on the CPU path (2 cores, d=64): 16x16 per
-    frame; one frame per tile in 3-D (2.2x vs 1.2x for 4x4x8 at 16x32x32, window 8x16x16)."""
+    """Query tile per axis for small strides when the backend has no cost model (triton; msw and freeswim
+    plans): 16x16 per frame; one frame per tile in 3-D."""
     return {1: (256,), 2: (16, 16), 3: (1, 16, 16)}[ndim]
+
+
+def _tile_sides(length: int) -> list[int]:
+    """Candidate query tiles of one axis: powers of two up to the axis, and the whole axis."""
+    sides = [1 << i for i in range(max(1, length).bit_length()) if 1 << i < length]
+    return [*sides, length]
+
+
+@functools.lru_cache(maxsize=256)
+def gna_q_tile(
+    grid: tuple[int, ...],
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    backend: Backend | None = None,
+) -> tuple[int, ...]:
+    """The query tile per axis for resolved GNA parameters on ``backend``: among powers of two up to each
+    axis (and the whole axis), the combination whose plan ``backend.tiling_cost`` models cheapest. Small
+    windows get small tiles: a tile's keys are its queries widened by the window, so every query computes
+    ``prod(tile + window - 1)`` scores while the per-tile costs favour fewer, larger tiles. Backends
+    without a model (triton, reference) and ``backend=None`` get `default_q_tile`. Cached per shape."""
+    n = math.prod(grid)
+    if backend is None or backend.tiling_cost(1, 1, 1, n) is None:
+        return default_q_tile(len(grid))
+    per_axis = []
+    for length, w, s, d in zip(grid, window, stride, dilation):
+        options: dict[tuple[int, int, int], int] = {}  # (tiles, query slots, key slots) -> first tile giving it
+        for side in _tile_sides(length):
+            axis = gna_axis_tiling(length, w, s, d, side)
+            options.setdefault((axis.num_tiles, axis.q_pos.shape[1], axis.kv_pos.shape[1]), side)
+        per_axis.append(list(options.items()))
+
+    def cost(combo: tuple[tuple[tuple[int, int, int], int], ...]) -> float:
+        tiles, q_len, kv_len = (math.prod(shape[i] for shape, _ in combo) for i in range(3))
+        value = backend.tiling_cost(tiles, q_len, kv_len, n)
+        assert value is not None
+        return value
+
+    best = min(itertools.product(*per_axis), key=cost)
+    return tuple(side for _, side in best)
 
 
 @functools.lru_cache(maxsize=256)
@@ -147,7 +188,8 @@ def gna_plan(
     dilation: tuple[int, ...],
     q_tile: tuple[int, ...] | None = None,
 ) -> BlockPlan:
-    """The `BlockPlan` of resolved (clamped) GNA parameters on ``grid``. Cached per shape."""
+    """The `BlockPlan` of resolved (clamped) GNA parameters on ``grid`` with query tile ``q_tile`` per axis
+    (None: `default_q_tile`; `gna_q_tile` chooses one for a backend). Cached per shape."""
     q_tile = default_q_tile(len(grid)) if q_tile is None else q_tile
     axes = tuple(gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, q_tile))
     return BlockPlan.from_axes(axes, gna=tuple(zip(window, stride, dilation)))
@@ -174,11 +216,15 @@ class GNA(AttentionMethod):
         ({"window": 3, "dilation": 0}, ValueError, r"dilation=0 must be >= 1"),
     )
 
-    def plan(self, grid: tuple[int, ...]) -> BlockPlan:
-        return gna_plan(tuple(grid), *self.config.resolve(tuple(grid)))
+    def plan(self, grid: tuple[int, ...], backend: Backend | None = None) -> BlockPlan:
+        """The plan of this config on ``grid``, with the query tile ``backend`` runs fastest (`gna_q_tile`;
+        None: the default tile)."""
+        grid = tuple(grid)
+        resolved = self.config.resolve(grid)
+        return gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, backend))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
-        out = self.plan_attention(q, k, v, self.plan(call.grid), call)
+        out = self.plan_attention(q, k, v, self.plan(call.grid, call.backend), call)
         assert isinstance(out, Tensor)
         return out
 

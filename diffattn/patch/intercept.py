@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ..kernels import record_paths
 from ..layout import SELF, ModuleRole
 from ..methods import AttendCall, AttentionMethod, ModuleCall
 from ..methods.lifecycle import AttentionKind
@@ -216,9 +217,12 @@ class _PatchedAttention:
             state=rt.layer_state(self.name),
             layout=rt.layout,
         )
-        out_img = self.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
+        with record_paths() as paths:
+            out_img = self.method.attend(qs[:, img], ks[:, img], vs[:, img], call).transpose(1, 2)  # [B, H, S_img, D]
         stats = rt.stats[self.name]
         stats.sparse, stats.grid, stats.extra = stats.sparse + 1, grid, seq - (img.stop - img.start)
+        path = "+".join(dict.fromkeys(paths)) or "-"
+        stats.paths[path] = stats.paths.get(path, 0) + 1
         # the latent stream (grid plus in-stream references) is only recorded for the top-level grid
         layout = rt.layout
         stream = layout.stream_len if layout.stream_len is not None and grid == layout.grid else math.prod(grid)

@@ -37,6 +37,9 @@ class CallStats:
     grid: tuple[int, ...] | None = None  # the grid of the last sparse call
     extra: int = 0  # dense (text, reference, register) keys of the last sparse call
     text: int = 0  # of those, the keys outside the latent stream (text); the rest are references / registers
+    #: kernel path of the sparse calls (``"tiled(4x4)"``, ``"masked-sdpa"``, ``"triton"``, ...; several joined
+    #: by ``+`` when one call ran several kernels) -> number of calls that took it
+    paths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """`summary`: what a patch does per module, as a text table (``handle.summary()``, ``diffattn inspect``).
 
 Per patched module: its family, attention kind, the grid and dense (text / extra) token counts it last saw,
-the method and knobs, the method's FLOP bound there, and the sparse / fallback / dense counts, warning
-loudly about any module that ran but never sparse. Reads only the handle's public API."""
+the method and knobs, the method's FLOP bound there, the sparse / fallback / dense counts and the kernel
+path its sparse calls took (e.g. ``tiled(4x4)`` or ``masked-sdpa`` on the cpu backend), warning loudly
+about any module that ran but never sparse. Reads only the handle's public API."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("diffattn")
 
-_COLUMNS = ("module", "family", "kind", "grid", "text", "extra", "method", "bound", "sparse", "fallback", "dense")
+_COLUMNS = (
+    "module", "family", "kind", "grid", "text", "extra", "method", "bound", "sparse", "fallback", "dense", "path",
+)  # fmt: skip
+
+
+def _paths(paths: dict[str, int]) -> str:
+    """One path as is; several with their call counts, most used first (no spaces: one table cell)."""
+    if len(paths) <= 1:
+        return next(iter(paths), "-")
+    return ",".join(f"{p}:{n}" for p, n in sorted(paths.items(), key=lambda item: -item[1]))
 
 
 def summary(handle: AttentionHandle) -> str:
@@ -37,7 +47,7 @@ def summary(handle: AttentionHandle) -> str:
         grid = "x".join(map(str, s.grid)) if s.grid is not None else "-"
         counts = (str(s.sparse), str(s.fallback), str(s.dense))
         dense = (str(s.text), str(s.extra - s.text)) if s.grid is not None else ("-", "-")
-        rows.append((name, families[name], kind, grid, *dense, runs.name, bound, *counts))
+        rows.append((name, families[name], kind, grid, *dense, runs.name, bound, *counts, _paths(s.paths)))
         if s.kind != "cross" and s.sparse == 0 and s.fallback + (0 if runs.passthrough else s.dense) > 0:
             never.append(name)
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(_COLUMNS)]

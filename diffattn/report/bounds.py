@@ -17,9 +17,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..kernels import get_backend
 from ..methods import AttentionMethod
 from ..methods.freeswim import window_size
-from ..methods.gna import GNAConfig, gna_plan
+from ..methods.gna import GNAConfig, gna_plan, gna_q_tile
 from ..sim import amdahl, plan_bound, simulate
 
 
@@ -43,7 +44,8 @@ def gna_bounds(
 ) -> GNABounds:
     """`GNABounds` of GNA ``window/stride/dilation`` (ints or per-axis tuples) on ``grid``."""
     sim = simulate(tuple(grid), window, stride, dilation)
-    plan = gna_plan(sim.grid, sim.window, sim.stride, sim.dilation)  # what `gna(..., backend="cpu")` runs
+    resolved = (sim.grid, sim.window, sim.stride, sim.dilation)
+    plan = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu")))  # what `gna(..., backend="cpu")` runs
     return GNABounds(sim.token_bound, sim.tile_bound, plan_bound(plan), plan.has_mask)
 
 

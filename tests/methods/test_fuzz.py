@@ -1,12 +1,14 @@
 """Property-based tests: every method's kernel path against its exact definition (fp32).
 
 The independent per-method definitions (GNA and shifted-window masks, proxy brute force, agent closed
-form) are the oracles of `diffattn.methods.naive`, reached through each method's ``oracle``.
+form) are the oracles of `diffattn.methods.naive`, reached through each method's ``oracle``. GNA runs on
+every backend (cpu, reference, and triton under the interpreter).
 
 Grids of 1-3 axes include primes and sizes of 1; windows, strides and dilations are drawn within
 their valid ranges (including windows past the grid, which clamp to dense); head dims, heads and
-batch sizes vary; text keys (with key padding) are sometimes present. The ``ci`` profile in
-conftest.py fixes the seed; ``--hypothesis-profile=thorough`` runs 10x more cases.
+batch sizes vary; text keys are sometimes present, with key padding that is sometimes all False for one
+batch item. The ``ci`` profile in conftest.py fixes the seed; ``--hypothesis-profile=thorough`` runs 10x
+more cases.
 """
 
 from __future__ import annotations
@@ -71,17 +73,20 @@ def tensors(draw, num_tokens: int):
         mask = None
         if draw(st.booleans()):
             mask = torch.rand(batch, text, generator=g) > 0.3
-            mask[:, 0] = True  # a key-padding mask keeps at least one text token
+            mask[:, 0] = True
+            if draw(st.booleans()):  # a batch item with no valid text token: its queries attend the grid only
+                mask[0] = False
         extra = (ek, ev, mask)
     return q, k, v, extra
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @given(data=st.data())
-def test_gna_cpu_path_matches_reference(data):
+def test_gna_cpu_path_matches_reference(backend, data):
     grid, window, stride, dilation = data.draw(gna_cases(), label="grid/window/stride/dilation")
     q, k, v, extra = data.draw(tensors(math.prod(grid)), label="tensors")
     ek, ev, emask = extra if extra else (None, None, None)
-    out = gna(q, k, v, grid, window, stride, dilation, extra_k=ek, extra_v=ev, extra_mask=emask, backend="cpu")
+    out = gna(q, k, v, grid, window, stride, dilation, extra_k=ek, extra_v=ev, extra_mask=emask, backend=backend)
     resolved = GNAConfig(window, stride, dilation).resolve(grid)
     want, _ = reference_attention(q, k, v, gna_mask(grid, *resolved), extra_k=ek, extra_v=ev, extra_mask=emask)
     torch.testing.assert_close(out, want, **FP32_TOL)

@@ -180,9 +180,10 @@ def test_functional_rejects_bad_config(grid, window, stride, dilation, match):
         gna(q, k, v, grid, window, stride, dilation)
 
 
-def test_functional_warns_on_non_finite():
+def test_functional_non_finite_propagates_and_check_finite_names_it():
     q, k, v = random_qkv(12, batch=1)
     q[0, 3, 0, 0] = float("nan")
-    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
-        out = gna(q, k, v, (3, 4), 2)
-    assert torch.isnan(out).any()  # reported and propagated, never hidden or hung
+    out = gna(q, k, v, (3, 4), 2)  # no pass over the data by default: propagated, never hidden or hung
+    assert torch.isnan(out[0, 3, 0]).all() and torch.isfinite(out[0, :, 1]).all()  # the NaN's head only
+    with pytest.raises(ValueError, match=r"gna: q contains NaN or Inf \(check_finite=True\)"):
+        gna(q, k, v, (3, 4), 2, check_finite=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffattn.methods.gna import gna_plan
+from diffattn.kernels import get_backend
+from diffattn.methods.gna import gna_plan, gna_q_tile
 from diffattn.sim import plan_bound, simulate
 
 from ..helpers import run_script
@@ -37,7 +38,9 @@ def test_speedup_quick(tmp_path: Path) -> None:
         assert r["tile_bound"] <= r["token_bound"] + 1e-9, r["case"]  # the kernel never does less work
         sim = simulate(tuple(r["grid"]), tuple(r["window"]), tuple(r["stride"]))  # bounds come from diffattn.sim
         assert r["token_bound"] == sim.token_bound, r["case"]
-        assert r["tile_bound"] == plan_bound(gna_plan(sim.grid, sim.window, sim.stride, sim.dilation)), r["case"]
+        resolved = (sim.grid, sim.window, sim.stride, sim.dilation)
+        runs = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu")))  # the plan the cpu backend runs
+        assert r["tile_bound"] == plan_bound(runs), r["case"]
         assert r["repeats"] == 2 and r["threads"] >= 1
     meta = data["meta"]
     assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]

@@ -3,6 +3,7 @@
 arguments and make one call here.
 
 - `kernel`: attention kernels vs dense SDPA (and NATTEN's CPU path) beside their bounds (``scripts/speedup.py``);
+- `engine`: the CPU engine vs dense SDPA, quiet and busy, before and after (``scripts/bench_engine.py``);
 - `e2e`: denoiser steps, dense vs each method, beside the Amdahl bound (``scripts/speedup.py --e2e``);
 - `freeswim`: FreeSwim's whole pipeline vs dense at 4x the training tokens (``scripts/bench_freeswim.py``);
 - `compile_report`: the Triton kernel's compile-time resources for sm80/sm90 (``scripts/triton_report.py``);

@@ -6,13 +6,15 @@ warm-up call of each, with the same dtype and thread count. Rows report min and 
 speedup (dense / sparse) and how close it gets to its bounds (`diffattn.report.bounds`):
 
   - GNA rows: the token bound ``N / prod(window)`` and the tile bound ``1 / density`` of the CPU plan
-    that is timed, i.e. the work the kernel actually does (partial tiles count as full);
+    that is timed, i.e. the work the kernel actually does (partial tiles count as full), and the path the
+    CPU engine took for it (``tiled(4x8)``, ``masked-sdpa``);
   - msw, proxy and agent rows: each method's FLOP bound (``method_bounds(method, grid).flop_bound``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +25,9 @@ import torch
 from torch import Tensor
 
 from ...functional import gna
+from ...kernels import cpu, get_backend
 from ...methods import AttendCall, get_method
+from ...methods.gna import GNA, GNAConfig
 from ..bounds import gna_bounds, method_bounds
 from ..targets import KERNEL_TARGETS, METHOD_TARGETS, check_targets, target_lines
 from ..timing import TimingSummary, speedup_fields, time_round_robin
@@ -123,6 +127,12 @@ def natten_fn(q: Tensor, k: Tensor, v: Tensor, case: Case, heads_per_call: int) 
     return run
 
 
+def _cpu_path(case: Case) -> str:
+    """The CPU engine's path for the case's plan (what ``gna(..., backend="cpu")`` runs)."""
+    plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
+    return cpu.prepare(plan, DTYPES[case.dtype]).label
+
+
 def timing_fields(dense: list[float], sparse: list[float], repeats: int) -> dict:
     """The row fields every benchmark row shares: shape, timings (min/median) and speedups."""
     return {
@@ -164,6 +174,7 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
         "achieved_over_tile_bound": speedup / tile_bound,
         "achieved_over_token_bound": speedup / token_bound,
         "plan_has_masked_tiles": masked,
+        "path": _cpu_path(case),
         "note": "",
     }
     if case.natten:
@@ -193,14 +204,16 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
 def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
     head = (
         "| case | dtype | window | stride | dense min / med (s) | sparse min / med (s) | speedup min / med "
-        "| token bound | tile bound | achieved / tile | achieved / token | threads | torch | note |"
+        "| token bound | tile bound | achieved / tile | achieved / token | path | threads | torch | note |"
     )
     lines = [
         "# diffattn GNA CPU speedup vs dense SDPA",
         "",
         f"{meta['date']}, machine `{meta['machine']}`, nproc {meta['nproc']}, torch {meta['torch']}, "
-        f"{meta['threads']} threads, runtime {meta['runtime_s']:.0f} s{' (quick)' if meta['quick'] else ''}. "
-        "Round-robin dense/sparse in one process, 1 warm-up each; speedup = dense / sparse.",
+        f"{meta['threads']} threads, runtime {meta['runtime_s']:.0f} s{' (quick)' if meta['quick'] else ''}"
+        + (", load average at the end {:.2f} {:.2f} {:.2f}".format(*meta["load_average"]) if "load_average" in meta
+           else "")
+        + ". Round-robin dense/sparse in one process, 1 warm-up each; speedup = dense / sparse.",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
@@ -212,7 +225,8 @@ def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
             f"| {r['sparse_min_s']:.3f} / {r['sparse_median_s']:.3f} "
             f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} "
             f"| {r['token_bound']:.2f} | {r['tile_bound']:.2f} "
-            f"| {r['achieved_over_tile_bound']:.2f} | {r['achieved_over_token_bound']:.2f} | {r['threads']} "
+            f"| {r['achieved_over_tile_bound']:.2f} | {r['achieved_over_token_bound']:.2f} | {r.get('path', '')} "
+            f"| {r['threads']} "
             f"| {r['torch']} | {r['note']} |"
         )
     lines += ["", "## Targets", ""] + [f"- {line}" for line in target_lines(targets)]
@@ -357,6 +371,6 @@ def run_and_write(
     except ValueError as e:
         log(f"speedup.py: {e} (--cases)")
         return 2
-    payload["meta"] = run_meta(argv, start, quick=quick, repeats=repeats)
+    payload["meta"] = run_meta(argv, start, quick=quick, repeats=repeats, load_average=list(os.getloadavg()))
     write_result(out, "speedup", payload, report_markdown(payload))
     return 0

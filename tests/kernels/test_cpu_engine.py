@@ -1,0 +1,368 @@
+"""The CPU engine: its two exact paths (tiled, masked sdpa) agree where the cost model switches, the query tile
+follows the window, prepared plans are cached within bounds, the worker threads leave the caller's thread
+count alone and give bit-identical results, and the no-silent-wrong-result cases of issue 23 section 4
+(all-False text masks, NaN inputs, float masks, batch 0) on every backend."""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+
+import pytest
+import torch
+
+import diffattn.kernels.cpu as cpu
+from diffattn.functional import gna
+from diffattn.kernels import (
+    AxisTiling,
+    BlockPlan,
+    attend_extra,
+    block_sparse_attention,
+    get_backend,
+    record_paths,
+    reference_attention,
+)
+from diffattn.methods.gna import GNAConfig, default_q_tile, gna_plan, gna_q_tile
+from diffattn.methods.naive import gna_mask
+
+from ..helpers import randn
+
+try:
+    from diffattn.kernels import triton_bsa
+except ImportError:  # triton not installed
+    triton_bsa = None
+
+INTERPRETED = triton_bsa is not None and triton_bsa.INTERPRET
+BACKENDS = ["cpu", "reference"] + (["triton"] if INTERPRETED else [])
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+CPU = get_backend("cpu")
+
+
+def _qkv(b: int, n: int, h: int, d: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    return tuple(randn(b, n, h, d, seed=seed + i).to(dtype) for i in range(3))
+
+
+def _sparse(backend: str, q, k, v, plan, **kw):
+    """``(out, lse)`` of a plan on a backend; triton (interpreter) through its kernel entry point."""
+    if backend == "triton":
+        ek, ev, em = kw.get("extra_k"), kw.get("extra_v"), kw.get("extra_mask")
+        return triton_bsa.block_sparse_attention_triton(q, k, v, plan, extra_k=ek, extra_v=ev, extra_mask=em)
+    return block_sparse_attention(q, k, v, plan, backend=backend, return_lse=True, **kw)
+
+
+# --- the two paths --------------------------------------------------------------------------------------------
+
+
+def _switch_cases() -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(grid, window, stride) on both sides of every place where the cost model switches path, as the grid
+    grows, for a few windows and strides in 1-D, 2-D and 3-D."""
+    cases = []
+    families = [
+        (lambda n: (n, n), (3, 3), (1, 1)),
+        (lambda n: (n, n), (5, 5), (2, 2)),
+        (lambda n: (n, n + 3), (8, 8), (1, 1)),
+        (lambda n: (4 * n,), (7,), (1,)),
+        (lambda n: (2, n, n), (2, 3, 3), (1, 1, 1)),
+    ]
+    for make, window, stride in families:
+        before = None
+        for n in range(2, 40):
+            grid = make(n)
+            resolved = GNAConfig(window=window, stride=stride).resolve(grid)
+            plan = gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, CPU))
+            path = cpu.choose_path(plan)
+            if before is not None and path != before[1]:
+                cases += [c for c in (before[0], (grid, window, stride)) if c not in cases]
+            before = ((grid, window, stride), path)
+    return cases
+
+
+SWITCH_CASES = _switch_cases()
+
+
+def test_the_cost_model_switches_path_as_grids_grow():
+    """Small grids take one masked SDPA call, larger ones the tiles: the switch points exist (and the
+    identity test below runs on both sides of each)."""
+    assert len(SWITCH_CASES) >= 8, SWITCH_CASES
+    paths = set()
+    for grid, window, stride in SWITCH_CASES:
+        resolved = GNAConfig(window=window, stride=stride).resolve(grid)
+        paths.add(cpu.choose_path(gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, CPU))))
+    assert paths == {"tiled", "masked-sdpa"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "case", SWITCH_CASES, ids=lambda c: "g{}-w{}-s{}".format(*("x".join(map(str, t)) for t in c))
+)
+def test_tiled_and_masked_sdpa_paths_agree_where_the_model_switches(case, dtype):
+    grid, window, stride = case
+    resolved = GNAConfig(window=window, stride=stride).resolve(grid)
+    plan = gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, CPU))
+    q, k, v = _qkv(2, math.prod(grid), 3, 16, dtype, seed=math.prod(grid))
+    tiled = cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
+    masked = cpu.block_sparse_attention_cpu(q, k, v, plan, path="masked-sdpa")
+    tol = TOL[dtype]
+    torch.testing.assert_close(tiled[0].float(), masked[0].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(tiled[1], masked[1], atol=tol, rtol=tol)
+    ref, ref_lse = reference_attention(q, k, v, gna_mask(grid, *resolved))
+    torch.testing.assert_close(tiled[0].float(), ref.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(tiled[1], ref_lse, atol=tol, rtol=tol)
+
+
+def test_a_window_covering_the_grid_is_one_sdpa_call_without_a_mask_at_any_size():
+    grid = (48, 49)  # 2352 tokens: above the masked path's limit, but no mask is needed
+    q, k, v = _qkv(1, 2352, 2, 8)
+    with record_paths() as seen:
+        out = gna(q, k, v, grid, 64, backend="cpu")
+    assert seen == ["dense-sdpa"]
+    want = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_sdpa_path_is_refused_on_large_grids():
+    plan = gna_plan((64, 64), (3, 3), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"at most 2048 tokens; the grid \(64, 64\) has 4096"):
+        cpu.prepare(plan, torch.float32, "masked-sdpa")
+    with pytest.raises(ValueError, match=r"path='fast' is not one of \('tiled', 'masked-sdpa'\)"):
+        cpu.prepare(plan, torch.float32, "fast")
+
+
+# --- the query tile -------------------------------------------------------------------------------------------
+
+
+def test_small_windows_get_small_tiles():
+    grid = (64, 64)
+    small = gna_q_tile(grid, (4, 4), (1, 1), (1, 1), CPU)
+    large = gna_q_tile(grid, (40, 40), (1, 1), (1, 1), CPU)
+    assert math.prod(small) < math.prod(large) <= math.prod(grid), (small, large)
+    assert math.prod(small) < math.prod(default_q_tile(2))
+    # the chosen tile does less work than the fixed 16x16 one (its tile bound is higher)
+    chosen = gna_plan(grid, (4, 4), (1, 1), (1, 1), small)
+    fixed = gna_plan(grid, (4, 4), (1, 1), (1, 1))
+    assert chosen.density() < 0.5 * fixed.density()
+    assert torch.equal(chosen.dense_mask(), fixed.dense_mask())  # same pattern, other tiles
+
+
+def test_tile_is_the_cheapest_by_the_model_and_backends_without_a_model_keep_the_default():
+    grid, window, stride, dilation = (32, 32), (6, 6), (1, 1), (1, 1)
+    chosen = gna_q_tile(grid, window, stride, dilation, CPU)
+    n = math.prod(grid)
+
+    def cost(tile):
+        p = gna_plan(grid, window, stride, dilation, tile)
+        return cpu.tiling_cost(p.num_tiles, p.q_index.shape[1], p.kv_index.shape[1], n)
+
+    assert all(cost(chosen) <= cost((a, b)) for a in (1, 2, 4, 8, 16, 32) for b in (1, 2, 4, 8, 16, 32))
+    for backend in (None, get_backend("reference"), get_backend("triton")):
+        assert gna_q_tile(grid, window, stride, dilation, backend) == default_q_tile(2)
+
+
+def test_gna_runs_the_plan_tiled_for_its_backend():
+    grid = (24, 24)
+    q, k, v = _qkv(1, 576, 2, 8)
+    with record_paths() as seen:
+        gna(q, k, v, grid, 3, backend="cpu")
+        gna(q, k, v, grid, 3, backend="reference")
+    plan = gna_plan(grid, (3, 3), (1, 1), (1, 1), gna_q_tile(grid, (3, 3), (1, 1), (1, 1), CPU))
+    assert seen == [cpu.prepare(plan, torch.float32).label, "reference"], seen
+    assert seen[0].startswith("tiled(") and seen[0] != "tiled(16x16)"
+
+
+# --- the prepared-plan cache ----------------------------------------------------------------------------------
+
+
+def test_prepared_plans_are_cached_within_their_bounds():
+    plans = [gna_plan((8 + i, 9), (3, 3), (1, 1), (1, 1)) for i in range(6)]
+    cache = cpu._PlanCache(max_entries=3, max_bytes=2**30)
+    first = cache.get(plans[0], torch.float32)
+    assert cache.get(plans[0], torch.float32) is first  # built once
+    assert cache.get(plans[0], torch.bfloat16) is not first  # per dtype
+    for p in plans[1:]:
+        cache.get(p, torch.float32)
+    assert len(cache) == 3
+    assert cache.get(plans[0], torch.float32) is not first  # evicted, least recently used first
+    one = cache.get(plans[5], torch.float32).nbytes
+    small = cpu._PlanCache(max_entries=100, max_bytes=2 * one)
+    for p in plans:
+        small.get(p, torch.float32)
+    assert 1 <= len(small) <= 2 and small.nbytes <= 2 * one
+    assert cpu.PLANS.max_entries <= 64 and cpu.PLANS.max_bytes <= 256 * 2**20  # the process-wide cache is bounded
+
+
+# --- worker threads -------------------------------------------------------------------------------------------
+
+
+def _with_threads(n: int, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_results_do_not_depend_on_threads_or_chunks(monkeypatch):
+    grid = (20, 23)
+    plan = gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8))
+    q, k, v = _qkv(3, 460, 2, 16)
+    inline = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
+    monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # as many chunks as allowed
+    chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
+    monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)  # one tile per chunk
+    per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
+    for got in (chunked, per_tile):
+        assert torch.equal(got[0], inline[0]) and torch.equal(got[1], inline[1])
+    ref, ref_lse = reference_attention(q, k, v, plan.dense_mask())
+    torch.testing.assert_close(inline[0], ref, atol=2e-5, rtol=2e-5)
+
+
+def test_workers_leave_every_other_threads_count_alone(monkeypatch):
+    monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)
+    plan = gna_plan((16, 16), (3, 3), (1, 1), (1, 1), (4, 4))
+    q, k, v = _qkv(2, 256, 2, 8)
+    monkeypatch.setattr(cpu, "WORKERS", cpu._Workers())  # a fresh pool: its workers start during this call
+    before = torch.get_num_threads()
+    _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled"))
+    assert torch.get_num_threads() == before
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # starts at the process default
+    thread.start()
+    thread.join()
+    assert seen == [before]
+    counts = list(cpu.WORKERS.executor(2).map(lambda _: torch.get_num_threads(), range(4)))
+    assert set(counts) == {1}
+    if sys.platform == "linux" and "OpenMP" in torch.__config__.parallel_info():
+        assert cpu._omp_set_num_threads() is not None  # the thread-local setter, not the fallback
+
+
+def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
+    monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)
+    plan = gna_plan((12, 12), (3, 3), (1, 1), (1, 1), (4, 4))
+    q, k, v = _qkv(2, 144, 2, 8)
+    want = cpu.block_sparse_attention_cpu(q, k, v, plan)[0]
+    with torch.inference_mode():
+        got = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan)[0])
+    assert torch.equal(got, want)
+    qg = q.clone().requires_grad_(True)
+    out = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(qg, k, v, plan)[0])
+    out.sum().backward()  # recorded on the calling thread
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+    torch.testing.assert_close(out.detach(), want)
+
+
+def test_a_query_with_no_key_gets_zero_and_minus_inf():
+    """A generic plan whose mask leaves one real query without keys: out 0, lse -inf (the flash op says lse 0)."""
+    rows = torch.ones(3, 4, dtype=torch.bool)
+    rows[1] = False
+    axis = AxisTiling.from_lists(6, [([0, 1, 2], [0, 1, 2, 3], rows), ([3, 4, 5], [2, 3, 4, 5], None)])
+    plan = BlockPlan.from_axes((axis,))
+    q, k, v = _qkv(2, 6, 2, 8)
+    for path in cpu.PATHS:
+        out, lse = cpu.block_sparse_attention_cpu(q, k, v, plan, path=path)
+        ref, ref_lse = reference_attention(q, k, v, plan.dense_mask())
+        assert torch.isneginf(lse[:, 1]).all() and (out[:, 1] == 0).all(), path
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6)
+
+
+# --- issue 23 section 4: no silent wrong result ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("window", [3, 20], ids=["window3", "covering"])
+def test_all_false_text_mask_of_one_batch_item(backend, window):
+    """Batch item 0 has no valid text token: its queries attend their window only, as the reference says."""
+    grid = (6, 7)
+    plan = gna_plan(grid, *GNAConfig(window=window).resolve(grid))
+    q, k, v = _qkv(2, 42, 2, 16, seed=3)
+    ek, ev = randn(2, 5, 2, 16, seed=7), randn(2, 5, 2, 16, seed=8)
+    valid = torch.tensor([[False] * 5, [True, True, False, True, False]])
+    out, lse = _sparse(backend, q, k, v, plan, extra_k=ek, extra_v=ev, extra_mask=valid)
+    ref, ref_lse = reference_attention(q, k, v, plan.dense_mask(), extra_k=ek, extra_v=ev, extra_mask=valid)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_extra_keys_alone_with_an_all_false_mask_are_empty(backend):
+    q = randn(2, 9, 2, 8)
+    ek, ev = randn(2, 4, 2, 8, seed=1), randn(2, 4, 2, 8, seed=2)
+    valid = torch.tensor([[False] * 4, [True] * 4])
+    out, lse = attend_extra(q, ek, ev, valid, None, backend)
+    assert torch.isneginf(lse[0]).all() and (out[0] == 0).all()
+    assert torch.isfinite(lse[1]).all()
+
+
+def _attends(mask: torch.Tensor, token: int, where: str) -> torch.Tensor:
+    """Query rows whose result depends on ``token`` being in q (its own row) or in k / v (its attenders)."""
+    return torch.arange(mask.shape[0]) == token if where == "q" else mask[:, token]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_nan_inputs_are_never_removed_and_the_backends_agree(backend, where):
+    """Every query that attends a NaN token gets NaN, on every backend; every query that does not and is
+    finite equals the clean result (rows of the same tile may turn NaN too: allowed, never a wrong number)."""
+    grid = (8, 8)
+    plan = gna_plan(grid, (3, 3), (1, 1), (1, 1))
+    mask = plan.dense_mask()
+    qkv = list(_qkv(1, 64, 2, 16, seed=5))
+    token = 27
+    clean, _ = reference_attention(*qkv, mask)
+    qkv["qkv".index(where)][0, token, 0, 0] = float("nan")
+    out, lse = _sparse(backend, *qkv, plan)
+    hit = _attends(mask, token, where)
+    assert torch.isnan(out[0, hit, 0]).any(-1).all(), (backend, where)
+    if where != "v":
+        assert torch.isnan(lse[0, hit, 0]).all()
+    finite = ~torch.isnan(out[0, :, 0]).any(-1)
+    torch.testing.assert_close(out[0, finite], clean[0, finite], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out[0, :, 1], clean[0, :, 1], atol=2e-5, rtol=2e-5)  # the other head is clean
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_nan_in_a_text_key_reaches_the_output_through_the_merge(backend):
+    grid = (5, 5)
+    plan = gna_plan(grid, (3, 3), (1, 1), (1, 1))
+    q, k, v = _qkv(1, 25, 1, 8)
+    ek, ev = randn(1, 3, 1, 8, seed=9), randn(1, 3, 1, 8, seed=10)
+    ek[0, 1, 0, 0] = float("nan")
+    out = block_sparse_attention(q, k, v, plan, extra_k=ek, extra_v=ev, backend=backend)
+    assert torch.isnan(out).all()  # every query attends every text key
+
+
+@pytest.mark.parametrize("where", ["gna", "block_sparse", "extra", "reference"])
+def test_float_masks_are_refused_not_inverted(where):
+    grid = (4, 5)
+    q, k, v = _qkv(2, 20, 2, 8)
+    ek, ev = randn(2, 3, 2, 8, seed=4), randn(2, 3, 2, 8, seed=5)
+    additive = torch.tensor([[0.0, float("-inf"), 0.0], [0.0, 0.0, float("-inf")]])  # SDPA style: 0 = attend
+    plan = gna_plan(grid, (3, 3), (1, 1), (1, 1))
+    calls = {
+        "gna": lambda: gna(q, k, v, grid, 3, extra_k=ek, extra_v=ev, extra_mask=additive),
+        "block_sparse": lambda: block_sparse_attention(q, k, v, plan, extra_k=ek, extra_v=ev, extra_mask=additive),
+        "extra": lambda: attend_extra(q, ek, ev, additive, None, "cpu"),
+        "reference": lambda: reference_attention(q, k, v, extra_k=ek, extra_v=ev, extra_mask=additive),
+    }
+    with pytest.raises(TypeError, match=r"extra_mask must be a bool mask \(True = attend\), got dtype torch.float32"):
+        calls[where]()
+    # the bool mask it meant is accepted
+    out = gna(q, k, v, grid, 3, extra_k=ek, extra_v=ev, extra_mask=additive == 0)
+    ref, _ = reference_attention(q, k, v, gna_mask(grid, (3, 3), (1, 1), (1, 1)), extra_k=ek, extra_v=ev,
+                                 extra_mask=additive == 0)  # fmt: skip
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("text", [0, 3], ids=["no-text", "text"])
+def test_batch_size_zero(backend, text):
+    grid = (4, 6)
+    q, k, v = _qkv(0, 24, 2, 8)
+    ek = ev = randn(0, text, 2, 8) if text else None
+    if backend == "triton":
+        out, lse = _sparse(backend, q, k, v, gna_plan(grid, (3, 3), (1, 1), (1, 1)), extra_k=ek, extra_v=ev)
+    else:
+        out, lse = gna(q, k, v, grid, 3, extra_k=ek, extra_v=ev, backend=backend, return_lse=True)
+    assert out.shape == (0, 24, 2, 8) and lse.shape == (0, 24, 2)

@@ -1,0 +1,74 @@
+"""`scripts/bench_engine.py` (the CPU engine benchmark of issue 22): a one-round smoke run writes its rows, and the
+pure parts (busy fraction, targets, the not-quiet warning, the baseline loader) follow from synthetic rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from diffattn.methods.gna import gna_plan
+from diffattn.report.bench import engine
+from diffattn.report.targets import check_targets
+
+from ..helpers import randn, run_script
+
+
+def test_bench_engine_smoke(tmp_path: Path) -> None:
+    code, stdout, err = run_script(
+        "bench_engine.py", "--quick", "--cases", "tiny-32", "--rounds", "1", "--no-busy", "--baseline", "none",
+        "--no-threads-study", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    data = json.loads((tmp_path / "engine.json").read_text())
+    (row,) = data["rows"]
+    assert row["case"] == "tiny-32x32-s1" and row["engine"] == "after" and row["condition"] == "quiet"
+    assert row["path"].startswith("tiled(") and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
+    assert row["speedup_median"] > 0 and row["speedup_round_min"] <= row["speedup_round_max"]
+    assert len(data["load_average"]["quiet"]["before"]) == 3 and data["baseline"]["loaded"] is False
+    assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
+
+
+def _row(case: str, engine_: str, condition: str, speedup: float) -> dict:
+    return {"case": case, "engine": engine_, "condition": condition, "speedup_median": speedup,
+            "achieved_over_token_bound": speedup / 64, "achieved_over_tile_bound": speedup / 24.8}  # fmt: skip
+
+
+def test_busy_fraction_and_targets_follow_from_the_rows() -> None:
+    rows = [
+        _row("tiny-64x64-s1", "after", "quiet", 10.0),
+        _row("tiny-64x64-s1", "after", "busy", 6.0),
+        _row("tiny-64x64-s1", "before", "quiet", 4.0),
+        _row("tiny-64x64-s1", "before", "busy", 1.0),
+        _row("tiny-32x32-s1", "after", "quiet", 1.9),
+        _row("tiny-32x32-s1", "after", "busy", 1.8),
+    ]
+    engine.add_busy_keeps(rows)
+    assert [r.get("busy_keeps") for r in rows] == [None, 0.6, None, 0.25, None, 1.8 / 1.9]
+    status = {t["target"]: t["status"] for t in check_targets(engine.ENGINE_TARGETS, rows)}
+    assert status == {"32": "MISS", "64": "PASS", "128": "N/A", "s1": "N/A", "blocked": "N/A", "busy": "MISS"}
+
+
+def test_the_report_says_when_the_quiet_rows_were_not_quiet() -> None:
+    payload = {"meta": {"nproc": 2}, "load_average": {"quiet": {"before": [0.3, 1, 1], "after": [0.2, 1, 1]}}}
+    assert engine.not_quiet(payload) == ""
+    payload["load_average"]["quiet"]["after"] = [3.5, 1, 1]
+    assert "load average 3.50 on 2 cores" in engine.not_quiet(payload)
+
+
+def test_the_baseline_is_the_engine_before_issue_22() -> None:
+    module, why = engine.load_baseline(engine.BASELINE_REF)
+    if module is None:  # not a git checkout (an sdist, a copied tree): the benchmark says so and skips 'before'
+        assert why
+        return
+    grid = (9, 11)
+    plan = gna_plan(grid, (3, 3), (1, 1), (1, 1))
+    q, k, v = (randn(2, 99, 2, 8, seed=s) for s in range(3))
+    old, old_lse = module.block_sparse_attention_cpu(q, k, v, plan)
+    from diffattn.kernels.cpu import block_sparse_attention_cpu
+
+    new, new_lse = block_sparse_attention_cpu(q, k, v, plan)
+    torch.testing.assert_close(old, new, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(old_lse, new_lse, atol=2e-5, rtol=2e-5)
+    assert engine.load_baseline("no-such-ref-xyz")[0] is None
