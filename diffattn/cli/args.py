@@ -50,6 +50,15 @@ def steps(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--steps", type=int, default=None, help=help)
 
 
+def num_images(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--num-images", type=int, default=None, help=help)
+
+
+def rounds(p: argparse.ArgumentParser, help: str) -> None:
+    """``--rounds``: interleaved timed rounds of the timing protocol (`diffattn.report.timing`, at least 3)."""
+    p.add_argument("--rounds", type=int, default=None, help=help)
+
+
 def prompt(p: argparse.ArgumentParser, default: str | None, help: str | None) -> None:
     p.add_argument("--prompt", default=default, help=help)
 

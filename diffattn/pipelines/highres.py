@@ -256,6 +256,8 @@ def _two_stage(
     output_type: str,
     progress: Callable[[str], None] | None,
     call_kwargs: dict[str, Any],
+    layers: Any = None,
+    backend: str = "auto",
 ) -> tuple[Any, HighResRecord]:
     say = progress or (lambda message: None)
     strength = _check_strength(strength)
@@ -298,7 +300,7 @@ def _two_stage(
         method = default_method(pipe)
         knobs = knobs or _default_knobs(method, grid)
     knobs = dict(knobs or {})
-    handle = apply_attention(pipe, method, **knobs)
+    handle = apply_attention(pipe, method, layers=layers, backend=backend, **knobs)
     done = []
     try:
         done = apply_all(_renoise_records(pipe, up, strength, generator))
@@ -332,6 +334,8 @@ def generate_highres(
     generator: Any = None,
     output_type: str = "pil",
     progress: Callable[[str], None] | None = None,
+    layers: Any = None,
+    backend: str = "auto",
     **call_kwargs: Any,
 ) -> tuple[Any, HighResRecord]:
     """Generate ``height x width`` images above the model's training resolution.
@@ -345,6 +349,7 @@ def generate_highres(
         raunet: UNets: add HiDiffusion's RAU-Net (an error on DiTs).
         base_height, base_width: DiTs: stage-1 size (default: the training resolution).
         progress: called with one line as each stage starts (the pipeline shows its own progress bar).
+        layers, backend: passed to ``apply_attention`` (which modules; which kernel backend).
         **call_kwargs: passed to every pipeline call (``guidance_scale``, ``negative_prompt``, ...).
 
     Returns:
@@ -371,11 +376,13 @@ def generate_highres(
             output_type=output_type,
             progress=progress,
             call_kwargs=call_kwargs,
+            layers=layers,
+            backend=backend,
         )
     _check_strength(strength)
     _check_target(height, width, training_size(pipe), "training resolution")
     method = method or default_method(pipe)
-    handle = apply_attention(pipe, method, **(knobs or {}))
+    handle = apply_attention(pipe, method, layers=layers, backend=backend, **(knobs or {}))
     if progress:
         progress(f"one stage: {height}x{width}, {method}{' + RAU-Net' if raunet else ''}, {num_inference_steps} steps")
     try:

@@ -161,13 +161,15 @@ class StepTimer:
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        key = float(t.flatten()[0]) if isinstance(t, Tensor) and t.numel() else t
+        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        size = tuple(sample.shape[-2:]) if isinstance(sample, Tensor) and sample.ndim >= 3 else None
+        # a new size is a new step even at the same timestep (a two-stage refine may start where stage 1 ended)
+        key = (float(t.flatten()[0]) if isinstance(t, Tensor) and t.numel() else t, size)
         if not self.starts or key != self._timestep:
             self.sync()
             self.starts.append(time.perf_counter())
             self._timestep = key
-            sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-            self.sizes.append(tuple(sample.shape[-2:]) if isinstance(sample, Tensor) and sample.ndim >= 3 else None)
+            self.sizes.append(size)
 
     def _post(self, module: nn.Module, args: tuple, out: Any) -> None:
         self.sync()
