@@ -181,12 +181,13 @@ class _Job:
         ctl.step_s.append(_median(base))
         return per_image
 
-    def warm_up(self) -> dict[str, Any]:
-        """One untimed call per row at the target size, few steps (allocations, plan caches)."""
-        caption = self.captions[:1]
+    def warm_up(self, batch: int) -> dict[str, Any]:
+        """One untimed call per row at the target size and a round's batch size, 2 steps (allocations, plan
+        caches)."""
+        captions = self.captions[:batch]
         return {
-            "dense": lambda: dense_batch(self.pipe, caption, self.size, self.seed, 0, 2),
-            "recipe": lambda: two_stage_batch(self.pipe, caption, self.size, self.seed, 0, 2, self.method,
+            "dense": lambda: dense_batch(self.pipe, captions, self.size, self.seed, 0, 2),
+            "recipe": lambda: two_stage_batch(self.pipe, captions, self.size, self.seed, 0, 2, self.method,
                                               self.knobs, **self.where),
         }
 
@@ -337,7 +338,7 @@ def generate_tiny(args: Any) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     job = _Job(pipe, captions, size, args.seed, steps, args.method, knobs, where, list(trial.modules), batches)
     fns = {"recipe": job.recipe} if args.no_dense else {"dense": job.dense, "recipe": job.recipe}
-    warm = {k: v for k, v in job.warm_up().items() if k in fns}
+    warm = {k: v for k, v in job.warm_up(batches[0][1] - batches[0][0]).items() if k in fns}
     print(f"running {len(fns)} x {len(batches)} interleaved rounds of about {n // len(batches)} samples at "
           f"{size}px (dense and the recipe; the upscale-only control is the recipe's stage 1) ...", file=sys.stderr)
     started = time.perf_counter()
