@@ -3,8 +3,8 @@
 
     python scripts/tiny_quality_table.py                      # the full table: n = 96 per cell (16 per class)
     python scripts/tiny_quality_table.py --quick              # 1 per class (n = 6): checks it runs, times it
-    python scripts/tiny_quality_table.py --scales 4 --out benchmarks/results/tq4 &   # scales in parallel ...
-    python scripts/tiny_quality_table.py --merge benchmarks/results/tq*.json         # ... then merged
+    python scripts/tiny_quality_table.py --scales 4 --out runs/tq4 &   # scales in parallel ...
+    python scripts/tiny_quality_table.py --merge runs/tq*.json         # ... then merged
 
 Rows: dense, gna (window = training grid 8x8, stride 1), msw (window 8x8), proxy (window 8x8), agent (defaults),
 freeswim (train_grid 8x8); at 2x and 4x also the two-stage recipe refined with gna and with freeswim (32 px dense,
