@@ -318,6 +318,12 @@ def generate_tiny(args: Any) -> int:
     from ..report.timing import Speedup, Spread, interleaved_rounds, load_average
 
     pipe, _, size, steps = tiny_inputs(args)
+    knobs = cli_knobs(args)
+    where = {"layers": args.layers, "backend": args.backend}
+    # bad knob values, layers, backend or temporal window fail here, before any generation (bit-exact undo)
+    trial = apply_attention(pipe, args.method, **where, temporal_window=getattr(args, "temporal_window", None),
+                            **knobs)
+    trial.remove()
     if size <= tm.RESOLUTION:
         raise ValueError(f"--height/--width {size} must be above the training size {tm.RESOLUTION}: the main job "
                          "compares ways of making images larger than the model was trained at")
@@ -330,12 +336,6 @@ def generate_tiny(args: Any) -> int:
     refine_steps = int(steps * STRENGTH)
     if refine_steps < 1:
         raise ValueError(f"--steps {steps} leaves int({steps} * {STRENGTH}) = 0 refine steps; use --steps >= 2")
-    knobs = cli_knobs(args)
-    where = {"layers": args.layers, "backend": args.backend}
-    # bad knob values, layers, backend or temporal window fail here, before any generation (bit-exact undo)
-    trial = apply_attention(pipe, args.method, **where, temporal_window=getattr(args, "temporal_window", None),
-                            **knobs)
-    trial.remove()
     args.out.mkdir(parents=True, exist_ok=True)
     job = _Job(pipe, captions, size, args.seed, steps, args.method, knobs, where, list(trial.modules), batches)
     fns = {"recipe": job.recipe} if args.no_dense else {"dense": job.dense, "recipe": job.recipe}
