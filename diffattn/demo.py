@@ -180,10 +180,11 @@ def generate(
     progress: Callable[[float, str], None] | None = None,
     alive: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Dense, then ``method``, same prompt and seed. Returns the two images (PIL), their times, the
-    speedup and its bound, PSNR/SSIM (and the scorer's accuracy on the embedded model). One generation
-    at a time per model; the pipeline is unpatched afterwards, also on error. Once ``alive()`` is False the run
-    stops at its next denoiser call (`Cancelled`)."""
+    """Dense and ``method``, same prompt and seed, timed by the protocol of `diffattn.report.timing`. Returns
+    the two images (PIL), the speedup (rounded, and as text with its spread and words) and its bound,
+    PSNR/SSIM (and the scorer's accuracy on the embedded model). One generation at a time per model; the
+    pipeline is unpatched afterwards, also on error. Once ``alive()`` is False the run stops at its next
+    denoiser call (`Cancelled`)."""
     if not prompt or not prompt.strip():
         raise ValueError("the prompt is empty")
     pipe = load_pipeline(model)
@@ -221,9 +222,12 @@ def _compare_one(
     model: str, pipe: Any, method: str, knobs: dict[str, Any], prompt: str, *, seed: int, height: int, width: int,
     steps: int, progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
-    """`report.compare` on one prompt and one config; the embedded model adds its scorer's accuracy."""
+    """`report.compare` on one prompt and one config (its timing protocol: a warm-up each, 3 interleaved rounds);
+    the embedded model adds its scorer's accuracy. Numbers are rounded for people and the speedup is said in
+    words beside its bounds (`diffattn.report.timing`); the raw report row is kept under ``"row"``."""
     from .report import RunConfig, compare
     from .report.outputs import to_pil
+    from .report.timing import load_text
 
     scorer = None
     if model == EMBEDDED:
@@ -235,24 +239,32 @@ def _compare_one(
     report = compare(pipe, [config], [prompt], [seed], call_kwargs=_call_kwargs(model, height, width, steps),
                      scorer=scorer, progress=progress is not None)
     dense, row = report["configs"]
-    bound = row["bounds"]["end_to_end_bound"]
+    sp, b = row["speedup"], row["bounds"]
+    words = "; ".join(row["labels"])
+    speedup_text = f"{sp['speedup']:.2f}× [{sp['speedup_min']:.2f}–{sp['speedup_max']:.2f}]: {words}"
     parts = [
-        f"dense {dense['total_s']:.2f} s · {method} {row['total_s']:.2f} s",
-        f"**speedup {row['speedup_total']:.2f}×** (bound {bound:.2f}×, attention share "
-        f"{dense['attention_share']:.0%}, attention bound {row['bounds']['attention_bound']:.2f}×)",
+        f"time per image: dense {dense['total_s']:.2f} s · {method} {row['total_s']:.2f} s",
+        f"**speedup per step {speedup_text}** (median [min–max] of {len(sp['per_round'])} interleaved rounds)",
+        f"Amdahl bound {b['end_to_end_bound']:.2f}× ({row['fraction_of_bound']:.2f} of it) from the dense attention "
+        f"share {b.get('dense_attention_share', 0.0):.0%}; attention-only bound {b['attention_bound']:.2f}×",
         f"PSNR {row['psnr_db']:.1f} dB · SSIM {row['ssim']:.3f}",
     ]
     if row["accuracy"] is not None:
         parts.append(f"scorer accuracy dense {dense['accuracy']:.0%} / {method} {row['accuracy']:.0%}")
     parts.append(f"{row['sparse_calls']} sparse / {row['fallback_calls']} fallback calls")
+    meta = report["meta"]
+    parts.append(load_text(meta["load_average_before"], meta["load_average_after"]))
     # small models make small images: show pixels (nearest upscale to >= 256 px), not a smudge
     return {"dense_image": to_pil(dense["images"][0], 256), "image": to_pil(row["images"][0], 256),
-            "speedup": row["speedup_total"], "bound": bound, "psnr": row["psnr_db"], "ssim": row["ssim"],
-            "accuracy": row["accuracy"], "summary": " · ".join(parts)}
+            "speedup": round(sp["speedup"], 2), "speedup_text": speedup_text, "labels": row["labels"],
+            "bound": round(b["end_to_end_bound"], 2), "psnr": round(row["psnr_db"], 2), "ssim": round(row["ssim"], 3),
+            "accuracy": row["accuracy"], "summary": " · ".join(parts), "row": {k: v for k, v in row.items()
+                                                                               if k != "images"}}
 
 
 def session_plot(history: list[dict[str, Any]]) -> str:
-    """PNG path: this session's runs, speedup vs PSNR."""
+    """PNG path: this session's runs, speedup vs PSNR; a run whose speedup is noise (within noise, or above its
+    bound) is drawn hollow and named so in the legend."""
     import tempfile
 
     import matplotlib
@@ -261,12 +273,18 @@ def session_plot(history: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
-    psnr = [h["psnr"] for h in history]
-    ax.scatter(psnr, [h["speedup"] for h in history], label="measured")
-    ax.scatter(psnr, [h["bound"] for h in history], marker="_", s=300, color="tab:red", label="bound")
+    noisy = [any("noise" in w for w in h.get("labels", [])) for h in history]
+    for is_noise, style in ((False, {"label": "measured"}),
+                            (True, {"label": "measured: noise", "facecolors": "none", "edgecolors": "tab:blue"})):
+        pts = [h for h, n in zip(history, noisy) if n == is_noise]
+        if pts:
+            ax.scatter([h["psnr"] for h in pts], [h["speedup"] for h in pts], **style)
+    ax.scatter([h["psnr"] for h in history], [h["bound"] for h in history], marker="_", s=300, color="tab:red",
+               label="Amdahl bound")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("PSNR vs dense (dB)")
-    ax.set_ylabel("speedup ×")
+    ax.set_ylabel("speedup per step ×")
     fig.tight_layout()
     path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
     fig.savefig(path)
@@ -294,7 +312,8 @@ def build_demo(
     """The Gradio Blocks (not launched), offering ``model`` (a name or a list: the page can pick only these), each
     within its `Limits` (default `default_limits`). API endpoints ``/generate`` and ``/inspect`` take
     ``(model, method, knobs_json, prompt, height, width, steps, seed)``; ``/generate`` returns the dense
-    and accelerated images, the speedup and a Markdown summary. At most ``queue_size`` requests wait."""
+    and accelerated images, the speedup as text (rounded, its spread and the protocol's words) and a Markdown
+    summary. At most ``queue_size`` requests wait."""
     import json
 
     import gradio as gr
@@ -351,7 +370,7 @@ def build_demo(
             generate, model, method, knobs, prompt, size["height"], size["width"], size["steps"], checked_seed(seed),
             progress=lambda f, d: progress(f, desc=d), alive=client_alive(),
         )
-        return result["dense_image"], result["image"], result["speedup"], result["summary"], result
+        return result["dense_image"], result["image"], result["speedup_text"], result["summary"], result
 
     def run_api(model, method, knobs_json, prompt, height, width, steps, seed):
         return run(model, method, knobs_json, prompt, height, width, steps, seed)[:4]
@@ -368,7 +387,7 @@ def build_demo(
         return json.dumps(as_page_error(parse_knobs, method, raw))
 
     def record(history, result):
-        history = [*history, {k: result[k] for k in ("speedup", "bound", "psnr", "ssim")}]
+        history = [*history, {k: result[k] for k in ("speedup", "bound", "psnr", "ssim", "labels")}]
         return history, _read_and_delete(session_plot(history))
 
     # Gradio keeps a copy of every image it serves: delete_cache drops this app's copies after an hour
@@ -403,7 +422,8 @@ def build_demo(
                 with gr.Row():
                     dense_img = gr.Image(label="dense", type="pil", elem_id="dense-image", height=320)
                     fast_img = gr.Image(label="accelerated", type="pil", elem_id="fast-image", height=320)
-                speedup_box = gr.Number(label="speedup (dense time / method time)", elem_id="speedup")
+                speedup_box = gr.Textbox(label="speedup per step (dense / method): median [min–max], in words",
+                                         elem_id="speedup", interactive=False)
                 summary_md = gr.Markdown(elem_id="summary")
                 plot = gr.Image(label="this session: speedup vs quality", type="pil", elem_id="session-plot")
 

@@ -26,6 +26,7 @@ MAX_STEPS = 1000  # the schedulers' training timesteps: more steps than that rep
 MAX_SIDE = 1_000_000  # pixels per side; whether a size fits is the memory estimate's call
 MAX_FRAMES = 10_000
 MAX_IMAGES = 1_000_000  # samples of compare / eval (each is a generation per config)
+MAX_ROUNDS = 1000  # interleaved timed rounds of the timing protocol (at least 3)
 MAX_SEED = 2**63 - 1
 
 
@@ -101,9 +102,13 @@ def steps(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None, help=f"{help}; 1 to {MAX_STEPS}")
 
 
-def num_images(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-images", type=int_in(1, MAX_IMAGES), default=None,
-                   help=f"samples (prompts cycle), 1 to {MAX_IMAGES}; default: one per prompt")  # fmt: skip
+def num_images(p: argparse.ArgumentParser, help: str = "samples (prompts cycle); default: one per prompt") -> None:
+    p.add_argument("--num-images", type=int_in(1, MAX_IMAGES), default=None, help=f"{help}; 1 to {MAX_IMAGES}")
+
+
+def rounds(p: argparse.ArgumentParser, help: str) -> None:
+    """``--rounds``: interleaved timed rounds of the timing protocol (`diffattn.report.timing`, at least 3)."""
+    p.add_argument("--rounds", type=int_in(3, MAX_ROUNDS), default=None, help=f"{help}; 3 to {MAX_ROUNDS}")
 
 
 def prompt(p: argparse.ArgumentParser, default: str | None, help: str | None) -> None:

@@ -4,9 +4,11 @@ table of what the method would do, from one denoiser call)."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -16,7 +18,10 @@ from ..pipelines.load import EMBEDDED
 from . import args as opt
 from .inputs import before_load, load, method_knobs, where
 
-GENERATE_HELP = "generate once dense and once accelerated with the same seed; time both"
+GENERATE_HELP = (
+    "dense vs accelerated, same seeds, timed by one protocol (warm-up, interleaved rounds, median [min-max]); "
+    "on the embedded model (default) the main job: dense vs the two-stage recipe vs upscale only, with quality"
+)
 INSPECT_HELP = "per patched module: family, kind, grid, text/extra tokens, method and bound, from one denoiser call"
 
 
@@ -47,18 +52,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: Any) -> None:
+    from .shapes import add_job_args
+
     g = sub.add_parser("generate", help=GENERATE_HELP)
     _add_run_args(g)
     opt.out(g, "diffattn_out")
     g.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
+    add_job_args(g)
     _add_run_args(sub.add_parser("inspect", help=INSPECT_HELP))
-
-
-def _run(pipe: Any, kw: dict[str, Any], seed: int) -> tuple[Any, float]:
-    call = dict(kw, generator=torch.Generator("cpu").manual_seed(seed))
-    start = time.perf_counter()
-    out = pipe(**call)
-    return out, time.perf_counter() - start
 
 
 def _save(out: Any, path: Path) -> Path:
@@ -73,43 +74,127 @@ def _save(out: Any, path: Path) -> Path:
     return target
 
 
+class _Runs:
+    """The protocol's per-round callables of ``generate``: dense (unpatched) and the method (installed for its
+    call only, untimed), each returning its call's median step time; the first output of each is kept."""
+
+    def __init__(self, pipe: Any, kw: dict[str, Any], seed: int, method: str, knobs: dict[str, Any],
+                 where_: dict[str, Any], modules: list[str]) -> None:
+        from ..report.runner import resolve_module
+
+        self.pipe, self.kw, self.seed, self.method, self.knobs, self.where = pipe, kw, seed, method, knobs, where_
+        self.modules = {m: resolve_module(pipe, m) for m in modules}
+        self.outputs: dict[str, Any] = {}
+        self.wall: dict[str, list[float]] = {"dense": [], "method": []}
+        self.dense_attention_s = dict.fromkeys(modules, 0.0)
+        self.dense_steps_s = 0.0
+        self.stats: dict[str, SimpleNamespace] = {}
+        self.grids: dict[str, tuple[tuple[int, ...], int]] = {}
+        self.handle: Any = None
+
+    def _call(self, key: str, steps: int | None = None) -> tuple[Any, list[float], dict[str, float]]:
+        from ..report.runner import AttentionTimer, StepTimer
+        from ..report.timing import synchronizer
+
+        sync = synchronizer(getattr(self.pipe, "device", "cpu"))
+        kw = dict(self.kw, generator=torch.Generator("cpu").manual_seed(self.seed))
+        if steps is not None:
+            kw["num_inference_steps"] = steps
+        timer = StepTimer(self.pipe, sync)
+        attention = AttentionTimer(self.modules, sync) if key == "dense" else None
+        t0 = time.perf_counter()
+        try:
+            out = self.pipe(**kw)
+            sync()
+        finally:
+            times = timer.close()
+            spent = attention.close() if attention is not None else {}
+        if steps is None:
+            self.wall[key].append(time.perf_counter() - t0)
+            self.outputs.setdefault(key, out)
+        return out, times, spent
+
+    def dense(self, steps: int | None = None) -> float:
+        _, times, spent = self._call("dense", steps)
+        if steps is None:
+            self.dense_steps_s += sum(times)
+            for name, s in spent.items():
+                self.dense_attention_s[name] += s
+        return statistics.median(times)
+
+    def accelerated(self, steps: int | None = None) -> float:
+        from ..report.runner import GridRecorder
+
+        handle = apply_attention(self.pipe, self.method, **self.where, **self.knobs)
+        self.handle = handle
+        try:
+            recorder = GridRecorder(handle)
+            try:
+                _, times, _ = self._call("method", steps)
+            finally:
+                grids = recorder.close()
+        finally:
+            handle.remove()
+        if steps is None:
+            for name, st in handle.stats().items():
+                total = self.stats.setdefault(name, SimpleNamespace(sparse=0, fallback=0, dense=0))
+                total.sparse, total.fallback, total.dense = (total.sparse + st.sparse, total.fallback + st.fallback,
+                                                             total.dense + st.dense)
+            for name, g in grids.items():
+                self.grids.setdefault(name, g)
+        return statistics.median(times)
+
+
 def generate(args: argparse.Namespace) -> int:
+    """``diffattn generate``: dense and the method, same seed, timed by the protocol of `diffattn.report.timing`
+    (one untimed warm-up each, interleaved rounds, per-step median [min-max]); the speedup beside its bounds."""
     before_load(args)  # the output folder and sizes, before any model loads
     if args.model == EMBEDDED:  # the embedded trained model: its own job (accuracy, PSNR/SSIM, captioned grid)
         from .shapes import generate_tiny
 
         return generate_tiny(args)
+    from ..report.bounds import end_to_end_bounds
+    from ..report.timing import MIN_ROUNDS, Spread, interleaved_rounds, load_text
+
+    if args.num_images is not None:
+        raise ValueError("--num-images is an option of the embedded model's job (--model tiny); "
+                         f"{args.model} makes one image per run")
+    rounds = MIN_ROUNDS if args.rounds is None else args.rounds
+    if rounds < MIN_ROUNDS:
+        raise ValueError(f"--rounds {rounds} must be >= {MIN_ROUNDS} (the timing protocol's interleaved rounds)")
     knobs = method_knobs(args)
     pipe, kw = load(args)
     # Validate knob values, preset, layers and backend on this pipeline before any generation: a
     # trial install that is removed at once (apply/remove is bit-exact).
-    apply_attention(pipe, args.method, **where(args), **knobs).remove()
+    trial = apply_attention(pipe, args.method, **where(args), **knobs)
+    trial.remove()
     args.out.mkdir(parents=True, exist_ok=True)
-    dense_time = None
+    runs = _Runs(pipe, kw, args.seed, args.method, knobs, where(args), list(trial.modules))
+    fns = {"method": runs.accelerated} if args.no_dense else {"dense": runs.dense, "method": runs.accelerated}
+    warm_steps = min(2, kw.get("num_inference_steps") or 2)
+    warm = {"dense": lambda: runs.dense(warm_steps), "method": lambda: runs.accelerated(warm_steps)}
+    print(f"timing: one untimed warm-up each, then {rounds} interleaved rounds of {' / '.join(fns)}", file=sys.stderr)
+    measured = interleaved_rounds(fns, rounds, warmup=warm, log=lambda line: print("  " + line, file=sys.stderr))
+    for key, out in runs.outputs.items():
+        print(f"wrote {_save(out, args.out / (args.method if key == 'method' else 'dense'))}")
+    handle = runs.handle
+    sparse = sum(s.sparse for s in runs.stats.values())
+    fallback = sum(s.fallback for s in runs.stats.values())
+    outside = sum(s.dense for s in runs.stats.values())
+    print(f"model {args.model}  method {args.method} ({handle.config})  backend {handle.backend}  {sparse} sparse / "
+          f"{fallback} dense-fallback / {outside} dense outside steps attention calls on {len(handle.modules)} modules "
+          f"over {rounds} runs")
+    for key, name in (("dense", "dense"), ("method", args.method)):
+        if key in measured.times:
+            step = Spread.of(measured.times[key]).scaled(1000)
+            print(f"{name:>10}: per step {step.text('.1f', ' ms')}, per image {Spread.of(runs.wall[key]).text()} s")
     if not args.no_dense:
-        print("dense run:", file=sys.stderr)
-        out, dense_time = _run(pipe, kw, args.seed)
-        print(f"wrote {_save(out, args.out / 'dense')}")
-    handle = apply_attention(pipe, args.method, **where(args), **knobs)
-    try:
-        print(f"{args.method} run ({handle.config}):", file=sys.stderr)
-        out, fast_time = _run(pipe, kw, args.seed)
-        print(f"wrote {_save(out, args.out / args.method)}")
-        outside = sum(st.dense for st in handle.stats().values())
-        stats = (
-            f"{handle.sparse_calls} sparse / {handle.fallback_calls} dense-fallback / {outside} dense outside "
-            f"steps attention calls on {len(handle.modules)} modules"
-        )
-    finally:
-        handle.remove()
-    print(f"model {args.model}  method {args.method}  backend {handle.backend}  {stats}")
-    if dense_time is not None:
-        print(
-            f"dense {dense_time:.3f} s   {args.method} {fast_time:.3f} s   "
-            f"speedup {dense_time / fast_time:.2f}x (same seed)"
-        )
-    else:
-        print(f"{args.method} {fast_time:.3f} s")
+        bounds = end_to_end_bounds(handle.method, runs.stats, runs.grids, runs.dense_attention_s, runs.dense_steps_s,
+                                   list(handle.modules))
+        speedup = measured.speedup("dense", "method", bounds["end_to_end_bound"], bounds["attention_bound"])
+        print(f"speedup per step (same seed): {speedup.text()}  "
+              f"[dense attention share {bounds['dense_attention_share']:.0%}]")
+    print(load_text(measured.load_before, measured.load_after))
     return 0
 
 

@@ -151,18 +151,15 @@ def check_memory(pipe: Any, kw: dict[str, Any], device: torch.device | str = "cp
 # --- what to run -------------------------------------------------------------------------------------------------
 
 
-# --- what to run -------------------------------------------------------------------------------------------------
-
-
 def tiny_inputs(args: Any) -> tuple[Any, list[str], int, int]:
     """The embedded model, the captions, the (square) size and the step count from ``generate``/``inspect``'s
     arguments; a ValueError names a non-square or bad size, or an unknown caption word."""
     from ..pipelines.tiny_shapes import data as tiny_data
     from ..pipelines.tiny_shapes import pipeline as tm
-    from ..pipelines.tiny_shapes.job import STEPS, class_captions
+    from ..pipelines.tiny_shapes.job import STEPS, TARGET, class_captions
 
     sizes = {v for v in (args.height, args.width) if v is not None}
-    size = sizes.pop() if len(sizes) == 1 else 2 * tm.RESOLUTION
+    size = sizes.pop() if len(sizes) == 1 else TARGET
     if sizes:
         raise ValueError(f"the tiny model draws square images; got height={args.height}, width={args.width}")
     if size % tm.PATCH:

@@ -1,5 +1,6 @@
 """``diffattn compare`` and ``diffattn eval``: the report commands of the ``diffattn`` CLI.
 
+diffattn compare      # the embedded model: its class captions, gna / freeswim / msw at the training window, accuracy
 diffattn compare --model tiny-sd --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
 torchrun --nproc_per_node 8 -m diffattn.cli eval --model PATH --prompts coco.txt --inception pt_inception.pth \
     --config "gna window=32 stride=16" --out eval/
@@ -15,27 +16,40 @@ from typing import Any
 
 import torch
 
+from ..pipelines.load import EMBEDDED
 from . import args as opt
 from .inputs import before_load, load, read_configs, read_prompts
+
+TINY_SAMPLES = 6
+"""``compare``'s samples on the embedded model without ``--prompts``: one caption per class."""
+TINY_CONFIGS = ("gna window=8,8 stride=1,1", "freeswim train_grid=8,8", "msw window=8,8")
+"""``compare``'s configs on the embedded model without ``--config``: the training receptive field (8x8 tokens)."""
 
 
 def add_parsers(sub: Any) -> None:
     """The ``compare`` and ``eval`` subcommands."""
     c = sub.add_parser("compare", help="dense vs method configs: speed beside its bounds, quality vs dense, plots")
     e = sub.add_parser("eval", help="FID / CLIP / scorer over a prompt file, dense and each config (data-parallel)")
+    opt.model(c, EMBEDDED, f"tiny (the embedded trained shapes model, default), {opt.OFFLINE} (offline), a hub id "
+              "or a path")  # fmt: skip
+    c.add_argument("--prompts", type=Path, default=None,
+                   help="prompt file, one prompt per non-empty line (default on the embedded model: one caption "
+                   "per class)")
+    opt.model(e, "tiny-sd", f"{opt.OFFLINE} (offline), a hub id or a path")
+    e.add_argument("--prompts", type=Path, required=True, help="prompt file, one prompt per non-empty line")
     for p in (c, e):
-        opt.model(p, "tiny-sd", f"{opt.OFFLINE} (offline), a hub id or a path")
-        p.add_argument("--prompts", type=Path, required=True, help="prompt file, one prompt per non-empty line")
-        opt.num_images(p)
+        opt.num_images(p, "samples (prompts cycle); default: one per prompt"
+                       + (f" (embedded model: {TINY_SAMPLES}, one per class)" if p is c else ""))
         p.add_argument(
             "--config",
             action="append",
             default=[],
             metavar="'METHOD [NAME=VALUE ...]'",
-            help="a method config, repeatable: e.g. --config 'gna window=8,8 stride=8,8' --config msw",
+            help="a method config, repeatable: e.g. --config 'gna window=8,8 stride=8,8' --config msw"
+            + (" (default on the embedded model: " + ", ".join(f"'{t}'" for t in TINY_CONFIGS) + ")" if p is c else ""),
         )
         p.add_argument("--configs", type=Path, default=None, help='JSON list of {"method": ..., "knobs": {...}}')
-        opt.steps(p, "denoising steps (tiny default 2, hub default 30)")
+        opt.steps(p, "denoising steps (tiny-* default 2, embedded model 20, hub default 30)")
         opt.size(p)
         opt.frames(p)
         opt.seed(p, "sample i uses seed + i")
@@ -55,9 +69,32 @@ def add_parsers(sub: Any) -> None:
 
 
 def _samples(args: argparse.Namespace) -> list[str]:
+    if args.prompts is None:
+        if args.model != EMBEDDED:
+            raise ValueError(f"--prompts is required for --model {args.model} (only the embedded model has default "
+                             "captions)")
+        from ..pipelines.tiny_shapes.job import job_captions
+
+        n = TINY_SAMPLES if args.num_images is None else args.num_images
+        return job_captions(n, args.seed)
     prompts = read_prompts(args.prompts)
     n = len(prompts) if args.num_images is None else args.num_images  # the parser bounds --num-images
     return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def _configs(args: argparse.Namespace) -> list[Any]:
+    """The ``--config`` / ``--configs`` given; on the embedded model with none, `TINY_CONFIGS`."""
+    if args.command == "compare" and args.model == EMBEDDED and not args.config and args.configs is None:
+        return read_configs(TINY_CONFIGS, None)
+    return read_configs(args.config, args.configs)
+
+
+def _embedded_scorer() -> Any:
+    """Per-sample correctness of the embedded model's images by its scorer (the class named in the caption)."""
+    from ..pipelines.tiny_shapes.scorer import labels_of, load_scorer, predict
+
+    scorer = load_scorer()
+    return lambda images, prompts: predict(images, scorer) == labels_of(prompts)
 
 
 def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
@@ -74,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``compare`` or ``eval``; every input check happens before the model is loaded or run."""
     before_load(args)  # --out, --device, absurd sizes
     prompts = _samples(args)
-    configs = read_configs(args.config, args.configs)
+    configs = _configs(args)
     fid = args.inception is not None if args.command == "compare" else not args.no_fid
     if fid and len(prompts) < 2:
         raise ValueError(f"FID needs >= 2 images per config, got --num-images {len(prompts)}; use >= 2")
@@ -93,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
         lpips = load_lpips(args.lpips)
         pipe, kw = _pipeline(args, args.device)
         seeds = [args.seed + i for i in range(len(prompts))]
+        scorer = _embedded_scorer() if args.model == EMBEDDED else None
         report = compare(
             pipe, configs, prompts, seeds, call_kwargs=kw, backend=args.backend, device=args.device, lpips=lpips,
             clip=clip, feature_extractor=extractor, out_dir=args.out, warmup=not args.no_warmup,
-            progress=not args.no_progress,
+            progress=not args.no_progress, scorer=scorer,
         )
         print((args.out / "report.md").read_text())
         print(f"wrote {args.out}/report.json, report.md, speedup_quality.png, grid.png", file=sys.stderr)

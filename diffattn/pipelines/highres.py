@@ -8,6 +8,12 @@
   ``freeswim`` where it applies (window = the token grid stage 1 actually had), else ``gna`` with a
   sliding window of that grid (stride 1).
 
+Pixel-space pipelines (no VAE: the embedded shapes model, diffusers' DDPM-style pipelines) have no
+latents apart from the image: stage 1 asks for ``output_type="np"`` (every diffusers pipeline has it, while
+"latent" is not universal), maps the ``[0, 1]`` image to the model's ``[-1, 1]`` space and upsamples that;
+the record keeps the stage-1 result (`HighResRecord.base`), so a caller can show the plain upscale beside the
+refined image.
+
 Upsampling is done on the latents (bicubic, per frame for video), not by decoding, resizing and
 re-encoding as FreeSwim's script does: it needs no VAE pass at the target resolution (the costly part
 for video, which FreeSwim runs tiled and offloaded), works the same for every family through the
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from ..methods import get_method
@@ -60,10 +67,14 @@ class HighResRecord:
     stages: list[StageRecord]
     strength: float | None
     raunet: bool
-    upsample: str | None  # "latent-bicubic" for two stages, None for one
+    upsample: str | None  # "latent-bicubic" / "pixel-bicubic" for two stages, None for one
+    # two stages: stage 1's result in the denoiser's space, unpacked ([B, C, h, w] / [B, C, F, h, w]; pixel
+    # space: the image in [-1, 1]); left out of `to_dict`
+    base: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) if f.name != "stages" else [dataclasses.asdict(s) for s in self.stages]
+                for f in dataclasses.fields(self) if f.name != "base"}
 
 
 def _check_strength(strength: float) -> float:
@@ -79,7 +90,7 @@ def training_size(pipe: Any) -> tuple[int, int]:
     h, w = (params[k].default if k in params else None for k in ("height", "width"))
     if isinstance(h, int) and isinstance(w, int):
         return h, w
-    vae = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", None) or 8
+    vae = _scale_factor(pipe)
     size = getattr(pipe, "default_sample_size", None) or getattr(first_denoiser(pipe).config, "sample_size", None)
     if isinstance(size, int | tuple | list):
         sh, sw = (size, size) if isinstance(size, int) else size
@@ -111,6 +122,19 @@ class _Latents:
     pack: Callable[[Tensor], Tensor]
 
 
+def pixel_space(pipe: Any) -> bool:
+    """True for a pipeline without a VAE, whose denoiser works on the image itself."""
+    has_factor = any(getattr(pipe, a, None) for a in ("vae_scale_factor", "vae_scale_factor_spatial"))
+    return getattr(pipe, "vae", None) is None and not has_factor
+
+
+def _scale_factor(pipe: Any) -> int:
+    """Pixels per latent position: 1 in pixel space, else the VAE's spatial factor (8 if the pipeline hides it)."""
+    if pixel_space(pipe):
+        return 1
+    return getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", None) or 8
+
+
 def _latent_format(pipe: Any) -> _Latents:
     if hasattr(pipe, "_pack_latents") and hasattr(pipe, "_unpack_latents"):  # FLUX: 2x2 packed tokens
         vae = pipe.vae_scale_factor
@@ -122,7 +146,7 @@ def _latent_format(pipe: Any) -> _Latents:
             return pipe._pack_latents(x, x.shape[0], x.shape[1], x.shape[2], x.shape[3])
 
         return _Latents(size, lambda x, h, w: pipe._unpack_latents(x, h, w, vae), pack)
-    vae = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_scale_factor
+    vae = _scale_factor(pipe)
     return _Latents(lambda h, w: (h // vae, w // vae), lambda x, h, w: x, lambda x: x)
 
 
@@ -161,7 +185,8 @@ def _renoise_records(pipe: Any, latents: Tensor, strength: float, generator: Any
         if isinstance(sigmas, Tensor) and len(sigmas) >= len(scheduler.timesteps) + start:
             scheduler.sigmas = sigmas[start:]
         t0 = scheduler.timesteps[:1]
-        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean.device, clean.dtype)
+        # one generator per image draws that image's noise, as the pipeline drew its starting noise
+        noise = randn_tensor(clean.shape, generator=generator, dtype=torch.float32).to(clean.device, clean.dtype)
         if hasattr(scheduler, "scale_noise"):  # flow matching: (1 - sigma) x0 + sigma noise
             noised = scheduler.scale_noise(clean, t0, noise)
         else:
@@ -231,6 +256,8 @@ def _two_stage(
     output_type: str,
     progress: Callable[[str], None] | None,
     call_kwargs: dict[str, Any],
+    layers: Any = None,
+    backend: str = "auto",
 ) -> tuple[Any, HighResRecord]:
     say = progress or (lambda message: None)
     strength = _check_strength(strength)
@@ -250,17 +277,22 @@ def _two_stage(
     fmt = _latent_format(pipe)
     common = dict(prompt=prompt, num_inference_steps=num_inference_steps, **frames, **call_kwargs)
 
+    pixels = pixel_space(pipe)
     say(f"stage 1/2: {base[0]}x{base[1]} (training resolution), dense, {num_inference_steps} steps")
     start = time.perf_counter()
     out, grid = _token_grid(
         pipe,
-        lambda: pipe(height=base[0], width=base[1], output_type="latent", generator=generator, **common),
+        lambda: pipe(height=base[0], width=base[1], output_type="np" if pixels else "latent", generator=generator,
+                     **common),
     )
-    stage1 = StageRecord("base", base[0], base[1], num_inference_steps, time.perf_counter() - start, "dense", {}, {})
-    stage1.num_frames = num_frames
     latents = out[0] if isinstance(out, tuple) else getattr(out, "images", None)
     if latents is None:
         latents = out.frames
+    if pixels:  # [B, h, w, C] in [0, 1] -> the model's [-1, 1] pixel space, [B, C, h, w]
+        image = torch.as_tensor(latents).float().permute(0, 3, 1, 2)
+        latents = (image * 2 - 1).to(getattr(first_denoiser(pipe), "device", image.device))
+    stage1 = StageRecord("base", base[0], base[1], num_inference_steps, time.perf_counter() - start, "dense", {}, {})
+    stage1.num_frames = num_frames
     small = fmt.unpack(latents, base[0], base[1])  # [B, C, h, w] or [B, C, F, h, w]
     up = fmt.pack(upsample_latents(small, fmt.size(height, width))).contiguous()
 
@@ -268,7 +300,7 @@ def _two_stage(
         method = default_method(pipe)
         knobs = knobs or _default_knobs(method, grid)
     knobs = dict(knobs or {})
-    handle = apply_attention(pipe, method, **knobs)
+    handle = apply_attention(pipe, method, layers=layers, backend=backend, **knobs)
     done = []
     try:
         done = apply_all(_renoise_records(pipe, up, strength, generator))
@@ -282,7 +314,8 @@ def _two_stage(
         handle.remove()
     steps = min(int(num_inference_steps * strength), num_inference_steps)
     stage2 = StageRecord("refine", height, width, steps, seconds, method, knobs, _stats(handle), num_frames)
-    return result, HighResRecord([stage1, stage2], strength, False, "latent-bicubic")
+    upsample = "pixel-bicubic" if pixels else "latent-bicubic"
+    return result, HighResRecord([stage1, stage2], strength, False, upsample, base=small)
 
 
 def generate_highres(
@@ -301,6 +334,8 @@ def generate_highres(
     generator: Any = None,
     output_type: str = "pil",
     progress: Callable[[str], None] | None = None,
+    layers: Any = None,
+    backend: str = "auto",
     **call_kwargs: Any,
 ) -> tuple[Any, HighResRecord]:
     """Generate ``height x width`` images above the model's training resolution.
@@ -314,6 +349,7 @@ def generate_highres(
         raunet: UNets: add HiDiffusion's RAU-Net (an error on DiTs).
         base_height, base_width: DiTs: stage-1 size (default: the training resolution).
         progress: called with one line as each stage starts (the pipeline shows its own progress bar).
+        layers, backend: passed to ``apply_attention`` (which modules; which kernel backend).
         **call_kwargs: passed to every pipeline call (``guidance_scale``, ``negative_prompt``, ...).
 
     Returns:
@@ -340,11 +376,13 @@ def generate_highres(
             output_type=output_type,
             progress=progress,
             call_kwargs=call_kwargs,
+            layers=layers,
+            backend=backend,
         )
     _check_strength(strength)
     _check_target(height, width, training_size(pipe), "training resolution")
     method = method or default_method(pipe)
-    handle = apply_attention(pipe, method, **(knobs or {}))
+    handle = apply_attention(pipe, method, layers=layers, backend=backend, **(knobs or {}))
     if progress:
         progress(f"one stage: {height}x{width}, {method}{' + RAU-Net' if raunet else ''}, {num_inference_steps} steps")
     try:
@@ -417,6 +455,7 @@ __all__ = [
     "StageRecord",
     "generate_highres",
     "generate_highres_video",
+    "pixel_space",
     "training_size",
     "upsample_latents",
 ]

@@ -7,7 +7,8 @@
 - the attention-part and end-to-end bounds of a patched model from its modules' FLOP bounds weighted by
   their dense attention times (`end_to_end_bounds`, used by `compare` and the end-to-end benchmark);
 - FreeSwim's whole-step matmul FLOP and tile bounds on a Wan-style transformer (`freeswim_step_bounds`,
-  over `transformer_forward_flops`).
+  over `transformer_forward_flops`);
+- the time-per-image bound of a two-stage recipe against dense at the target (`two_stage_bound`).
 """
 
 from __future__ import annotations
@@ -199,3 +200,15 @@ def freeswim_step_bounds(
         "window": window,
         "window_density": frames * math.prod(window) / n,
     }
+
+
+def two_stage_bound(steps: int, refine_steps: int, step_bound: float) -> float:
+    """Bound of a two-stage recipe's speedup per image over dense generation at the target size: dense runs
+    ``steps`` steps at the target, the recipe ``refine_steps`` there, each at best ``step_bound`` times
+    faster (the engine's Amdahl bound), and its stage 1 at the base size costs at least nothing:
+    ``steps / refine_steps * step_bound`` (text encoding and decoding, alike in both, are left out)."""
+    if refine_steps < 1 or steps < refine_steps:
+        raise ValueError(f"refine_steps={refine_steps} must be in [1, steps={steps}]")
+    if not step_bound > 0:
+        raise ValueError(f"step_bound={step_bound} must be > 0")
+    return steps / refine_steps * step_bound

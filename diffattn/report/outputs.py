@@ -31,20 +31,46 @@ def _f(value: Any, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _speedup_cell(r: dict[str, Any]) -> str:
+    """``"1.42 [1.30-1.50]"``: the protocol's speedup and its spread, rounded."""
+    sp = r.get("speedup")
+    if not sp:
+        return f"{r['speedup_step_median']:.2f}"
+    return f"{sp['speedup']:.2f} [{sp['speedup_min']:.2f}-{sp['speedup_max']:.2f}]"
+
+
+def _words(r: dict[str, Any]) -> str:
+    return "; ".join(r.get("labels") or [])
+
+
+def _accuracy_cell(r: dict[str, Any]) -> str:
+    if r.get("accuracy") is None:
+        return "-"
+    ci = r.get("accuracy_wilson95")
+    return f"{r['accuracy']:.0%}" + (f" [{ci[0] * 100:.0f}-{ci[1] * 100:.0f}]" if ci else "")
+
+
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """One table row per config (dense first)."""
+    """One table row per config (dense first); every speedup beside its bounds and the protocol's words."""
+    from .timing import load_text
+
     head = (
-        "| config | step min / med (ms) | total (s) | speedup (step med) | end-to-end bound | of bound "
+        "| config | step med [min-max] (ms) | speedup [min-max] | in words | end-to-end bound | of bound "
         "| attention share (dense / this) | attention bound | FLOP bound | token / tile bound | peak mem (MiB) "
-        "| sparse / fallback / dense calls | PSNR (dB) | SSIM | LPIPS | CLIP | accuracy | FID vs dense |"
+        "| sparse / fallback / dense calls | PSNR (dB) | SSIM | LPIPS | CLIP | accuracy [95%] | FID vs dense |"
     )
+    rounds = meta.get("rounds")
+    timing = (f"Timing: one untimed warm-up per config, then {rounds} rounds interleaved config by config; the speedup "
+              "is the median [min-max] of the per-round ratios of per-step medians. "
+              if rounds else "")
     lines = [
         f"# diffattn compare: {meta['pipeline']} on {meta['device']}",
         "",
         f"{len(meta['prompts'])} prompt(s), seeds {meta['seeds']}, backend {meta['backend']}, "
         f"{meta['threads']} threads, "
-        f"torch {meta['torch']}. PSNR is capped at {meta['psnr_cap_db']:.0f} dB. Peak memory: "
-        f"{rows[0]['peak_memory_kind']}.",
+        f"torch {meta['torch']}. {timing}PSNR is capped at {meta['psnr_cap_db']:.0f} dB. Peak memory: "
+        f"{rows[0]['peak_memory_kind']}. "
+        f"{load_text(meta.get('load_average_before'), meta.get('load_average_after')).capitalize()}.",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
@@ -54,13 +80,16 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**20
         token_tile = f"{_f(b.get('token_bound'))} / {_f(b.get('tile_bound'))}"
         calls = f"{r.get('sparse_calls', '-')} / {r.get('fallback_calls', '-')} / {r.get('dense_calls', '-')}"
+        steps = r.get("step_rounds_s")
+        step = (f"{steps['median'] * 1e3:.1f} [{steps['min'] * 1e3:.1f}-{steps['max'] * 1e3:.1f}]" if steps
+                else f"{r['step_median_s'] * 1e3:.1f}")
         lines.append(
-            f"| {r['config']} | {r['step_min_s'] * 1e3:.1f} / {r['step_median_s'] * 1e3:.1f} | {r['total_s']:.2f} "
-            f"| {r['speedup_step_median']:.2f} | {b['end_to_end_bound']:.2f} | {r['fraction_of_bound']:.2f} "
+            f"| {r['config']} | {step} | {_speedup_cell(r)} | {_words(r)} | {b['end_to_end_bound']:.2f} "
+            f"| {r['fraction_of_bound']:.2f} "
             f"| {_f(b.get('dense_attention_share'))} / {r['attention_share']:.2f} | {_f(b.get('attention_bound'))} "
             f"| {_f(b.get('flop_bound'))} | {token_tile} | {_f(mem, '.1f')} | {calls} "
             f"| {_f(r['psnr_db'], '.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['lpips'], '.3f')} "
-            f"| {_f(r['clip_score'])} | {_f(r['accuracy'])} | {_f(r['fid_vs_dense'], '.4g')} |"
+            f"| {_f(r['clip_score'])} | {_accuracy_cell(r)} | {_f(r['fid_vs_dense'], '.4g')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -78,7 +107,9 @@ def plot(rows: list[dict[str, Any]], psnr_cap: float, path: Path) -> None:
         color = f"C{i % 10}"
         ax.plot([x, x], [y, bound], color=color, linestyle=":", linewidth=1)
         ax.scatter([x], [bound], marker="_", s=300, color=color, linewidths=2)
-        ax.scatter([x], [y], marker="o", s=40, color=color, label=f"{r['config']} (bound {bound:.2f}x)")
+        words = f", {_words(r)}" if i else ""
+        label = f"{r['config']}: {y:.2f}x (bound {bound:.2f}x{words})"
+        ax.scatter([x], [y], marker="o", s=40, color=color, label=label)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"PSNR vs dense (dB, capped at {psnr_cap:.0f})")
     ax.set_ylabel("speedup per step (dense / config)")
@@ -117,7 +148,8 @@ def image_grid(report: dict[str, Any], path: Path, cell: int = 128) -> None:
         label = r["config"] if len(r["config"]) <= w // 6 else r["config"][: w // 6 - 1] + "~"
         draw.text((x, 4), label, fill="black")
         if c:
-            draw.text((x, 15), f"{r['speedup_step_median']:.2f}x, {r['psnr_db']:.1f} dB", fill="black")
+            words = " (noise)" if any("noise" in w for w in r.get("labels") or []) else ""
+            draw.text((x, 15), f"{r['speedup_step_median']:.2f}x{words}, {r['psnr_db']:.1f} dB", fill="black")
         for p, tile in enumerate(col):
             grid.paste(tile, (x, header + pad + p * (h + pad)))
     grid.save(path)

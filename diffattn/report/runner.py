@@ -142,11 +142,14 @@ class StepTimer:
     """Per-step wall time from denoiser forward hooks: a step starts at the first denoiser call with a
     new timestep and lasts until the next step starts (the last one until its last call returns), so
     it includes the scheduler update and works on pipelines without ``callback_on_step_end``. Every
-    denoiser of the pipeline is hooked, so steps of Wan 2.2's second expert are timed too."""
+    denoiser of the pipeline is hooked, so steps of Wan 2.2's second expert are timed too. ``sizes`` holds
+    the trailing two dims of each step's sample (its latent height and width), so the steps of a
+    two-stage call can be told apart (`step_times`)."""
 
     def __init__(self, pipe: Any, sync: Any) -> None:
         self.sync = sync
         self.starts: list[float] = []
+        self.sizes: list[tuple[int, ...] | None] = []
         self.end: float | None = None
         self._timestep: object = None
         self._hooks = []
@@ -158,23 +161,34 @@ class StepTimer:
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        key = float(t.flatten()[0]) if isinstance(t, Tensor) and t.numel() else t
+        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        size = tuple(sample.shape[-2:]) if isinstance(sample, Tensor) and sample.ndim >= 3 else None
+        # a new size is a new step even at the same timestep (a two-stage refine may start where stage 1 ended)
+        key = (float(t.flatten()[0]) if isinstance(t, Tensor) and t.numel() else t, size)
         if not self.starts or key != self._timestep:
             self.sync()
             self.starts.append(time.perf_counter())
             self._timestep = key
+            self.sizes.append(size)
 
     def _post(self, module: nn.Module, args: tuple, out: Any) -> None:
         self.sync()
         self.end = time.perf_counter()
 
     def close(self) -> list[float]:
+        """Remove the hooks; the seconds of every step, in order."""
         for h in self._hooks:
             h.remove()
+        self._hooks = []
         if self.end is None:
             return []
         marks = [*self.starts, self.end]
         return [b - a for a, b in zip(marks, marks[1:])]
+
+    def step_times(self, size: tuple[int, ...] | None = None) -> list[float]:
+        """After `close`: the seconds of the steps whose sample had trailing dims ``size`` (None: all)."""
+        times = self.close()
+        return [t for t, s in zip(times, self.sizes) if size is None or s == tuple(size)]
 
 
 class AttentionTimer:

@@ -149,7 +149,7 @@ def test_too_big_for_memory_is_refused_with_the_estimate(argv, message, files, t
     import diffattn.report.compare as report_compare  # noqa: F401 - the module, for its render
 
     monkeypatch.setattr(inputs, "available_bytes", lambda device: 16 * GIB)
-    monkeypatch.setattr(cli_generate, "_run", lambda *a: pytest.fail("a generation ran"))
+    monkeypatch.setattr(cli_generate, "_Runs", lambda *a, **k: pytest.fail("a generation ran"))
     out = tmp_path / "out"
     before = sorted(tmp_path.rglob("*"))
     code, err = _run(_fill(argv, files), out, capsys)

@@ -65,10 +65,11 @@ def test_generate_bad_window_exits_with_clear_error(tmp_path, capsys):
     ids=["gna-window-0", "gna-stride-over-window", "unknown-method", "unknown-knob", "bad-knob-value"],
 )
 def test_generate_validates_before_any_generation(tmp_path, capsys, monkeypatch, argv, message):
-    import diffattn.cli.generate as cli_generate
+    from diffattn.pipelines.tiny_shapes.pipeline import TinyShapesPipeline
 
     runs = []
-    monkeypatch.setattr(cli_generate, "_run", lambda *a: runs.append(a) or pytest.fail("a generation ran"))
+    fail = lambda *a, **k: runs.append(a) or pytest.fail("a generation ran")  # noqa: E731
+    monkeypatch.setattr(TinyShapesPipeline, "__call__", fail)
     assert main(["generate", "--height", "32", "--width", "32", *argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert runs == [] and not list(tmp_path.iterdir())  # not even the dense run

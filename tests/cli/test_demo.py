@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_client_generates_and_survives_a_bad_knob(server):
     args = (MODEL, "gna", json.dumps({"window": 4}), "a red circle on a blue background", 32, 32, 4, 0)
     dense, fast, speedup, summary = client.predict(*args, api_name="/generate")
     assert Path(dense).is_file() and Path(fast).is_file()
-    assert isinstance(speedup, float) and speedup > 0
+    assert re.fullmatch(r"\d+\.\d\d× \[\d+\.\d\d–\d+\.\d\d\]: .+", speedup), speedup  # rounded, spread, words
     assert "PSNR" in summary and "sparse" in summary and "scorer accuracy" in summary
     with pytest.raises(Exception, match="window=0 must be >= 1"):
         client.predict(MODEL, "gna", json.dumps({"window": 0}), "a red ring on a blue background", 32, 32, 4, 0,
@@ -116,3 +117,38 @@ def test_real_browser_generates_and_screenshots(server):
         summary = page.locator("#summary").inner_text()
         browser.close()
     assert "sparse" in summary and "PSNR" in summary
+
+
+@pytest.mark.parametrize(
+    "method_times, bound, words",
+    [((0.5, 0.5, 0.5), 1.1, "above the bound: noise"), ((0.9, 1.1, 1.0), 3.0, "within noise"),
+     ((0.5, 0.55, 0.5), 3.0, "faster")],
+    ids=["above-bound", "within-noise", "faster"],
+)
+def test_result_is_rounded_and_said_in_words(monkeypatch, method_times, bound, words):
+    """Never "1.42x" beside "bound 1.10x" without a word, never a raw float in a box: synthetic rows through the
+    demo's formatting."""
+    import torch
+
+    import diffattn.report
+    from diffattn.report.timing import Speedup
+
+    speedup = Speedup.paired((1.0, 1.0, 1.0), method_times, bound, 16.0)
+    image = torch.rand(3, 32, 32)
+    common = {"images": [image], "psnr_db": 23.456789, "ssim": 0.87654321, "accuracy": None, "total_s": 0.123456789}
+    row = {**common, "speedup": speedup.to_dict(), "labels": speedup.labels, "fraction_of_bound":
+           speedup.fraction_of_bound, "bounds": {"end_to_end_bound": bound, "attention_bound": 16.0,
+                                                  "dense_attention_share": 0.4321}, "sparse_calls": 6,
+           "fallback_calls": 0}
+    report = {"configs": [dict(common), row], "meta": {"load_average_before": (1.0, 1.0, 1.0),
+                                                      "load_average_after": (1.5, 1.0, 1.0)}}
+    monkeypatch.setattr(diffattn.report, "compare", lambda *a, **k: report)
+    result = demo._compare_one(RANDOM, None, "gna", {"window": 4}, "a fox", seed=0, height=32, width=32, steps=2)
+    assert result["speedup_text"].endswith(": " + words) and words in result["summary"]
+    for text in (result["speedup_text"], result["summary"]):
+        assert not re.search(r"\d\.\d{4,}", text), text  # no raw float
+    assert result["speedup"] == round(speedup.value, 2) and result["bound"] == round(bound, 2)
+    assert "Amdahl bound" in result["summary"] and "load average" in result["summary"]
+    path = demo.session_plot([result, result])
+    assert Path(path).stat().st_size > 0
+    Path(path).unlink()

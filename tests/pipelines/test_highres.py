@@ -130,3 +130,59 @@ def test_unet_target_below_training_and_cli_error(capsys):
     rc = cli.main(["highres", "--model", "tiny-sd", "--height", "16", "--width", "64", "--out", "/nonexistent/x"])
     assert rc == 2
     assert "target 16x64 must be at least the training resolution 32x32" in capsys.readouterr().err
+
+
+# ---- the embedded model: pixel space, no VAE -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from diffattn.pipelines.tiny_shapes import tiny_model
+
+    return tiny_model()
+
+
+CAPTIONS = ["a red ring on a blue background", "white vertical stripes on a black background"]
+
+
+@pytest.mark.parametrize("scale", [2, 4], ids=["2x", "4x"])
+def test_two_stage_on_the_embedded_model(embedded, scale):
+    from diffattn.pipelines.highres import training_size
+
+    size = 32 * scale
+    before = processors(embedded)
+    assert training_size(embedded) == (32, 32)  # pixel space: the transformer's sample size, no VAE factor
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out, record = generate_highres(embedded, CAPTIONS, size, size, num_inference_steps=4, strength=0.5,
+                                   generator=gens, output_type="pt")
+    assert out.images.shape == (2, 3, size, size) and 0 <= out.images.min() and out.images.max() <= 1
+    assert [(s.name, s.height, s.steps) for s in record.stages] == [("base", 32, 4), ("refine", size, 2)]
+    assert record.upsample == "pixel-bicubic" and record.base.shape == (2, 3, 32, 32)
+    refine = record.stages[1]
+    assert refine.method == "freeswim" and refine.knobs == {"train_grid": (8, 8)}  # the stage-1 token grid
+    assert sum(s["sparse"] for s in refine.stats.values()) > 0
+    assert all(s["fallback"] == 0 for s in refine.stats.values())
+    assert same_objects(processors(embedded), before) and "set_timesteps" not in embedded.scheduler.__dict__
+    as_json = json.loads(json.dumps(record.to_dict(), default=str))  # the stage-1 tensor stays out of the JSON
+    assert "base" not in as_json and as_json["stages"][1]["method"] == "freeswim"
+
+
+def test_embedded_refine_starts_from_the_upscaled_stage_one_image(embedded):
+    """With one low-noise refine step the result must stay at the bicubic upscale of the stage-1 image: the
+    [0, 1] image is mapped to the model's [-1, 1] space and back (a wrong mapping shifts every pixel)."""
+    from diffattn.pipelines.highres import upsample_latents
+
+    out, record = generate_highres(embedded, CAPTIONS[:1], 64, 64, method="gna", knobs={"window": 8, "stride": 1},
+                                   num_inference_steps=10, strength=0.1, generator=torch.Generator().manual_seed(0),
+                                   output_type="pt")
+    upscaled = (upsample_latents(record.base, (64, 64)) / 2 + 0.5).clamp(0, 1)
+    assert record.stages[1].steps == 1
+    assert (out.images - upscaled).abs().mean() < 0.01
+
+
+def test_embedded_two_stage_is_per_image_with_a_generator_list(embedded):
+    kw = dict(num_inference_steps=3, strength=0.7, output_type="pt")
+    pair, _ = generate_highres(embedded, CAPTIONS, 64, 64, generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                               **kw)
+    one, _ = generate_highres(embedded, CAPTIONS[1:], 64, 64, generator=[torch.Generator().manual_seed(6)], **kw)
+    torch.testing.assert_close(pair.images[1], one.images[0], atol=2e-4, rtol=0)

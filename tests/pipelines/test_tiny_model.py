@@ -146,18 +146,6 @@ def test_shipped_model_draws_the_captioned_class():
     assert score(out.images, caps) >= 0.75
 
 
-@pytest.mark.slow
-def test_cli_default_is_the_tiny_model(tmp_path, capsys):
-    from diffattn.cli import main
-
-    assert main(["generate", "--out", str(tmp_path), "--steps", "4"]) == 0
-    out = capsys.readouterr().out
-    assert f"size {2 * tm.RESOLUTION}px" in out and "speedup" in out and "PSNR" in out and "SSIM" in out
-    assert out.count("scorer accuracy") == 2 and "0 dense-fallback" in out
-    for name in ("tiny_grid.png", "dense.png", "gna.png"):
-        assert (tmp_path / name).stat().st_size > 0
-
-
 def test_cli_tiny_rejects_unknown_caption_word(tmp_path, capsys):
     from diffattn.cli import main
 

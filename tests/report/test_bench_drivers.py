@@ -48,7 +48,9 @@ def test_freeswim_report_states_the_verdict() -> None:
            "cross_cached": 2, "fallback_calls": 0}  # fmt: skip
     row["achieved_of_flop_bound"] = row["speedup"] / bound["flop_bound"]
     row["achieved_of_tile_bound"] = row["speedup"] / bound["tile_bound"]
+    row["speedup_spread"], row["labels"] = [0.91, 1.05], ["within noise"]
     md = freeswim.report_markdown(row, video, {"date": "today"})
+    assert "0.95x [0.91-1.05]" in md and "in words: within noise" in md
     verdict = "PASS" if row["achieved_of_flop_bound"] >= freeswim.GOAL else "MISS"
     assert f"\n{verdict}: measured speedup is {row['achieved_of_flop_bound']:.2f} of the FLOP bound" in md
     assert "| 60x104 | 4.00 | 4 | 2 | 2.00 | 2.10 |" in md and f"{video['flop_bound']:.2f}x." in md

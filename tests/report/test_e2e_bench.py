@@ -116,6 +116,10 @@ def test_e2e_script_tiny_scale(tmp_path: Path) -> None:
         assert r["meets_goal"] == (r["fraction_of_amdahl"] >= e2e.GOAL)
         assert math.isfinite(r["fraction_of_amdahl"]) and (r["why"] == "") == r["meets_goal"]
         assert r["peak_memory_kind"] == dense["peak_memory_kind"]
+        # the timing protocol's words beside the Amdahl bound
+        assert r["labels"] and set(r["labels"]) <= {"above the bound: noise", "within noise", "faster", "slower"}
+        assert r["speedup_spread"][0] <= r["speedup_spread"][1]
     md = (tmp_path / "e2e.md").read_text()
+    assert all(f"| {'; '.join(r['labels'])} |" in md for r in methods) and "load average" in md.lower()
     assert "Reduced scale: `--scale 0.0625`" in md
     assert all(r["config"] in md for r in methods) and md.count("of the Amdahl bound") == len(methods)

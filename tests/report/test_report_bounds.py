@@ -8,7 +8,8 @@ import math
 import pytest
 
 from diffattn.methods import get_method, list_methods
-from diffattn.methods.gna import gna_mask, gna_plan
+from diffattn.kernels import get_backend
+from diffattn.methods.gna import gna_mask, gna_plan, gna_q_tile
 from diffattn.report import end_to_end_bounds, gna_bounds, method_bounds, time_round_robin
 from diffattn.report.bounds import freeswim_step_bounds, transformer_forward_flops
 from diffattn.sim import amdahl, plan_bound, simulate
@@ -69,7 +70,8 @@ def test_gna_bounds_match_the_mask_and_the_plan(grid, window, stride):
     b = gna_bounds(grid, window, stride)
     mask = gna_mask(grid, window, stride, (1, 1))
     assert b.token_bound == pytest.approx(mask.numel() / mask.sum().item())
-    assert b.plan_bound == plan_bound(gna_plan(grid, window, stride, (1, 1)))
+    tile = gna_q_tile(grid, window, stride, (1, 1), get_backend("cpu"))  # the query tile the CPU engine runs
+    assert b.plan_bound == plan_bound(gna_plan(grid, window, stride, (1, 1), tile))
     assert b.tile_bound == simulate(grid, window, stride).tile_bound
     assert b.plan_bound <= b.token_bound + 1e-9  # the kernel never does less work than the pattern
 

@@ -16,12 +16,14 @@ from diffattn.report import compare
 from diffattn.report.compare import REFERENCE
 from diffattn.report.quality import PSNR_CAP_DB
 from diffattn.report.runner import RunConfig
+from diffattn.report.timing import ABOVE_BOUND, FASTER, SLOWER, WITHIN_NOISE
 from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 MODEL = "tiny-pixart-alpha"  # the cheapest tiny pipeline: 8x8 image tokens
 # the rest use their presets (freeswim's would cover the whole 8x8 grid)
 KNOBS = {"gna": "window=4 stride=4", "proxy": "window=4", "freeswim": "train_grid=3"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WORDS = (ABOVE_BOUND, WITHIN_NOISE, FASTER, SLOWER)
 
 
 def _pipe():
@@ -58,7 +60,10 @@ def test_compare_every_method(tmp_path: Path):
     for r in rows:
         for key in ("step_min_s", "step_median_s", "total_s", "speedup_step_median", "attention_share", "psnr_db"):
             assert isinstance(r[key], float) and r[key] > 0, (r["config"], key)
-        assert r["step_min_s"] <= r["step_median_s"] and r["steps_timed"] == 2 * 2  # 2 prompts x 2 steps
+        assert r["step_min_s"] <= r["step_median_s"] and r["steps_timed"] == 3 * 2  # 3 rounds (2 prompts) x 2 steps
+        assert len(r["speedup"]["per_round"]) == 3 and r["speedup"]["speedup"] == r["speedup_step_median"]
+        assert r["speedup"]["speedup_min"] <= r["speedup_step_median"] <= r["speedup"]["speedup_max"]
+        assert r["labels"] and set(r["labels"]) <= {"reference", *WORDS}
         assert 0 < r["attention_share"] <= 1 and r["bounds"]["end_to_end_bound"] >= 1
         assert r["fraction_of_bound"] == pytest.approx(r["speedup_step_median"] / r["bounds"]["end_to_end_bound"])
         assert r["accuracy"] == 1.0 and r["fid_vs_dense"] is not None and r["peak_memory_kind"]
@@ -161,5 +166,52 @@ def test_compare_times_the_steps_of_both_wan22_experts():
         for h in hooks:
             h.remove()
     assert all(n > 0 for n in ran.values()), ran  # both experts ran
-    for row in report["configs"]:
-        assert row["steps_timed"] == kw["num_inference_steps"], row["config"]
+    for row in report["configs"]:  # one prompt, cycled to the protocol's 3 rounds
+        assert row["steps_timed"] == 3 * kw["num_inference_steps"], row["config"]
+
+
+def test_compare_interleaves_configs_after_one_warm_up_each(monkeypatch):
+    """Warm-up dense, warm-up config, then dense / config alternating, one prompt per round, the prompts cycled to
+    3 rounds; the images come from the first pass only."""
+    cmp = sys.modules["diffattn.report.compare"]
+    from diffattn.patch import _ACTIVE
+
+    pipe, kw = _pipe()
+    seen = []
+    original = cmp.render
+    monkeypatch.setattr(cmp, "render", lambda p, k, prompt, seed: (seen.append((bool(_ACTIVE), prompt)),
+                                                                   original(p, k, prompt, seed))[1])
+    report = compare(pipe, [RunConfig.parse("gna window=4 stride=4")], ["a fox", "two cats"], call_kwargs=kw,
+                     progress=False)
+    assert seen == [(False, "a fox"), (True, "a fox"),  # the untimed warm-ups
+                    (False, "a fox"), (True, "a fox"), (False, "two cats"), (True, "two cats"),
+                    (False, "a fox"), (True, "a fox")]
+    assert report["meta"]["rounds"] == 3 and all(len(r["images"]) == 2 for r in report["configs"])
+    assert report["configs"][0]["labels"] == ["reference"]
+    from diffattn.report.outputs import markdown
+
+    text = markdown(report["meta"], [{k: v for k, v in r.items() if k != "images"} for r in report["configs"]])
+    row = next(line for line in text.splitlines() if line.startswith("| gna"))
+    assert "; ".join(report["configs"][1]["labels"]) in row and "Load average" in text
+
+
+@pytest.mark.slow
+def test_compare_without_arguments_runs_the_embedded_model(tmp_path, capsys):
+    """No --prompts, no --config: the embedded model's class captions and its default configs, accuracy filled."""
+    from diffattn.cli.report import TINY_CONFIGS
+    from diffattn.pipelines.tiny_shapes.job import method_knobs
+
+    assert [RunConfig.parse(t) for t in TINY_CONFIGS] == [RunConfig(m, tuple(method_knobs(m).items()))
+                                                          for m in ("gna", "freeswim", "msw")]
+    out = tmp_path / "out"
+    argv = ["compare", "--steps", "2", "--height", "64", "--width", "64", "--num-images", "3", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["meta"]["pipeline"] == "TinyShapesPipeline" and len(data["meta"]["prompts"]) == 3
+    assert [r["config"] for r in data["configs"]] == [REFERENCE, *TINY_CONFIGS]
+    for r in data["configs"]:
+        assert r["accuracy"] is not None and r["accuracy_wilson95"][0] <= r["accuracy"] <= r["accuracy_wilson95"][1]
+    assert "accuracy [95%]" in capsys.readouterr().out
+    assert main(["compare", "--model", MODEL, "--out", str(tmp_path / "x")]) == 2
+    assert "--prompts is required for --model tiny-pixart-alpha" in capsys.readouterr().err

@@ -101,9 +101,20 @@ def build_components(seed: int = 0, **transformer_overrides: Any) -> dict[str, A
 class TinyShapesPipeline(DiffusionPipeline):
     """Text-to-image pipeline of the embedded tiny model (components: transformer, text_encoder, tokenizer,
     scheduler). ``pipe(prompt, height, width)`` returns ``ImagePipelineOutput``; sizes must be positive multiples
-    of the patch size (4); the training size is 32x32."""
+    of the patch size (4); the training size is 32x32.
+
+    It follows diffusers' text-to-image conventions, so code written for diffusers pipelines drives it too:
+    ``check_inputs`` first, ``encode_prompt`` returning ``(prompt_embeds, negative_prompt_embeds)``,
+    ``num_images_per_prompt``, a generator or one generator per image, ``latents=`` (the starting noise),
+    ``prompt_embeds=``, ``output_type`` "pil" / "np" / "pt" / "latent", ``return_dict``,
+    ``callback_on_step_end`` with ``callback_on_step_end_tensor_inputs``, ``interrupt`` and a progress bar that
+    ``set_progress_bar_config`` controls. The model is pixel space: its "latents" are the image itself,
+    ``[B, 3, H, W]`` in [-1, 1] (unclamped for ``output_type="latent"``); there is no VAE.
+    """
 
     model_cpu_offload_seq = "text_encoder->transformer"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    _output_types = ("pil", "np", "pt", "latent")
 
     def __init__(self, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any) -> None:
         super().__init__()
@@ -111,17 +122,48 @@ class TinyShapesPipeline(DiffusionPipeline):
             transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
 
-    def encode_prompt(self, prompts: list[str], *, check: bool = True) -> torch.Tensor:
-        """Caption embeddings ``[B, TEXT_LEN, D]``; ``check`` rejects words outside the training vocabulary."""
-        if check:
-            for p in prompts:
-                if p:
-                    tiny_data.parse_caption(p)
+    def _embed(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         ids = self.tokenizer(
             [p.lower() for p in prompts], padding="max_length", max_length=TEXT_LEN, truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        ).input_ids.to(device)
         return self.text_encoder(ids).last_hidden_state
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        device: torch.device | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(prompt_embeds, negative_prompt_embeds)``, each ``[B * num_images_per_prompt, TEXT_LEN, D]``; the
+        negative one is None without guidance. The negative prompt defaults to the empty caption (the
+        model's training-time condition dropout). Words outside the training vocabulary raise ValueError."""
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            for p in prompts:
+                if p:
+                    tiny_data.parse_caption(p)
+            prompt_embeds = self._embed(prompts, device)
+        b = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative = [negative_prompt or ""] * b if not isinstance(negative_prompt, list) else negative_prompt
+            if len(negative) != b:
+                raise ValueError(f"negative_prompt has {len(negative)} entries for {b} prompts; give one per prompt")
+            for p in negative:
+                if p:
+                    tiny_data.parse_caption(p)
+            negative_prompt_embeds = self._embed(negative, device)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = None
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` unless both sizes are positive multiples of the patch size."""
@@ -130,6 +172,51 @@ class TinyShapesPipeline(DiffusionPipeline):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % p:
                 raise ValueError(f"{name} must be a positive multiple of the patch size {p} (e.g. 32, 64), got {v!r}")
 
+    def check_inputs(
+        self,
+        prompt: Any,
+        height: int,
+        width: int,
+        negative_prompt: Any = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        callback_on_step_end_tensor_inputs: Any = None,
+        num_inference_steps: int = 1,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+    ) -> None:
+        """Every argument checked before any work (a ValueError naming the bad value and what is accepted)."""
+        self.check_size(height, width)
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give exactly one of prompt and prompt_embeds")
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, list | tuple) or not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompt must be a caption or a non-empty list of captions, got {prompt!r}")
+            for p in prompts:
+                if p:
+                    tiny_data.parse_caption(p)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give at most one of negative_prompt and negative_prompt_embeds")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (embeds.ndim != 3 or embeds.shape[1] != TEXT_LEN):
+                raise ValueError(f"{name} must be [B, {TEXT_LEN}, D], got shape {tuple(embeds.shape)}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                                 f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
+        inputs = list(callback_on_step_end_tensor_inputs or [])
+        unknown = [k for k in inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs has to be in {self._callback_tensor_inputs}, "
+                             f"but found {unknown}")
+        for name, value in (("num_inference_steps", num_inference_steps),
+                            ("num_images_per_prompt", num_images_per_prompt)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if output_type not in self._output_types:
+            raise ValueError(f"output_type must be one of {list(self._output_types)}, got {output_type!r}")
+
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Predicted velocity ``noise - x0`` for images ``x`` [B, 3, H, W] at timesteps ``t`` [B] in [0, 1000]."""
         return self.transformer(
@@ -137,52 +224,117 @@ class TinyShapesPipeline(DiffusionPipeline):
             return_dict=False,
         )[0]
 
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def prepare_latents(self, batch: int, height: int, width: int, generator: Any,
+                        latents: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The starting noise ``[batch, 3, H, W]`` (fp32): ``latents`` itself when given (the same tensor object
+        when it already has the device and dtype), else drawn from ``generator`` (one per image, or one)."""
+        shape = (batch, 3, height, width)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got a list of {len(generator)} generators for {batch} images "
+                             "(prompts x num_images_per_prompt); give one generator or one per image")
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} (images, channels, height, width), "
+                                 f"got {tuple(latents.shape)}")
+            return latents.to(device=device, dtype=torch.float32)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 3.0,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Any = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> Any:
+        """Generate images. ``output_type``: "pil" (list of PIL images), "np" (``[B, H, W, 3]`` in [0, 1]),
+        "pt" (``[B, 3, H, W]`` in [0, 1]) or "latent" (``[B, 3, H, W]`` in the model's [-1, 1] pixel space,
+        unclamped: what ``latents=`` takes back). ``callback_on_step_end(pipe, i, t, kwargs)`` is called after
+        each step with the tensors named in ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``)
+        and may return replacements for them."""
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
         from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-        from diffusers.utils.torch_utils import randn_tensor
 
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt must be a caption or a non-empty list of captions")
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
         height = RESOLUTION if height is None else height
         width = RESOLUTION if width is None else width
-        self.check_size(height, width)
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if output_type not in ("pil", "pt", "np"):
-            raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        cond = self.encode_prompt(prompts)
-        b = len(prompts)
-        cfg = guidance_scale != 1.0
-        if cfg:
-            cond = torch.cat([self.encode_prompt([""] * b, check=False), cond])
+        self.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                          callback_on_step_end_tensor_inputs, num_inference_steps, num_images_per_prompt, output_type)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        cfg = self.do_classifier_free_guidance
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, cfg, negative_prompt, num_images_per_prompt, device, prompt_embeds, negative_prompt_embeds
+        )
+        batch = prompt_embeds.shape[0]
         dtype = self.transformer.dtype
-        x = randn_tensor((b, 3, height, width), generator=generator, device=self.device, dtype=torch.float32)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            xin = torch.cat([x, x]) if cfg else x
-            v = self.velocity(xin.to(dtype), t.expand(xin.shape[0]).to(dtype), cond.to(dtype)).float()
-            if cfg:
-                vu, vc = v.chunk(2)
-                v = vu + guidance_scale * (vc - vu)
-            x = self.scheduler.step(v, t, x, return_dict=False)[0]
-        images = (x / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            out: Any = images
+        latents = self.prepare_latents(batch, height, width, generator, latents, device)
+        # after the latents: a wrapper of set_timesteps may write the starting point into them (two-stage refine)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                cond = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
+                xin = torch.cat([latents, latents]) if cfg else latents
+                v = self.velocity(xin.to(dtype), t.expand(xin.shape[0]).to(dtype), cond.to(dtype)).float()
+                if cfg:
+                    vu, vc = v.chunk(2)
+                    v = vu + guidance_scale * (vc - vu)
+                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds,
+                             "negative_prompt_embeds": negative_prompt_embeds}
+                    chosen = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, chosen)
+                    latents = outputs.pop("latents", latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+        if output_type == "latent":
+            out: Any = latents
         else:
-            arr = images.permute(0, 2, 3, 1).cpu().numpy()
-            out = self.numpy_to_pil(arr) if output_type == "pil" else arr
+            images = (latents / 2 + 0.5).clamp(0, 1)
+            if output_type == "pt":
+                out = images
+            else:
+                arr = images.permute(0, 2, 3, 1).cpu().float().numpy()
+                out = self.numpy_to_pil(arr) if output_type == "pil" else arr
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 

@@ -1,6 +1,8 @@
 """Quality of the embedded model, measured: the acceptance evaluation at its training size (`evaluate_shipped`,
-``scripts/eval_tiny.py``) and the table per attention method and resolution (`quality_table`,
-``scripts/tiny_quality_table.py``): scorer accuracy, pattern-FID, seconds per image."""
+``scripts/eval_tiny.py``) and the table per way of making an image and resolution (`quality_table`,
+``scripts/tiny_quality_table.py``): scorer accuracy with its Wilson 95% interval, pattern-FID against real renders
+at the same size, seconds per image, and exact McNemar tests between rows on the same samples (the same captions and
+seeds in every row), saying which differences are significant."""
 
 from __future__ import annotations
 
@@ -15,10 +17,18 @@ import torch
 from ...patch import apply_attention
 from ...pipelines.tiny_shapes import data as tiny_data
 from ...pipelines.tiny_shapes import pipeline as tm
-from ...pipelines.tiny_shapes.job import class_captions, method_knobs, sample, save_grid
-from ...pipelines.tiny_shapes.scorer import labels_of, load_scorer, pattern_fid, per_class_accuracy
+from ...pipelines.tiny_shapes.job import class_captions, method_knobs, sample, save_grid, two_stage_batch, upscale_only
+from ...pipelines.tiny_shapes.scorer import labels_of, load_scorer, pattern_fid, per_class_accuracy, predict
+from ..significance import ALPHA, PairedTest, mcnemar, proportion
+from ..timing import load_average
 
 METHODS = ("dense", "gna", "msw", "proxy", "agent", "freeswim")
+TWO_STAGE = ("gna", "freeswim")
+"""Refine methods of the two-stage rows (at 2x and above): the training size dense, upscale, refine with these."""
+UPSCALE = "upscale only"
+"""The control row: the two-stage recipe's stage 1 upscaled bicubically, no refine."""
+PER_CLASS = 16
+"""Samples per class and cell: 96 per cell, a Wilson interval of about +-9 points at 77%."""
 
 
 def evaluate_shipped(
@@ -63,100 +73,178 @@ def evaluate_shipped(
 
 
 
+def _cell(row: str, scale: int, size: int, images: torch.Tensor, captions: list[str], real: torch.Tensor,
+          seconds: float, scorer: Any, knobs: dict[str, Any]) -> dict[str, Any]:
+    labels = labels_of(captions)
+    correct = (predict(images, scorer) == labels).tolist()
+    acc = proportion(correct)
+    return {
+        "method": row,
+        "scale": scale,
+        "size": size,
+        "tokens": (size // tm.PATCH) ** 2,
+        "samples": len(captions),
+        "accuracy": acc.value,
+        "wilson95": [acc.low, acc.high],
+        "per_class": per_class_accuracy(images, labels, scorer),
+        "per_sample_correct": correct,
+        "pattern_fid": pattern_fid(images, real, scorer),
+        "seconds_per_image": seconds / len(captions),
+        "knobs": {k: str(v) for k, v in knobs.items()},
+    }
+
+
+def _rows(scale: int, methods: Sequence[str], two_stage: Sequence[str]) -> list[str]:
+    rows = list(methods)
+    if scale > 1 and two_stage:
+        rows += [f"2-stage {m}" for m in two_stage] + [UPSCALE]
+    return rows
+
+
 def quality_table(
-    per_class: int = 8, per_class_large: int = 4, scales: Sequence[int] = (1, 2, 4), methods: Sequence[str] = METHODS,
-    steps: int = 20, seed: int = 1000, threads: int = 1, weights: Path | None = None,
-    out: Path = Path("benchmarks/results/tiny_quality"),
+    per_class: int = PER_CLASS, per_class_large: int | None = None, scales: Sequence[int] = (1, 2, 4),
+    methods: Sequence[str] = METHODS, steps: int = 20, seed: int = 1000, threads: int = 1, weights: Path | None = None,
+    out: Path = Path("benchmarks/results/tiny_quality"), two_stage: Sequence[str] = TWO_STAGE, batch: int = 24,
 ) -> dict[str, Any]:
-    """Each method (`method_knobs`: the training receptive field) at each scale of the training size; the same
-    captions and seeds in every cell. Writes ``out``.{json,md} and a grid per size."""
+    """Each row at each scale of the training size, the same captions and seeds (sample ``i``: ``seed + i``) in every
+    cell: the single-stage methods (`method_knobs`: the training receptive field), and at scales above 1 the
+    two-stage recipe refined with each of ``two_stage`` and the upscale-only control (the recipe's stage 1, upscaled,
+    no refine). ``per_class_large`` (default ``per_class``) applies at 4x and above. Writes ``out``.{json,md} and a
+    grid per size."""
     torch.set_num_threads(threads)
+    started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     pipe = tm.tiny_model(weights) if weights else tm.tiny_model()
     scorer = load_scorer()
     cells = []
+    load_before = load_average()
     for scale in scales:
         size = tm.RESOLUTION * scale
-        per_class = per_class if scale < 4 else per_class_large
-        caps = class_captions(seed, per_class)
+        k = per_class if scale < 4 or per_class_large is None else per_class_large
+        caps = class_captions(seed, k)
         labels = labels_of(caps)
-        real_scenes = tiny_data.sample_scenes(len(caps), seed=seed + 1, labels=labels)
-        real = tiny_data.render(real_scenes, size)
+        real = tiny_data.render(tiny_data.sample_scenes(len(caps), seed=seed + 1, labels=labels), size)
         shown: dict[str, torch.Tensor] = {}
-        for method in methods:
-            handle = None if method == "dense" else apply_attention(pipe, method, **method_knobs(method))
-            try:
-                imgs, secs = sample(pipe, caps, size, seed, steps, batch=24)
-            finally:
-                if handle is not None:
-                    handle.remove()
-            acc = per_class_accuracy(imgs, labels, scorer)
-            cell = {
-                "method": method,
-                "scale": scale,
-                "size": size,
-                "tokens": (size // tm.PATCH) ** 2,
-                "samples": len(caps),
-                "accuracy": sum(acc.values()) / len(acc),
-                "per_class": acc,
-                "pattern_fid": pattern_fid(imgs, real, scorer),
-                "seconds_per_image": secs / len(caps),
-                "knobs": {k: str(v) for k, v in method_knobs(method).items()},
-            }
+        base: torch.Tensor | None = None
+        base_s = 0.0
+        for row in _rows(scale, methods, two_stage):
+            if row == UPSCALE:  # `_rows` puts it after the two-stage rows, whose stage 1 it upscales
+                if base is None:
+                    raise RuntimeError("the upscale-only row needs a two-stage row before it")
+                imgs, secs, knobs = upscale_only(base, size), base_s, {}
+            elif row.startswith("2-stage "):
+                method = row.removeprefix("2-stage ")
+                knobs = method_knobs(method)
+                parts, stage1, secs = [], [], 0.0
+                for i in range(0, len(caps), batch):
+                    t0 = time.perf_counter()
+                    images, record = two_stage_batch(pipe, caps[i : i + batch], size, seed, i, steps, method, knobs)
+                    secs += time.perf_counter() - t0
+                    parts.append(images)
+                    stage1.append(record.base)
+                    base_s += record.stages[0].seconds if base is None else 0.0
+                imgs = torch.cat(parts)
+                if base is None:  # every recipe's stage 1 is the same dense run on the same seeds
+                    base = torch.cat(stage1)
+            else:
+                knobs = method_knobs(row)
+                handle = None if row == "dense" else apply_attention(pipe, row, **knobs)
+                try:
+                    imgs, secs = sample(pipe, caps, size, seed, steps, batch=batch)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+            cell = _cell(row, scale, size, imgs, caps, real, secs, scorer, knobs)
             cells.append(cell)
-            print(json.dumps(cell), flush=True)
-            shown[method] = imgs[::per_class]  # the first sample of each class
-        save_grid(shown, caps[::per_class], out.with_name(f"{out.name}_{size}px.png"))
+            print(json.dumps({k: v for k, v in cell.items() if k != "per_sample_correct"}), flush=True)
+            shown[row] = imgs[::k]  # the first sample of each class
+        shown["real"] = real[::k]
+        save_grid(shown, caps[::k], out.with_name(f"{out.name}_{size}px.png"))
     real_acc = {}
     for scale in sorted({c["scale"] for c in cells}):
         scenes = tiny_data.sample_scenes(96, seed=seed + 2, labels=torch.arange(6).repeat_interleave(16))
         acc = per_class_accuracy(tiny_data.render(scenes, tm.RESOLUTION * scale), scenes.label, scorer)
         real_acc[str(scale)] = sum(acc.values()) / len(acc)
-    result = {"steps": steps, "guidance": 3.0, "threads": threads, "cells": cells,
-              "real_accuracy": real_acc, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    result = {"steps": steps, "guidance": 3.0, "threads": threads, "seed": seed, "cells": cells,
+              "real_accuracy": real_acc, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "seconds": time.perf_counter() - started, "load_average_before": load_before,
+              "load_average_after": load_average()}
     write(result, out)
     return result
-
 
 
 def merge(parts: Sequence[Path], out: Path) -> dict[str, Any]:
     """Merge result JSONs of `quality_table` (e.g. scales run in parallel processes) into ``out``."""
     loaded = [json.loads(p.read_text()) for p in parts]
     result = {**loaded[0], "cells": [c for p in loaded for c in p["cells"]],
-              "real_accuracy": {k: v for p in loaded for k, v in p["real_accuracy"].items()}}
+              "real_accuracy": {k: v for p in loaded for k, v in p["real_accuracy"].items()},
+              "seconds": sum(p.get("seconds", 0.0) for p in loaded)}
     write(result, out)
     return result
 
 
+def paired_tests(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exact McNemar tests on per-sample correctness within each scale: every row against dense, and each two-stage
+    row against the upscale-only control (cells without per-sample outcomes are left out)."""
+    tests = []
+    for scale in sorted({c["scale"] for c in cells}):
+        by = {c["method"]: c for c in cells if c["scale"] == scale and "per_sample_correct" in c}
+        pairs = [(m, "dense") for m in by if m != "dense" and "dense" in by]
+        pairs += [(m, UPSCALE) for m in by if m.startswith("2-stage ") and UPSCALE in by]
+        for a, b in pairs:
+            t = mcnemar(by[a]["per_sample_correct"], by[b]["per_sample_correct"])
+            tests.append({"scale": scale, "a": a, "b": b, **t.to_dict()})
+    return tests
+
+
 def write(result: dict, out: Path) -> None:
+    result["paired"] = paired_tests(result["cells"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
 
 
-def markdown(result: dict) -> str:
-    scales = sorted({c["scale"] for c in result["cells"]})
-    real = ", ".join(f"{result['real_accuracy'][k]:.0%} at {k}x" for k in sorted(result["real_accuracy"]))
-    methods = list(dict.fromkeys(c["method"] for c in result["cells"]))
-    by = {(c["method"], c["scale"]): c for c in result["cells"]}
-    head = "| method | " + " | ".join(
-        f"{s}x ({tm.RESOLUTION * s}px, {by[(methods[0], s)]['tokens']} tok, n={by[(methods[0], s)]['samples']})"
-        for s in scales
-    ) + " |"
-    lines = [
-        f"Scorer accuracy / pattern-FID / seconds per image ({result['steps']} steps, CFG {result['guidance']}, "
-        f"{result['threads']} CPU thread, {result['date']}). Real renderings score "
-        + real + ".",
-        "",
-        head,
-        "|" + "---|" * (len(scales) + 1),
-    ]
-    for m in methods:
-        row = [
-            f"{c['accuracy']:.0%} / {c['pattern_fid']:.1f} / {c['seconds_per_image']:.2f} s" if c else "-"
-            for c in (by.get((m, s)) for s in scales)
-        ]
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+def _acc(c: dict[str, Any]) -> str:
+    ci = c.get("wilson95")
+    return f"{c['accuracy']:.0%}" + (f" [{ci[0] * 100:.0f}-{ci[1] * 100:.0f}]" if ci else "")
 
+
+def markdown(result: dict) -> str:
+    """One table per scale (rows: the ways of making an image), then the paired tests and the significant ones."""
+    real = ", ".join(f"{result['real_accuracy'][k]:.0%} at {k}x" for k in sorted(result["real_accuracy"]))
+    load = result.get("load_average_before")
+    lines = [
+        f"Scorer accuracy [Wilson 95%] / pattern-FID against real renders at the same size / seconds per image "
+        f"({result['steps']} steps, CFG {result['guidance']}, {result['threads']} CPU thread(s), {result['date']}"
+        + (f", load average {load[0]:.2f} at the start" if load else "") + "). Real renderings score " + real + ". "
+        "Every row of a size samples the same captions and seeds; `2-stage M`: the training size dense, bicubic "
+        "upscale, re-noise to 0.7 and the last 70% of the steps at the size with M; `upscale only`: that stage 1 "
+        "upscaled, no refine. vs dense: exact McNemar test on per-sample correctness (two-sided p).",
+    ]
+    tests = {(t["scale"], t["a"], t["b"]): t for t in result.get("paired", [])}
+    for scale in sorted({c["scale"] for c in result["cells"]}):
+        cells = [c for c in result["cells"] if c["scale"] == scale]
+        c0 = cells[0]
+        lines += ["", f"### {scale}x: {c0['size']} px, {c0['tokens']} tokens, n = {c0['samples']} per row", "",
+                  "| row | accuracy [95%] | vs dense | pattern-FID | s / image |", "|---|---|---|---|---|"]
+        for c in cells:
+            t = tests.get((scale, c["method"], "dense"))
+            vs = "-" if t is None else (f"{t['difference'] * 100:+.0f} pts, p = {t['p']:.2g}"
+                                        + (" **significant**" if t["significant"] else ""))
+            lines.append(f"| {c['method']} | {_acc(c)} | {vs} | {c['pattern_fid']:.1f} | "
+                         f"{c['seconds_per_image']:.2f} |")
+    significant = [t for t in result.get("paired", []) if t["significant"]]
+    lines += ["", f"Significant differences (p < {ALPHA}, exact McNemar on the same samples):"]
+    if significant:
+        for t in significant:
+            test = PairedTest(t["only_a"], t["only_b"], t["n"], t["p"])
+            lines.append(f"- {t['scale']}x: {test.text(t['a'], t['b'])}")
+    else:
+        lines.append("- none")
+    rest = [t for t in result.get("paired", []) if not t["significant"]]
+    if rest:
+        lines.append(f"Not significant: {len(rest)} other pair(s) (in the JSON's `paired`).")
+    if result.get("seconds") is not None:
+        lines.append(f"Wall time of the run: {result['seconds'] / 60:.1f} min.")
+    return "\n".join(lines)
