@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from diffattn.methods import get_method, list_methods
 from diffattn.kernels import get_backend
+from diffattn.methods import get_method, list_methods
 from diffattn.methods.gna import gna_mask, gna_plan, gna_q_tile
 from diffattn.report import end_to_end_bounds, gna_bounds, method_bounds, time_round_robin
 from diffattn.report.bounds import freeswim_step_bounds, transformer_forward_flops
