@@ -111,14 +111,15 @@ class _Runtime:
         return step in steps
 
     def _track_generation(self, local: threading.local) -> None:
-        """Drop this thread's method state when a new generation starts: the pipeline's ``check_inputs``
-        ran since (`Generations`), or the step index went back (pipelines without that hook)."""
+        """Drop this thread's method state when a new generation starts: the pipeline's ``check_inputs`` or a
+        new ``encode_prompt`` ran since (`Generations`), or the step index went back (pipelines without them)."""
         generation = self.generations.current()
         step, last = local.step, getattr(local, "last_step", None)
         if getattr(local, "generation", None) != generation or (step is not None and last is not None and step < last):
             self.reset(generation)
         if step is not None:
             local.last_step = step
+        self.generations.denoising()
 
     def reset(self, generation: int | None = None) -> None:
         """Drop the calling thread's method state."""

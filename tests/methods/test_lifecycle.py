@@ -304,3 +304,25 @@ def test_unsupported_family_is_refused_even_without_presets(method, family, need
         assert _snapshot(pipe) == before
     finally:
         del method_registry._METHODS["toy-unet-only"]
+
+
+def test_new_generation_on_the_embedded_model():
+    """The embedded model's pipeline (no ``check_inputs``; batched CFG, prompts encoded by two
+    ``encode_prompt`` calls): a second generation with other captions on one handle equals a fresh handle's.
+    Before, the handle kept the first generation's embeddings, so the second could not tell its conditional
+    rows: no extra pass ran, and the cache of the first generation's last step was never refreshed."""
+    pipe = diffattn.tiny_model()
+    captions = ["a red circle on a blue background", "white vertical stripes on a black background"]
+
+    def run(caption: str, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return pipe([caption], height=64, width=64, num_inference_steps=3, generator=generator, output_type="pt").images
+
+    with diffattn.attention(pipe, TOY, preset=False) as h:
+        first = run(captions[0], 1)
+        second = run(captions[1], 2)
+    with diffattn.attention(pipe, TOY, preset=False):
+        fresh = run(captions[1], 2)
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+    full = [e for e in h.method.events if e[0] == "module" and e[5] == "full"]
+    assert {e[4] for e in full} == {0, 2} and len(full) == 2 * 2 * 12  # 2 generations, steps 0 and 2, 12 modules
