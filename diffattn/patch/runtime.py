@@ -5,6 +5,7 @@ forward wrapper through which a method runs the denoiser twice or not at all."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from .context_parallel import splits_input
 from .generation import Generations
 from .select import StepFraction
 
+logger = logging.getLogger("diffattn")
+
 
 @dataclass
 class CallStats:
@@ -37,6 +40,14 @@ class CallStats:
     grid: tuple[int, ...] | None = None  # the grid of the last sparse call
     extra: int = 0  # dense (text, reference, register) keys of the last sparse call
     text: int = 0  # of those, the keys outside the latent stream (text); the rest are references / registers
+
+
+def attention_calls(stats: CallStats) -> int:
+    """Every call a patched module made, however it ran (sparse, fallback, dense, cross, from a cache)."""
+    return stats.sparse + stats.fallback + stats.dense + stats.cross + stats.cross_cached + stats.cached
+
+
+_NAMED = 6  # modules named in the no-attention-call warning; the rest are counted
 
 
 @dataclass
@@ -60,6 +71,9 @@ class _Runtime:
     stats: dict[str, CallStats] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     local: threading.local = field(default_factory=threading.local)
+    #: the first denoiser call was checked for patched modules that made no attention call (`post_hook`)
+    checked: bool = False
+    _check_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _timesteps: tuple[Any, torch.Tensor] | None = None  # (scheduler.timesteps, its float CPU copy)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -82,6 +96,24 @@ class _Runtime:
         local.text_split = getattr(module, "_parallel_config", None) is not None and splits_input(
             module, "encoder_hidden_states"
         )
+
+    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """After the denoiser's first call: warn once about patched modules that made no attention call in it.
+        Another tool replaced their processor after apply, or their processor never calls
+        ``F.scaled_dot_product_attention``; either way the method never runs there, and all their counts stay 0."""
+        with self._check_lock:
+            if self.checked or not self.installed:
+                return
+            self.checked = True
+        silent = [name for name, s in self.stats.items() if not attention_calls(s)]
+        if silent:
+            shown = ", ".join(silent[:_NAMED]) + (f" and {len(silent) - _NAMED} more" if len(silent) > _NAMED else "")
+            logger.warning(
+                "diffattn: %d of %d patched module(s) made no attention call in the first call of %s: %s. Their "
+                "processor was replaced after apply_attention, or never calls F.scaled_dot_product_attention: "
+                "%s does not run there (re-apply after changing processors)",
+                len(silent), len(self.stats), type(module).__name__, shown, self.method.name,
+            )
 
     def _step_index(self, timestep: float | None) -> int | None:
         """Index of the nearest entry of ``scheduler.timesteps`` (so repeated calls per step agree), or
