@@ -58,7 +58,11 @@ def installed_on(target: Any, denoisers: Iterable[nn.Module]) -> set[AttentionHa
 def patching(target: Any, denoisers: Iterable[nn.Module]) -> Iterator[set[AttentionHandle]]:
     """Serialize installing and removing on ``target``: hold the patch locks of ``target``, its ``denoisers``
     and everything the handles installed on them cover; yields those handles (`installed_on`)."""
-    keys = {target, *denoisers}
+    keys: set[Any] = set(denoisers)
+    try:
+        keys.add(target)
+    except TypeError:  # an unhashable pipeline object: its denoisers' locks serialize it
+        pass
     while True:
         with _locked(keys):
             handles = installed_on(target, denoisers)
