@@ -77,7 +77,8 @@ def apply_attention(
 
     Returns:
         An `AttentionHandle`; ``handle.remove()`` or `remove_attention` restores the originals.
-        Re-applying on a patched target replaces the previous patch.
+        Re-applying on a patched target replaces the previous patch (also one applied to this pipeline before
+        its denoiser was replaced). Applying and removing are serialized per pipeline across threads.
     """
     method_cls = get_method(method)
     knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)

@@ -109,9 +109,14 @@ class AttentionHandle:
         return self._target() if self._target is not None else None
 
     def _keys(self) -> set[Any]:
-        """What `patching` locks for this handle: its target and its denoisers."""
-        target = self.target
-        return {*self._runtimes, *(() if target is None else (target,))}
+        """What `patching` locks for this handle: its target (if hashable) and its denoisers."""
+        keys: set[Any] = set(self._runtimes)
+        try:
+            keys.add(self.target)
+        except TypeError:
+            pass
+        keys.discard(None)
+        return keys
 
     @property
     def config(self) -> Any:
