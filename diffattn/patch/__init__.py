@@ -11,7 +11,7 @@ from ..models.denoisers import DENOISER_ATTRS, denoisers_of
 from .api import apply_attention, attention, remove_attention
 from .install import _ACTIVE as _ACTIVE  # noqa: F401  (tests and tools look the active handle up here)
 from .install import AttentionHandle
-from .records import ForwardPreHook, ProcessorSwap, SetAttr, SwapSubmodule, UndoRecord
+from .records import ForwardHook, ForwardPreHook, ProcessorSwap, SetAttr, SwapSubmodule, UndoRecord
 from .runtime import CallStats
 from .select import LayerSpec, StepFraction, StepSpec
 
@@ -19,6 +19,7 @@ __all__ = [
     "DENOISER_ATTRS",
     "AttentionHandle",
     "CallStats",
+    "ForwardHook",
     "ForwardPreHook",
     "LayerSpec",
     "ProcessorSwap",

@@ -4,8 +4,9 @@ install them atomically on one `AttentionHandle`."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,16 +19,29 @@ from ..models import FamilyAdapter, find_adapter
 from ..models.denoisers import denoisers_of
 from .context_parallel import ulysses_of
 from .generation import Generations
-from .install import _ACTIVE, AttentionHandle
+from .install import AttentionHandle, installed_on, patching
 from .intercept import _PatchedAttention
 from .processors import make_wrapper
-from .records import ForwardPreHook, ProcessorSwap, SetAttr, UndoRecord
+from .records import ForwardHook, ForwardPreHook, ProcessorSwap, SetAttr, UndoRecord
 from .runtime import _Runtime
 from .select import LayerSpec, StepSpec, attention_modules, layer_filter, steps_range, with_preset
 
 logger = logging.getLogger("diffattn")
 
 
+def _serialized(apply: Callable[..., AttentionHandle]) -> Callable[..., AttentionHandle]:
+    """Run ``apply(target, ...)`` holding ``target``'s patch locks (`install.patching`): two threads applying
+    to one pipeline would otherwise both install, and removing one would orphan the other's hooks."""
+
+    @functools.wraps(apply)
+    def locked(target: Any, *args: Any, **kwargs: Any) -> AttentionHandle:
+        with patching(target, [d for _, d in denoisers_of(target)]):
+            return apply(target, *args, **kwargs)
+
+    return locked
+
+
+@_serialized
 def apply_attention(
     target: Any,
     method: str,
@@ -63,7 +77,8 @@ def apply_attention(
 
     Returns:
         An `AttentionHandle`; ``handle.remove()`` or `remove_attention` restores the originals.
-        Re-applying on a patched target replaces the previous patch.
+        Re-applying on a patched target replaces the previous patch (also one applied to this pipeline before
+        its denoiser was replaced). Applying and removing are serialized per pipeline across threads.
     """
     method_cls = get_method(method)
     knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)
@@ -96,6 +111,7 @@ def apply_attention(
         chosen = choose_backend(probe, backend)
         rt = runtimes[denoiser] = _Runtime(adapter, impl, chosen, step_range, pipe_scheduler, generations, processes)
         records.append(ForwardPreHook(denoiser, rt.pre_hook, with_kwargs=True))
+        records.append(ForwardHook(denoiser, rt.post_hook))  # warns about modules that made no attention call
         if type(impl).new_forward is not AttentionMethod.new_forward:
             records.append(SetAttr(denoiser, "forward", rt.make_forward(denoiser.forward)))
         prefix = f"{attr}." if attr else ""
@@ -123,11 +139,11 @@ def apply_attention(
 
     for swap in swaps:  # ring: refuse before touching anything
         ulysses_of(getattr(swap.original, "_parallel_config", None))
-    previous = {_ACTIVE[d] for d in runtimes if d in _ACTIVE}
+    previous = installed_on(target, runtimes)  # on its denoisers, or on this pipeline before its denoiser was replaced
     for old in previous:
         old.remove()
     assert chosen is not None  # denoisers_of found at least one denoiser
-    handle = AttentionHandle(impl, chosen, runtimes, generations)
+    handle = AttentionHandle(impl, chosen, runtimes, generations, target=target)
     handle.temporal_method = temporal
     handle.preset = entry
     handle._records = records + swaps
@@ -180,10 +196,11 @@ def _check_supported(impl: AttentionMethod, adapter: FamilyAdapter, denoiser: nn
 
 
 def remove_attention(target: Any) -> int:
-    """Remove whatever diffattn installed on ``target``'s denoisers. Returns how many handles."""
-    handles = {_ACTIVE[d] for _, d in denoisers_of(target) if d in _ACTIVE}
-    for h in handles:
-        h.remove()
+    """Remove whatever diffattn installed on ``target``'s denoisers, or through ``target`` (also after its
+    denoiser was replaced). Returns how many handles."""
+    with patching(target, [d for _, d in denoisers_of(target)]) as handles:
+        for h in handles:
+            h.remove()
     return len(handles)
 
 

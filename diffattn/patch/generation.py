@@ -1,13 +1,18 @@
 """Where a denoiser call sits in the pipeline call: which generation (for resetting method state) and
 which classifier-free-guidance branch (cond / uncond / batched rows).
 
-Two instance-level wrappers on the pipeline, installed as undo records like everything else:
-  - ``check_inputs``, the first thing every diffusers pipeline's ``__call__`` does: a new generation
-    starts for the calling thread (so per-thread state is dropped, and the embeddings below are forgotten);
-  - ``encode_prompt``: its first output tensor is the positive prompt embedding; the negative one is
-    the next output of the same shape kind (SD/SDXL/SD3/PixArt/Wan/CogVideoX/LTX return both), or the
-    first output of a second ``encode_prompt`` call in the same generation (FLUX and HunyuanVideo
-    encode the negative prompt with a second call).
+A new generation starts for the calling thread (its method state is dropped, and the embeddings below are
+forgotten) when
+  - the pipeline's ``check_inputs`` runs, the first thing every diffusers pipeline's ``__call__`` does;
+  - ``encode_prompt`` runs after the denoiser has run in this generation: every text pipeline encodes its
+    prompts before its denoising loop, so this holds for pipelines without ``check_inputs`` too (the
+    embedded model's);
+  - the step index goes back (`runtime`; pipelines without either method).
+Two instance-level wrappers on the pipeline do the first two, installed as undo records like everything else;
+``encode_prompt``'s also reads the embeddings: its first output tensor is the positive prompt embedding; the
+negative one is the next output of the same shape kind (SD/SDXL/SD3/PixArt/Wan/CogVideoX/LTX return both), or
+the first output of a second ``encode_prompt`` call in the same generation (FLUX, HunyuanVideo and the
+embedded model encode the negative prompt with a second call).
 The pre-hook compares the ``encoder_hidden_states`` the denoiser receives with them: equal to the
 positive one is ``cond``, to the negative one ``uncond``, to ``cat([negative, positive])`` batched ``cfg``
 (diffusers' row order); anything else ``unknown``. Identical positive and negative embeddings cannot
@@ -42,6 +47,17 @@ class Generations:
         """A new generation starts in the calling thread."""
         self.local.generation = self.current() + 1
         self.local.pos = self.local.neg = None
+        self.local.denoised = False
+
+    def denoising(self) -> None:
+        """The denoiser is called in the calling thread (its pre-hook)."""
+        self.local.denoised = True
+
+    def encoding(self) -> None:
+        """``encode_prompt`` is about to run in the calling thread: a new generation if the denoiser ran since
+        this generation started (prompts are encoded before the denoising loop)."""
+        if getattr(self.local, "denoised", False):
+            self.start()
 
     def capture(self, output: Any) -> None:
         """Record ``encode_prompt``'s output (see the module docstring)."""
@@ -82,7 +98,7 @@ class Generations:
             out.append(SetAttr(pipe, "check_inputs", _before(check, self.start)))
         encode = getattr(pipe, "encode_prompt", None)
         if callable(encode):
-            out.append(SetAttr(pipe, "encode_prompt", _after(encode, self.capture)))
+            out.append(SetAttr(pipe, "encode_prompt", _around(encode, self.encoding, self.capture)))
         return out
 
 
@@ -99,9 +115,10 @@ def _before(original: Callable[..., Any], first: Callable[[], None]) -> Callable
     return wrapper
 
 
-def _after(original: Callable[..., Any], then: Callable[[Any], None]) -> Callable[..., Any]:
+def _around(original: Callable[..., Any], first: Callable[[], None], then: Callable[[Any], None]) -> Callable[..., Any]:
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        first()
         out = original(*args, **kwargs)
         then(out)
         return out

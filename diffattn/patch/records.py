@@ -18,12 +18,14 @@ from torch import nn
 logger = logging.getLogger("diffattn")
 
 _MISSING = object()
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks")
+_NAMED = 6  # changes named in the warning about what undo left in place; the rest are counted
 
 
 class UndoRecord(Protocol):
     """One reversible change. ``apply`` either changes nothing and raises, or makes its change;
-    ``undo`` reverts exactly that change (leaving, with a warning, what someone else replaced since)."""
+    ``undo`` reverts exactly that change, leaving what someone else replaced since: it then sets ``left``
+    (optional attribute) to a short name of what it left, and `undo_all` warns once about all of them."""
 
     def apply(self) -> None: ...
 
@@ -44,15 +46,26 @@ def apply_all(records: Sequence[UndoRecord]) -> list[UndoRecord]:
 
 
 def undo_all(done: list[UndoRecord]) -> list[BaseException]:
-    """Undo ``done`` in reverse and empty it; an undo that raises is logged, the others still run."""
+    """Undo ``done`` in reverse and empty it; an undo that raises is logged, the others still run. What the
+    records left in place (replaced by someone else after patching) is named in one warning."""
     errors: list[BaseException] = []
+    left: list[str] = []
     for record in reversed(done):
         try:
             record.undo()
         except Exception as e:  # keep undoing: one stuck record must not leave the rest patched
-            logger.exception("diffattn: undoing %r failed", record)
+            logger.exception("diffattn: undoing %s failed", type(record).__name__)
             errors.append(e)
+        if getattr(record, "left", None):
+            left.append(record.left)  # type: ignore[attr-defined]
     done.clear()
+    if left:
+        left.reverse()  # in the order they were applied
+        more = f" and {len(left) - _NAMED} more" if len(left) > _NAMED else ""
+        logger.warning(
+            "diffattn: %d patched object(s) were replaced by someone else after patching and stay as they are: %s%s",
+            len(left), ", ".join(left[:_NAMED]), more,
+        )
     return errors
 
 
@@ -128,8 +141,11 @@ class ForwardPreHook:
         self.module, self.fn, self.with_kwargs = module, fn, with_kwargs
         self._removable: Any = None
 
+    def _register(self) -> Any:
+        return self.module.register_forward_pre_hook(self.fn, with_kwargs=self.with_kwargs)
+
     def apply(self) -> None:
-        self._removable = self.module.register_forward_pre_hook(self.fn, with_kwargs=self.with_kwargs)
+        self._removable = self._register()
         try:
             _guard(self.module).hook_ids[self._removable.id] = self
         except BaseException:
@@ -141,6 +157,16 @@ class ForwardPreHook:
         _release(self.module, self)
 
 
+class ForwardHook(ForwardPreHook):
+    """``module.register_forward_hook(fn)`` (``fn(module, args, output)``, after ``forward``); undo removes it."""
+
+    def __init__(self, module: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__(module, fn, with_kwargs=False)
+
+    def _register(self) -> Any:
+        return self.module.register_forward_hook(self.fn)
+
+
 class SetAttr:
     """Set the instance attribute ``obj.name = value`` (e.g. a ``forward`` override on a module, a
     pipeline method wrapper), straight in ``obj.__dict__``; undo restores the previous instance value or
@@ -149,6 +175,7 @@ class SetAttr:
     def __init__(self, obj: Any, name: str, value: Any) -> None:
         self.obj, self.name, self.value = obj, name, value
         self._previous: Any = _MISSING
+        self.left: str | None = None
 
     def apply(self) -> None:
         if isinstance(self.obj, nn.Module) and any(
@@ -160,6 +187,7 @@ class SetAttr:
         self.obj.__dict__[self.name] = self.value
 
     def undo(self) -> None:
+        self.left = None
         d = self.obj.__dict__
         if d.get(self.name, _MISSING) is self.value:
             if self._previous is _MISSING:
@@ -167,8 +195,7 @@ class SetAttr:
             else:
                 d[self.name] = self._previous
         else:
-            owner = type(self.obj).__name__
-            logger.warning("diffattn: %s.%s was replaced after patching; leaving it", owner, self.name)
+            self.left = f"{type(self.obj).__name__}.{self.name}"
         _release(self.obj, self)
 
 
@@ -179,6 +206,7 @@ class SwapSubmodule:
     def __init__(self, parent: nn.Module, name: str, new: nn.Module) -> None:
         self.parent, self.name, self.new = parent, name, new
         self._original: nn.Module | None = None
+        self.left: str | None = None
 
     def apply(self) -> None:
         if self.name not in self.parent._modules:
@@ -188,11 +216,11 @@ class SwapSubmodule:
         self.parent._modules[self.name] = self.new
 
     def undo(self) -> None:
+        self.left = None
         if self.parent._modules.get(self.name) is self.new:
             self.parent._modules[self.name] = self._original
         else:
-            owner = type(self.parent).__name__
-            logger.warning("diffattn: submodule %s of %s was replaced after patching; leaving it", self.name, owner)
+            self.left = f"submodule {self.name} of {type(self.parent).__name__}"
         _release(self.parent, self)
 
 
@@ -205,6 +233,7 @@ class ProcessorSwap:
         self.module, self.wrapper = module, wrapper
         self.original = wrapper.diffattn_patch.original
         self._backend: tuple[bool, Any] = (False, None)
+        self.left: str | None = None
 
     def apply(self) -> None:
         had = hasattr(self.original, "_attention_backend")
@@ -214,14 +243,16 @@ class ProcessorSwap:
             self.original._attention_backend = _native_backend()
 
     def undo(self) -> None:
+        self.left = None
         had, value = self._backend
         if had:
             self.original._attention_backend = value
         current = self.module.processor
         if getattr(current, "diffattn_patch", None) is not None and current.diffattn_patch.original is self.original:
             _set_processor(self.module, self.original)
-        else:
-            logger.warning("diffattn: the processor of %s was replaced after patching; leaving it", self.module)
+        else:  # named, never the module's repr (every layer of the block, many lines per module)
+            name = getattr(self.wrapper.diffattn_patch, "name", None) or type(self.module).__name__
+            self.left = f"the processor of {name}"
 
 
 def _set_processor(module: nn.Module, processor: Any) -> None:
@@ -238,4 +269,13 @@ def _native_backend() -> Any:
     return AttentionBackendName.NATIVE
 
 
-__all__ = ["ForwardPreHook", "ProcessorSwap", "SetAttr", "SwapSubmodule", "UndoRecord", "apply_all", "undo_all"]
+__all__ = [
+    "ForwardHook",
+    "ForwardPreHook",
+    "ProcessorSwap",
+    "SetAttr",
+    "SwapSubmodule",
+    "UndoRecord",
+    "apply_all",
+    "undo_all",
+]

@@ -5,6 +5,7 @@ forward wrapper through which a method runs the denoiser twice or not at all."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from ..models import FamilyAdapter
 from .context_parallel import splits_input
 from .generation import Generations
 from .select import StepFraction
+
+logger = logging.getLogger("diffattn")
 
 
 @dataclass
@@ -40,6 +43,14 @@ class CallStats:
     #: kernel path of the sparse calls (``"tiled(4x4)"``, ``"masked-sdpa"``, ``"triton"``, ...; several joined
     #: by ``+`` when one call ran several kernels) -> number of calls that took it
     paths: dict[str, int] = field(default_factory=dict)
+
+
+def attention_calls(stats: CallStats) -> int:
+    """Every call a patched module made, however it ran (sparse, fallback, dense, cross, from a cache)."""
+    return stats.sparse + stats.fallback + stats.dense + stats.cross + stats.cross_cached + stats.cached
+
+
+_NAMED = 6  # modules named in the no-attention-call warning; the rest are counted
 
 
 @dataclass
@@ -63,6 +74,9 @@ class _Runtime:
     stats: dict[str, CallStats] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
     local: threading.local = field(default_factory=threading.local)
+    #: the first denoiser call was checked for patched modules that made no attention call (`post_hook`)
+    checked: bool = False
+    _check_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _timesteps: tuple[Any, torch.Tensor] | None = None  # (scheduler.timesteps, its float CPU copy)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -85,6 +99,24 @@ class _Runtime:
         local.text_split = getattr(module, "_parallel_config", None) is not None and splits_input(
             module, "encoder_hidden_states"
         )
+
+    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """After the denoiser's first call: warn once about patched modules that made no attention call in it.
+        Another tool replaced their processor after apply, or their processor never calls
+        ``F.scaled_dot_product_attention``; either way the method never runs there, and all their counts stay 0."""
+        with self._check_lock:
+            if self.checked or not self.installed:
+                return
+            self.checked = True
+        silent = [name for name, s in self.stats.items() if not attention_calls(s)]
+        if silent:
+            shown = ", ".join(silent[:_NAMED]) + (f" and {len(silent) - _NAMED} more" if len(silent) > _NAMED else "")
+            logger.warning(
+                "diffattn: %d of %d patched module(s) made no attention call in the first call of %s: %s. Their "
+                "processor was replaced after apply_attention, or never calls F.scaled_dot_product_attention: "
+                "%s does not run there (re-apply after changing processors)",
+                len(silent), len(self.stats), type(module).__name__, shown, self.method.name,
+            )
 
     def _step_index(self, timestep: float | None) -> int | None:
         """Index of the nearest entry of ``scheduler.timesteps`` (so repeated calls per step agree), or
@@ -114,14 +146,15 @@ class _Runtime:
         return step in steps
 
     def _track_generation(self, local: threading.local) -> None:
-        """Drop this thread's method state when a new generation starts: the pipeline's ``check_inputs``
-        ran since (`Generations`), or the step index went back (pipelines without that hook)."""
+        """Drop this thread's method state when a new generation starts: the pipeline's ``check_inputs`` or a
+        new ``encode_prompt`` ran since (`Generations`), or the step index went back (pipelines without them)."""
         generation = self.generations.current()
         step, last = local.step, getattr(local, "last_step", None)
         if getattr(local, "generation", None) != generation or (step is not None and last is not None and step < last):
             self.reset(generation)
         if step is not None:
             local.last_step = step
+        self.generations.denoising()
 
     def reset(self, generation: int | None = None) -> None:
         """Drop the calling thread's method state."""

@@ -19,7 +19,7 @@ import diffattn
 from diffattn.methods import AttentionMethod, register_method
 from diffattn.methods import registry as method_registry
 from diffattn.patch import records
-from diffattn.tiny import build_tiny_pipeline, tiny_output
+from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
 
 from ..helpers import denoiser
 
@@ -246,10 +246,17 @@ def test_state_is_per_pipeline():
 
 def test_state_is_per_thread_on_one_pipeline():
     """Two threads generate on one pipeline (DDIM steps are stateless), meeting after step 0 so both
-    caches are filled before either reuses its own: each matches its single-threaded result."""
+    caches are filled before either reuses its own: each matches its single-threaded result.
+
+    The prompt is encoded once, outside the threads: the pipeline's tokenizer is not thread-safe (transformers'
+    fast tokenizer sets its padding and truncation on the shared backend per call), so two threads running
+    ``encode_prompt`` at once got other embeddings than one thread alone in 30 of 200 rounds, without diffattn;
+    that made this test flaky (one output off by 0.17) under load."""
     pipe = _pipe()
+    pos, neg = pipe.encode_prompt(tiny_call_kwargs("tiny-sd")["prompt"], "cpu", 1, True)
+    embeds = dict(prompt=None, prompt_embeds=pos, negative_prompt_embeds=neg)
     with diffattn.attention(pipe, TOY, preset=False) as h:
-        solo = {seed: tiny_output(pipe, "tiny-sd", num_inference_steps=3, seed=seed) for seed in (1, 2)}
+        solo = {seed: tiny_output(pipe, "tiny-sd", num_inference_steps=3, seed=seed, **embeds) for seed in (1, 2)}
         barrier = threading.Barrier(2, timeout=300)
         results: dict[int, torch.Tensor] = {}
         errors: list[BaseException] = []
@@ -261,7 +268,7 @@ def test_state_is_per_thread_on_one_pipeline():
 
         def work(seed: int) -> None:
             try:
-                kw = dict(num_inference_steps=3, seed=seed, callback_on_step_end=meet)
+                kw = dict(num_inference_steps=3, seed=seed, callback_on_step_end=meet, **embeds)
                 results[seed] = tiny_output(pipe, "tiny-sd", **kw)
             except BaseException as e:  # surfaced below
                 errors.append(e)
@@ -304,3 +311,25 @@ def test_unsupported_family_is_refused_even_without_presets(method, family, need
         assert _snapshot(pipe) == before
     finally:
         del method_registry._METHODS["toy-unet-only"]
+
+
+def test_new_generation_on_the_embedded_model():
+    """The embedded model's pipeline (no ``check_inputs``; batched CFG, prompts encoded by two
+    ``encode_prompt`` calls): a second generation with other captions on one handle equals a fresh handle's.
+    Before, the handle kept the first generation's embeddings, so the second could not tell its conditional
+    rows: no extra pass ran, and the cache of the first generation's last step was never refreshed."""
+    pipe = diffattn.tiny_model()
+    captions = ["a red circle on a blue background", "white vertical stripes on a black background"]
+
+    def run(caption: str, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return pipe([caption], height=64, width=64, num_inference_steps=3, generator=generator, output_type="pt").images
+
+    with diffattn.attention(pipe, TOY, preset=False) as h:
+        first = run(captions[0], 1)
+        second = run(captions[1], 2)
+    with diffattn.attention(pipe, TOY, preset=False):
+        fresh = run(captions[1], 2)
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+    full = [e for e in h.method.events if e[0] == "module" and e[5] == "full"]
+    assert {e[4] for e in full} == {0, 2} and len(full) == 2 * 2 * 12  # 2 generations, steps 0 and 2, 12 modules
