@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..layout import SELF, ModuleRole
 from ..methods import AttendCall, AttentionMethod, ModuleCall
-from ..methods.lifecycle import AttentionKind
+from ..methods.lifecycle import AttentionKind, InnerAttention
 from .context_parallel import gathered_order, ulysses_of
 from .runtime import CallStats
 from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
@@ -50,6 +50,45 @@ class _Interceptor(TorchFunctionMode):
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+#: a method's function for the attention calls inside a cross-attention processor (`ModuleCall.route_attention`)
+_Route = Callable[[InnerAttention], Tensor]
+
+
+class _CrossRouter(TorchFunctionMode):
+    """Hands each SDPA call of a cross-attention processor to the method's `ModuleCall.route_attention` function,
+    as an `InnerAttention` on ``[B, S, H, D]`` views; its ``[B, S, H, D]`` answer goes back as ``[B, H, S, D]``."""
+
+    def __init__(self, route: _Route) -> None:
+        super().__init__()
+        self.route = route
+        self.index = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        p = dict(zip(_SDPA_PARAMS, args))
+        p.update(kwargs)
+        q, k, v = p.pop("query"), p.pop("key"), p.pop("value")  # [B, H, S, D]
+        batch = q.shape[0]
+
+        def compute(rows: Sequence[int] | None = None) -> Tensor:
+            if rows is None:
+                return func(q, k, v, **p).transpose(1, 2)
+            index = torch.as_tensor(list(rows), dtype=torch.long, device=q.device)
+            sliced = dict(p)
+            mask = p.get("attn_mask")
+            if mask is not None and mask.dim() == 4 and mask.shape[0] == batch:
+                sliced["attn_mask"] = mask.index_select(0, index)
+            return func(*(t.index_select(0, index) for t in (q, k, v)), **sliced).transpose(1, 2)
+
+        inner = InnerAttention(self.index, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), compute)
+        self.index += 1
+        out = self.route(inner)  # [B, S, H, D]
+        expected = (q.shape[0], q.shape[2], q.shape[1], v.shape[3])
+        if tuple(out.shape) != expected:
+            raise RuntimeError(f"attention route returned shape {tuple(out.shape)}, expected {expected} [B, S, H, D]")
+        return out.transpose(1, 2)
 
 
 class _PatchedAttention:
@@ -87,10 +126,13 @@ class _PatchedAttention:
             return self._process(args, kwargs)
         return self._call(args, kwargs)
 
-    def _call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _call(self, args: tuple, kwargs: dict[str, Any], route: _Route | None = None) -> Any:
         if self.kind == "cross":
             self.runtime.stats[self.name].cross += 1
-            return self.original(*args, **kwargs)
+            if route is None:
+                return self.original(*args, **kwargs)
+            with _CrossRouter(route):
+                return self.original(*args, **kwargs)
         with _Interceptor(self):
             return self.original(*args, **kwargs)
 
@@ -108,7 +150,7 @@ class _PatchedAttention:
                 accepted = list(self.signature.parameters)
                 raise TypeError(f"{self.name}: unknown processor argument(s) {unknown}; accepted: {accepted}")
             again = inspect.BoundArguments(self.signature, {**bound.arguments, **overrides})  # type: ignore[arg-type]
-            return self._call(again.args, again.kwargs)
+            return self._call(again.args, again.kwargs, call.attention_route)
 
         call = ModuleCall(
             layer=self.name,
