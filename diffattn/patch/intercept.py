@@ -4,6 +4,7 @@ sequence into the token grid and dense tokens (`split`); anything unexpected fal
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
     from .runtime import _Runtime
 
 logger = logging.getLogger("diffattn")
+
+
+def _without(ranges: tuple[slice, ...], holes: Sequence[slice]) -> tuple[slice, ...]:
+    """``ranges`` with the rows of ``holes`` (each inside one of them) cut out, in order."""
+    out = []
+    for r in ranges:
+        at = r.start
+        for h in sorted((h for h in holes if r.start <= h.start < r.stop), key=lambda h: h.start):
+            if h.start > at:
+                out.append(slice(at, h.start))
+            at = h.stop
+        if at < r.stop:
+            out.append(slice(at, r.stop))
+    return tuple(out)
 
 
 class _Interceptor(TorchFunctionMode):
@@ -267,13 +282,37 @@ class _PatchedAttention:
         stats.text = seq - stream
         if not dense or q_rows != seq:
             return out_img
-        # dense queries (text, references, registers) attend every key, with the model's own mask
-        mask = p.get("attn_mask")
-        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
-            mask = dense_part(mask, mask.dim() - 2, dense)
-        dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
-        out_dense = func(dense_part(q, 2, dense), k, v, attn_mask=mask, **dense_kwargs)
-        before = img.start  # dense tokens ahead of the grid
-        parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
-        out = torch.cat([t for t in parts if t.shape[2]], dim=2)
+        pieces = [(img.start, out_img)]  # (first row, [B, H, rows, D]) in any order
+        # reference grids (layout, issue 23): their queries attend their own grid's neighbourhood plus every other
+        # token densely, the rule the grid's queries follow with the references among their dense keys
+        sparse_refs = []
+        for rows, ref_grid in split.refs:
+            valid = key_padding(p.get("attn_mask"), q.shape[0], seq, rows)
+            if valid is False or (isinstance(valid, Tensor) and not bool(valid[:, rows].all())):
+                continue  # a mask that treats the reference's rows apart, or hides them: it stays dense
+            outside = split.outside(rows)
+            ref_call = dataclasses.replace(
+                call,
+                grid=ref_grid,
+                extra_k=dense_part(ks, 1, outside),
+                extra_v=dense_part(vs, 1, outside),
+                extra_mask=dense_part(valid, 1, outside) if isinstance(valid, Tensor) else None,
+            )
+            out_ref = self.method.attend(qs[:, rows], ks[:, rows], vs[:, rows], ref_call)
+            pieces.append((rows.start, out_ref.transpose(1, 2)))
+            sparse_refs.append(rows)
+        # dense queries (text, registers, references without a grid) attend every key, with the model's own mask
+        queries = _without(split.dense, sparse_refs)
+        if queries:
+            mask = p.get("attn_mask")
+            if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
+                mask = dense_part(mask, mask.dim() - 2, queries)
+            dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
+            out_dense = func(dense_part(q, 2, queries), k, v, attn_mask=mask, **dense_kwargs)
+            at = 0
+            for r in queries:
+                n = r.stop - r.start
+                pieces.append((r.start, out_dense[:, :, at : at + n]))
+                at += n
+        out = torch.cat([t for _, t in sorted(pieces, key=lambda piece: piece[0]) if t.shape[2]], dim=2)
         return out if perm is None else out.index_select(2, torch.argsort(perm))  # back to the gathered order

@@ -1,0 +1,138 @@
+"""Reference-image grids (issue 23): edit models pack reference images with the target in one latent stream
+(FLUX Kontext, FLUX.2, Qwen-Image-Edit). Where the references' ids form grids of their own, their queries attend
+their own grid's neighbourhood plus every other token (text, target, other references) densely, and the target's
+queries attend the target's neighbourhood plus every other token densely: the rule, checked against a dense mask
+built from it; its rows, checked by what they depend on; a covering window, checked to be dense."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import diffattn
+from diffattn.layout import TokenSplit
+from diffattn.methods.gna import GNAConfig
+from diffattn.methods.naive import gna_mask
+from diffattn.patch import intercept
+from diffattn.tiny.denoisers import build_tiny_model, tiny_forward
+
+from .test_every_denoiser import HUGE
+
+WINDOW = 3
+
+
+def _ids(rows: int, cols: int, t: int) -> torch.Tensor:
+    return torch.cartesian_prod(torch.tensor([t]), torch.arange(rows), torch.arange(cols), torch.tensor([0]))
+
+
+#: name -> the FLUX.2 stream's images, in stream order: (rows, cols, t); the target is the one at t = 0 (the last on
+#: a tie), every other one a reference
+STREAMS = {
+    "kv-refs-ahead": [(4, 1, 0), (4, 4, 0)],  # diffusers' own KV test config
+    "refs-after": [(4, 4, 0), (2, 3, 10), (3, 2, 20)],  # Flux2Pipeline
+    "target-between": [(2, 3, 10), (4, 4, 0), (3, 2, 20)],
+}
+
+
+def _flux2(stream: list[tuple[int, int, int]]) -> tuple[torch.nn.Module, dict[str, Any], list[slice], int]:
+    """The tiny FLUX.2 with its latent stream replaced by ``stream``; the image rows of the stream, and the index
+    of the target among them."""
+    model, inputs = build_tiny_model("Flux2Transformer2DModel[refs-ahead]")
+    sizes = [r * c for r, c, _ in stream]
+    gen = torch.Generator().manual_seed(5)
+    inputs["hidden_states"] = torch.randn(1, sum(sizes), 4, generator=gen)
+    inputs["img_ids"] = torch.cat([_ids(r, c, t) for r, c, t in stream])[None]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    rows = [slice(s, s + n) for s, n in zip(starts, sizes)]
+    target = max(i for i, (_, _, t) in enumerate(stream) if t == min(t for _, _, t in stream))
+    return model, inputs, rows, target
+
+
+@contextlib.contextmanager
+def _calls(model: torch.nn.Module, window: int):
+    """Record every patched attention call under GNA ``window``: (q, k, v [B, H, S, D], kwargs, split, output)."""
+    calls: list[dict[str, Any]] = []
+    attend, split_of = intercept._PatchedAttention.attend, intercept.split_of
+    splits: list[Any] = []
+
+    def spy_split(*args: Any, **kwargs: Any):
+        splits.append(split_of(*args, **kwargs))
+        return splits[-1]
+
+    def spy_attend(self, func, args, kwargs, cats=()):  # noqa: ANN001
+        out = attend(self, func, args, kwargs, cats)
+        p = dict(zip(intercept._SDPA_PARAMS, args), **kwargs)
+        calls.append(dict(q=p["query"], k=p["key"], v=p["value"], scale=p.get("scale"), split=splits[-1], out=out))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp, diffattn.attention(model, "gna", window=window, preset=False) as handle:
+        mp.setattr(intercept._PatchedAttention, "attend", spy_attend)
+        mp.setattr(intercept, "split_of", spy_split)
+        yield calls, handle
+
+
+def _rule_mask(split: TokenSplit, window: int) -> torch.Tensor:
+    """``[S, S]`` bool, from the rule: a grid's query attends its own grid's GNA neighbourhood and every token
+    outside that grid; any other query attends every key."""
+    mask = torch.ones(split.seq_len, split.seq_len, dtype=torch.bool)
+    for rows, grid in ((split.image, split.grid), *split.refs):
+        mask[rows, rows] = gna_mask(grid, *GNAConfig(window=window).resolve(grid))
+    return mask
+
+
+@pytest.mark.parametrize("stream", list(STREAMS), ids=list(STREAMS))
+def test_every_grid_attends_its_own_neighbourhood_and_the_rest_densely(stream):
+    model, inputs, rows, target = _flux2(STREAMS[stream])
+    with _calls(model, WINDOW) as (calls, handle):
+        tiny_forward(model, inputs)
+    assert calls and handle.fallback_calls == 0
+    for call in calls:
+        split = call["split"]
+        assert isinstance(split, TokenSplit)
+        text = split.seq_len - sum(r.stop - r.start for r in rows)  # 48 text tokens ahead of the stream
+        assert split.image == slice(text + rows[target].start, text + rows[target].stop)
+        refs = [slice(text + r.start, text + r.stop) for i, r in enumerate(rows) if i != target]
+        assert [r for r, _ in split.refs] == refs
+        q, k, v = (call[x].double() for x in ("q", "k", "v"))
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=_rule_mask(split, WINDOW), scale=call["scale"])
+        torch.testing.assert_close(call["out"].double(), expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(call["out"].double(), F.scaled_dot_product_attention(q, k, v), atol=1e-4)
+
+
+@pytest.mark.parametrize("stream", list(STREAMS), ids=list(STREAMS))
+def test_a_covering_window_is_dense(stream):
+    model, inputs, _, _ = _flux2(STREAMS[stream])
+    base = tiny_forward(model, inputs)
+    with diffattn.attention(model, "gna", window=HUGE, preset=False) as handle:
+        out = tiny_forward(model, inputs)
+    assert handle.sparse_calls > 0 and handle.fallback_calls == 0
+    torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stream", list(STREAMS), ids=list(STREAMS))
+def test_each_grid_sits_on_the_rows_of_its_image(stream):
+    """Change one image of the stream only: exactly that image's rows of the first call's keys change, so every
+    grid (target and references) is placed on its own tokens."""
+    model, inputs, rows, target = _flux2(STREAMS[stream])
+
+    def first(hidden: torch.Tensor) -> tuple[torch.Tensor, TokenSplit]:
+        with _calls(model, WINDOW) as (calls, _):
+            tiny_forward(model, dict(inputs, hidden_states=hidden))
+        return calls[0]["k"], calls[0]["split"]
+
+    base_k, split = first(inputs["hidden_states"])
+    text = split.seq_len - inputs["hidden_states"].shape[1]
+    placed = [split.image if i == target else None for i in range(len(rows))]
+    refs = iter(r for r, _ in split.refs)
+    placed = [p if p is not None else next(refs) for p in placed]
+    for i, image in enumerate(rows):
+        hidden = inputs["hidden_states"].clone()
+        hidden[:, image] += 1.0
+        k, _ = first(hidden)
+        changed = (k - base_k).abs().amax(dim=(0, 1, 3)) > 1e-6  # [S]
+        assert changed.nonzero().flatten().tolist() == list(range(text + image.start, text + image.stop))
+        assert placed[i] == slice(text + image.start, text + image.stop)
