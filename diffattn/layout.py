@@ -184,6 +184,11 @@ class TokenLayout:
 
         if seq_len == stream:
             return placed(0)
+        if refs and seq_len == sum(math.prod(g) for _, g in refs) and _contiguous(refs):
+            # the references alone (FLUX.2's KV extract mode: reference queries attend the references only)
+            first = refs[0][0]
+            at = tuple((slice(o - first, o - first + math.prod(g)), g) for o, g in refs)
+            return TokenSplit(at[0][1], at[0][0], seq_len, None, at[1:])
         if seq_len < stream:
             deeper = grid
             while self.multiscale and role.kind == "self" and math.prod(deeper) > seq_len:
@@ -193,6 +198,8 @@ class TokenLayout:
             return f"sequence length {seq_len} is shorter than {what}"
         if segments is not None and sum(segments) == seq_len:
             at = [i for i, s in enumerate(segments) if s == stream]
+            if not at and refs:  # the stream in consecutive pieces (its references and its target joined apart)
+                at = [i for i in range(len(segments)) if _sums_to(segments[i:], stream)]
             if len(at) != 1:
                 return (
                     f"the sequence concatenates pieces of {list(segments)} tokens; "
@@ -209,6 +216,21 @@ class TokenLayout:
                 f"{'text ' if observed is None else ''}tokens expected here"
             )
         return placed(extra if position == "prefix" else 0)
+
+
+def _contiguous(refs: tuple[tuple[int, tuple[int, ...]], ...]) -> bool:
+    """Whether the reference grids follow each other in the stream with nothing between them."""
+    return all(o + math.prod(g) == o2 for (o, g), (o2, _) in zip(refs, refs[1:]))
+
+
+def _sums_to(pieces: tuple[int, ...], total: int) -> bool:
+    """Whether the first of ``pieces`` (at least two) add up to exactly ``total``."""
+    acc = 0
+    for i, piece in enumerate(pieces):
+        acc += piece
+        if acc >= total:
+            return acc == total and i > 0
+    return False
 
 
 def grid_from_ids(ids: torch.Tensor, spatial: tuple[int, ...]) -> tuple[tuple[int, ...], int]:

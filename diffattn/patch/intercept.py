@@ -22,7 +22,7 @@ from ..methods import AttendCall, AttentionMethod, ModuleCall
 from ..methods.lifecycle import AttentionKind, InnerAttention
 from .context_parallel import gathered_order, ulysses_of
 from .runtime import CallStats
-from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
+from .split import SeqCat, dense_part, key_padding, keys_only_rows, seq_cat, split_of
 
 if TYPE_CHECKING:
     from .runtime import _Runtime
@@ -241,11 +241,16 @@ class _PatchedAttention:
                 p["attn_mask"] = mask.index_select(-1, perm)
         grid, img, dense = split.grid, split.image, split.dense
         q_rows = seq
-        if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
-            if q.shape[-2] != img.stop - img.start:
+        keys_only = None  # rows of keys without queries (FLUX.2's KV modes: references attended apart or cached)
+        if q.shape[-2] != seq and q.shape[-2] != img.stop - img.start:
+            keys_only = keys_only_rows(cats, seq, q.shape[-2], img) if perm is None else None
+            if keys_only is None:
                 return self._fallback(
                     func, args, kwargs, f"{q.shape[-2]} queries are neither the {seq} keys nor the grid {grid}"
                 )
+            hole = q.new_zeros((*q.shape[:2], keys_only.stop - keys_only.start, q.shape[3]))
+            q = torch.cat([q[:, :, : keys_only.start], hole, q[:, :, keys_only.start :]], dim=2)  # [B, H, S, D]
+        elif q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
             q_rows = q.shape[-2]
             q = F.pad(q, (0, 0, img.start, seq - img.stop))  # [B, H, S, D]; only the image rows are read
         key_valid = key_padding(p.get("attn_mask"), q.shape[0], seq, img)
@@ -287,6 +292,8 @@ class _PatchedAttention:
         # token densely, the rule the grid's queries follow with the references among their dense keys
         sparse_refs = []
         for rows, ref_grid in split.refs:
+            if keys_only is not None and rows.start < keys_only.stop and keys_only.start < rows.stop:
+                continue  # no queries of its own in this call
             valid = key_padding(p.get("attn_mask"), q.shape[0], seq, rows)
             if valid is False or (isinstance(valid, Tensor) and not bool(valid[:, rows].all())):
                 continue  # a mask that treats the reference's rows apart, or hides them: it stays dense
@@ -302,7 +309,7 @@ class _PatchedAttention:
             pieces.append((rows.start, out_ref.transpose(1, 2)))
             sparse_refs.append(rows)
         # dense queries (text, registers, references without a grid) attend every key, with the model's own mask
-        queries = _without(split.dense, sparse_refs)
+        queries = _without(split.dense, [*sparse_refs, *([keys_only] if keys_only is not None else [])])
         if queries:
             mask = p.get("attn_mask")
             if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones

@@ -199,3 +199,20 @@ def test_reference_grids_are_placed_with_the_stream():
 def test_bad_reference_grids_are_refused(refs, why):
     with pytest.raises(LayoutError, match=why):
         TokenLayout(grid=(4, 4), stream_len=24, refs=refs)
+
+
+def test_references_alone_and_a_stream_joined_in_pieces():
+    """FLUX.2's KV extract mode: the references attend themselves alone (a sequence of exactly the reference
+    tokens, contiguous in the stream), and the text + target queries see the keys joined as [text, references,
+    target]: the stream arrives in two consecutive pieces."""
+    layout = TokenLayout(
+        grid=(4, 4), stream_len=26, grid_offset=10, text_len=48, text_position="prefix",
+        refs=((0, (2, 3)), (6, (4, 1))),
+    )  # fmt: skip
+    alone = layout.split(10)
+    assert (alone.grid, alone.image, alone.refs) == ((2, 3), slice(0, 6), ((slice(6, 10), (4, 1)),))
+    pieces = layout.split(74, segments=(48, 10, 16))
+    assert pieces.image == slice(58, 74) and [r for r, _ in pieces.refs] == [slice(48, 54), slice(54, 58)]
+    assert isinstance(layout.split(74, segments=(40, 18, 16)), str)  # no run of pieces is the stream
+    gap = TokenLayout(grid=(4, 4), stream_len=27, grid_offset=11, refs=((0, (2, 3)), (7, (4, 1))))
+    assert isinstance(gap.split(10), str)  # references with a token between them are not one sequence

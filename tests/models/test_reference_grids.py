@@ -136,3 +136,54 @@ def test_each_grid_sits_on_the_rows_of_its_image(stream):
         changed = (k - base_k).abs().amax(dim=(0, 1, 3)) > 1e-6  # [S]
         assert changed.nonzero().flatten().tolist() == list(range(text + image.start, text + image.stop))
         assert placed[i] == slice(text + image.start, text + image.stop)
+
+
+def _kv_model():
+    """The tiny FLUX.2 with diffusers' KV processors (Klein KV: references attend themselves on the first step and
+    are cached as keys for the later ones)."""
+    from diffusers.models.transformers.transformer_flux2 import Flux2KVAttnProcessor, Flux2KVParallelSelfAttnProcessor
+
+    model, inputs = build_tiny_model("Flux2Transformer2DModel[refs-ahead]")
+    for block in model.transformer_blocks:
+        block.attn.set_processor(Flux2KVAttnProcessor())
+    for block in model.single_transformer_blocks:
+        block.attn.set_processor(Flux2KVParallelSelfAttnProcessor())
+    cached = dict(inputs, hidden_states=inputs["hidden_states"][:, 4:], img_ids=inputs["img_ids"][:, 4:])
+    return model, inputs, cached
+
+
+def _kv_run(model, inputs, cached) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLUX.2 KV: the extract step (4 references ahead of the 4x4 target), then a cached step (the target alone)."""
+    with torch.no_grad():
+        out, cache = model(**inputs, kv_cache_mode="extract", num_ref_tokens=4, return_dict=False)
+        later = model(**cached, kv_cache=cache, kv_cache_mode="cached", return_dict=False)[0]
+    return out, later
+
+
+def test_flux2_kv_modes_attend_by_the_rule():
+    """Extract mode makes two calls per module: text + target queries over [text, references, target] keys, then
+    the references over themselves; cached mode: text + target queries over [text, cached references, target].
+    Every call runs sparse, by the rule (the reference rows without queries are dense keys), and a covering window
+    is dense."""
+    model, inputs, cached = _kv_model()
+    base = _kv_run(model, inputs, cached)
+    with _calls(model, WINDOW) as (calls, handle):
+        _kv_run(model, inputs, cached)
+    assert handle.fallback_calls == 0 and len(calls) == 2 * 3  # two modules: 2 extract calls + 1 cached call each
+    kinds = set()
+    for call in calls:
+        split, q, k, v = call["split"], *(call[x].double() for x in ("q", "k", "v"))
+        mask = _rule_mask(split, WINDOW)
+        rows = torch.ones(split.seq_len, dtype=torch.bool)
+        if q.shape[2] < k.shape[2]:  # references (extract) or cached references: keys without queries
+            rows[48 : 48 + k.shape[2] - q.shape[2]] = False
+        kinds.add((q.shape[2], k.shape[2], split.grid))
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[rows], scale=call["scale"])
+        torch.testing.assert_close(call["out"].double(), expected, atol=1e-5, rtol=1e-5)
+    # extract: [text 48 + target 16] over 68 keys, the 4x1 references over themselves; cached: 64 over 68 keys
+    assert kinds == {(64, 68, (4, 4)), (4, 4, (4, 1))}
+    with diffattn.attention(model, "gna", window=HUGE, preset=False) as handle:
+        dense = _kv_run(model, inputs, cached)
+    assert handle.fallback_calls == 0 and handle.sparse_calls == 6
+    for a, b in zip(dense, base):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
