@@ -31,8 +31,8 @@ cross-attention (its text term) comes from F on both passes; with no cache, so i
 Self-attention logits are scaled by ``sqrt(log_{N_train}(N))`` on both branches. A difference by
 design: FreeSwim hard-codes ``N = 2 N_train`` (``log(30 * 52 * 2, 30 * 52)``, Wan 1.3B at twice its
 training area); ``entropy_scale=True`` derives it from the actual grids, per frame and per UNet level,
-so any resolution gets its own scale. FreeSwim also stops its dual path after a fixed step (its
-``cover_step``); here that is ``full_steps`` (the Wan preset sets it).
+so any resolution gets its own scale. FreeSwim also ends its dual path at a fixed step (``i < 40`` in its
+cache pipeline, ``cover_step`` in the nocache one); here that is the ``full_steps`` knob (no preset sets it).
 """
 
 from __future__ import annotations
