@@ -187,3 +187,27 @@ def test_flux2_kv_modes_attend_by_the_rule():
     assert handle.fallback_calls == 0 and handle.sparse_calls == 6
     for a, b in zip(dense, base):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "entries", [[(1, 4, 4), (1, 2, 3)], [(1, 4, 4), (1, 3, 2), (1, 2, 2)]], ids=["one-ref", "two-refs"]
+)
+def test_qwen_image_edit_references_from_img_shapes(entries):
+    """Qwen-Image-Edit lists the target and its references in ``img_shapes``: each reference is a grid of its own,
+    attended by the rule."""
+    model, inputs = build_tiny_model("QwenImageTransformer2DModel")
+    tokens = sum(f * h * w for f, h, w in entries)
+    inputs["hidden_states"] = torch.randn(1, tokens, 16, generator=torch.Generator().manual_seed(3))
+    inputs["img_shapes"] = [entries]
+    base = tiny_forward(model, inputs)
+    with _calls(model, WINDOW) as (calls, handle):
+        tiny_forward(model, inputs)
+    assert calls and handle.fallback_calls == 0
+    for call in calls:
+        split = call["split"]
+        assert split.grid == (4, 4) and [g for _, g in split.refs] == [(h, w) for _, h, w in entries[1:]]
+        q, k, v = (call[x].double() for x in ("q", "k", "v"))
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=_rule_mask(split, WINDOW), scale=call["scale"])
+        torch.testing.assert_close(call["out"].double(), expected, atol=1e-5, rtol=1e-5)
+    with diffattn.attention(model, "gna", window=HUGE, preset=False):
+        torch.testing.assert_close(tiny_forward(model, inputs), base, atol=1e-5, rtol=1e-5)
