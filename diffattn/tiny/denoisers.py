@@ -394,6 +394,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
 }
 
+
 def _make(spec: Any, gen: torch.Generator) -> Any:
     if isinstance(spec, R):
         return torch.randn(spec.shape, generator=gen).to(getattr(torch, spec.dtype))
