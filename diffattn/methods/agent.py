@@ -11,8 +11,12 @@ Cost ``O(N n)``; no ``N x N`` tensor exists. What we took from AgentSD's code, a
     matching with one destination token per 4x4 region at steps < 20, ``agent_ratio=0.95``) and
     projects them with ``to_q``. ``to_q`` is linear, so that equals pooling the projected queries;
     we pool by adaptive average pooling over the token grid (deterministic, any grid, 2-D or 3-D)
-    instead of similarity-driven merging. The default ``ratio=1/16`` is AgentSD's count (one agent
-    per 4x4 region).
+    instead of similarity-driven merging (by design: no data-dependent matching, and every token
+    keeps its own key and value). The default ``ratio=1/16`` is AgentSD's count (one agent per 4x4
+    region), and the agent grid is rounded down per axis as AgentSD's destination grid is
+    (``h // 4`` x ``w // 4``): exactly AgentSD's count where the grid divides by 4. Elsewhere AgentSD
+    also keeps the source tokens its ``agent_ratio=0.95`` leaves unmerged as agents (22x14 tokens:
+    its 5x3 destinations plus 1 = 16 agents, ours 5x3 = 15); ``round()`` (ties to even) gave 24.
   - scales: the first softmax uses the model scale ``s``; the second uses ``s ** scale_power`` with
     ``scale_power=0.3`` (AgentSD's ``k_scale2``): a sharper read-out compensates that agents are
     averages whose logits are smaller than single tokens'.
@@ -83,7 +87,9 @@ class AgentConfig:
         return len(self.agents) if isinstance(self.agents, tuple) else None
 
     def agent_grid(self, grid: tuple[int, ...]) -> tuple[int, ...]:
-        """Agent grid for a token ``grid``: each axis shrunk by the same factor, clamped to [1, axis]."""
+        """Agent grid for a token ``grid``: each axis shrunk by the same factor and rounded *down*, clamped
+        to [1, axis] (AgentSD's rule: one destination token per full 4x4 region, ``h // 4`` x ``w // 4``
+        at the default ratio 1/16; the count never exceeds ``ratio * N`` or ``agents``)."""
         if isinstance(self.agents, tuple):
             return tuple(min(a, length) for a, length in zip(per_axis("agents", self.agents, len(grid)), grid))
         n = math.prod(grid)
@@ -92,7 +98,8 @@ class AgentConfig:
         if not live or target >= n:
             return tuple(grid)
         factor = (target / n) ** (1 / len(live))
-        return tuple(min(length, max(1, round(length * factor))) for length in grid)
+        # the epsilon keeps exact products (64 * (1/64) ** (1/3) = 16) from flooring one below
+        return tuple(min(length, max(1, math.floor(length * factor + 1e-9))) for length in grid)
 
 
 def pool_queries(q: Tensor, grid: tuple[int, ...], agent_grid: tuple[int, ...]) -> Tensor:

@@ -10,7 +10,7 @@ next generation starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 AttentionKind = Literal["self", "cross"]
@@ -69,6 +69,28 @@ class DenoiserCall:
 
 
 @dataclasses.dataclass(frozen=True)
+class InnerAttention:
+    """One attention call made inside a targeted module's processor, as a function given to
+    `ModuleCall.route_attention` sees it (e.g. the text term and the image-context term of Wan's
+    image-to-video cross-attention, two calls of one processor).
+
+    index: 0, 1, ... in the order the processor makes its calls during one run.
+    q, k, v: ``[B, S, H, D]`` (views of the processor's own tensors: normed, rotated, projected).
+    """
+
+    index: int
+    q: Any
+    k: Any
+    v: Any
+    _compute: Callable[[Sequence[int] | None], Any] = dataclasses.field(repr=False)
+
+    def compute(self, rows: Sequence[int] | None = None) -> Any:
+        """The processor's own attention of batch ``rows`` (None = all), ``[len(rows), S, H, D]``, with its
+        mask (sliced to the rows where it has a batch axis) and scale."""
+        return self._compute(rows)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModuleCall:
     """One call of a targeted attention module's processor, as `AttentionMethod.process` sees it.
 
@@ -81,6 +103,8 @@ class ModuleCall:
 
     A method that runs the module for some batch rows and answers the others from its state calls
     `mark_served_from_cache`, so the call counts as cached too (``CallStats.cross_cached`` / ``cached``).
+    A method that needs the attention calls *inside* a cross-attention processor (one term of several)
+    calls `route_attention` before ``run``.
     """
 
     layer: str
@@ -92,6 +116,20 @@ class ModuleCall:
     state: dict[str, Any]
     arguments: Mapping[str, Any]
     _served: list[bool] = dataclasses.field(default_factory=list, repr=False)
+    _route: list[Callable[[InnerAttention], Any]] = dataclasses.field(default_factory=list, repr=False)
+
+    def route_attention(self, fn: Callable[[InnerAttention], Any]) -> None:
+        """Hand every attention call of the following ``run()`` calls of a cross-attention processor to
+        ``fn``, which returns its output ``[B, S, H, D]`` (``InnerAttention.compute()`` is the processor's
+        own). The processor's projections, norms and output projection run as usual around it."""
+        if self.kind != "cross":
+            raise ValueError(f"route_attention is for cross-attention modules; {self.layer} is {self.kind}-attention")
+        self._route[:] = [fn]
+
+    @property
+    def attention_route(self) -> Callable[[InnerAttention], Any] | None:
+        """The function given to `route_attention`, or None."""
+        return self._route[0] if self._route else None
 
     def mark_served_from_cache(self) -> None:
         """Count this call as (partly) answered from the method's state."""
@@ -102,4 +140,4 @@ class ModuleCall:
         return bool(self._served)
 
 
-__all__ = ["TARGET_KINDS", "UNKNOWN_BRANCH", "AttentionKind", "Branch", "DenoiserCall", "ModuleCall"]
+__all__ = ["TARGET_KINDS", "UNKNOWN_BRANCH", "AttentionKind", "Branch", "DenoiserCall", "InnerAttention", "ModuleCall"]

@@ -4,8 +4,10 @@ Non-overlapping window attention whose window grid is cyclically shifted on ever
   - the window defaults to ``(ceil(H/2), ceil(W/2))`` of the current grid, i.e. 2x2 windows
     (per frame on video grids: ``(1, ceil(H/2), ceil(W/2))``), resolved per call so one config
     serves every resolution and every UNet level;
-  - each call draws ``k`` from {0, 1, 2, 3} and shifts every axis by ``floor(k * window / 4)``,
-    i.e. {0, 1/4, 1/2, 3/4} of the window, as HiDiffusion does. The draw is a pure function of
+  - each call draws ``k`` from {0, 1, 2, 3} and shifts every axis by ``window // 4 * k`` (integer
+    division first), i.e. about {0, 1/4, 1/2, 3/4} of the window, with HiDiffusion's rounding: a
+    window of 6 shifts by 0, 1, 2, 3, not 0, 1, 3, 4 as ``(k * window) // 4`` would (issue 23: the
+    two differ by 5-10% of the output whenever ``window % 4`` is 2 or 3). The draw is a pure function of
     (config seed, layer name, timestep): a rerun with the same seed reproduces it whatever order
     or thread the calls arrive in, and no counter is mutated;
   - the shift is cyclic (``torch.roll``), so the last window of a shifted grid wraps around and
@@ -19,11 +21,17 @@ renamed to the original token ``(r + shift) mod L``. The kernel's tile gathers a
 scatter then do the permutation for free (measured here: explicit rolls of q, k, v and the
 output cost ~10% of the windowed attention at N = 16384). No kernel code.
 
-Grids that the window does not divide (odd sizes): HiDiffusion needs even latent sizes; here the
+Grids that the window does not divide (odd sizes), a difference by design: HiDiffusion resizes an odd
+feature map bicubically up to twice its window (``2 ceil(H/2)`` x ``2 ceil(W/2)``), attends, and resizes
+the output bicubically back (it warns that quality "would be largely decreased"); here no token is
+resampled. The
 windows are GNA's blocked windows, so on an axis of length ``L`` with window ``w`` the queries form
-groups of ``w`` consecutive tokens and the last, shorter group attends the *last* ``w`` tokens
-(its window is clamped inside the axis, overlapping its neighbour) instead of a smaller or padded
-window. Every query therefore attends exactly ``prod(window)`` image keys.
+groups of ``w`` consecutive tokens and the last, shorter group attends the *last* ``w`` tokens (its
+window is clamped inside the axis, overlapping its neighbour) instead of a smaller or padded window.
+Every query therefore attends exactly ``prod(window)`` image keys. On even grids both agree exactly.
+
+Also by design: the shift draw is seeded per (layer, timestep) instead of HiDiffusion's unseeded
+``torch.rand`` per call, and any window, grid dimensionality and layer set is accepted.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from ..kernels import AxisTiling, BlockPlan
 from ..kernels.plan import PAD
 from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, call_generator, pairs_bound, per_axis
 from .gna import GNAConfig, default_q_tile, gna_axis_tiling, gna_plan
-from .naive import masked_attention, msw_mask
+from .naive import hidiffusion_shift, masked_attention, msw_mask
 from .registry import register_method
 
 #: HiDiffusion's shift choices as quarters of the window
@@ -94,9 +102,10 @@ class MSWConfig:
 
 
 def msw_shift(window: tuple[int, ...], grid: tuple[int, ...], quarter: int) -> tuple[int, ...]:
-    """Per-axis cyclic shift for ``quarter`` of the window; 0 on axes the window covers (one
-    window: a roll would only permute tokens inside it)."""
-    return tuple(0 if w >= length else (quarter * w) // 4 for w, length in zip(window, grid))
+    """Per-axis cyclic shift for ``quarter`` of the window, HiDiffusion's ``window // 4 * quarter``
+    (rounded down to a quarter first); 0 on axes the window covers (one window: a roll would only
+    permute tokens inside it)."""
+    return tuple(0 if w >= length else w // 4 * quarter for w, length in zip(window, grid))
 
 
 def _renamed(pos: Tensor, shift: int, length: int) -> Tensor:
@@ -157,7 +166,10 @@ class MSW(AttentionMethod):
         return out
 
     def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
-        mask = msw_mask(tuple(call.grid), self.config.resolve_window(tuple(call.grid)), self.shift(call))
+        grid = tuple(call.grid)
+        window = self.config.resolve_window(grid)
+        shift = hidiffusion_shift(window, self.config.shift_quarter(call.layer, call.timestep))
+        mask = msw_mask(grid, window, shift)
         return masked_attention(q, k, v, mask, (call.extra_k, call.extra_v, call.extra_mask), call.scale)
 
     @classmethod

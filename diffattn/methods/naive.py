@@ -62,6 +62,13 @@ def msw_mask(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, .
     return _kron_masks(axes)
 
 
+def hidiffusion_shift(window: tuple[int, ...], quarter: int) -> tuple[int, ...]:
+    """HiDiffusion's cyclic shift for draw ``quarter`` (0-3), literally: ``window // 4 * quarter`` per axis
+    (its ``shift_size = (widow_size[0]//4*k, widow_size[1]//4*k)``). Axes the window covers need no zeroing:
+    a roll inside a single window leaves `msw_mask` unchanged."""
+    return tuple(w // 4 * quarter for w in window)
+
+
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, extra: Extra | None = None,
                      scale: float | None = None) -> Tensor:  # fmt: skip
     """Exact fp32 softmax attention over the image keys ``mask`` allows (``[N, N]``, None = all) plus every

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..layout import LayoutError, ModuleRole, TextPosition, TokenLayout, grid_from_ids
+from ..layout import LayoutError, ModuleRole, TextPosition, TokenLayout, grids_from_ids
 from .base import FamilyAdapter, ceil_div, patch_sizes, text_len
 
 Axes = Literal["chw", "cfhw", "fchw", "fhwc", "cl", "lc"]
@@ -76,9 +76,10 @@ class LatentGridAdapter(_Configured):
 
 class IdsGridAdapter(_Configured):
     """Packed-token models: the grid from position ids ``call[ids_arg]`` (``[S, K]`` or ``[B, S, K]``)
-    whose columns ``spatial`` hold each token's (frame,) row, column; tokens after the grid (reference
-    images) are extras of the latent stream, and so are the tokens of ``extra_ids_args`` (reference
-    images passed separately, packed after the latent tokens inside the denoiser)."""
+    whose columns ``spatial`` hold each token's (frame,) row, column (`grids_from_ids`: the target grid, ahead
+    of or after reference images, which get grids of their own where their ids form one); the tokens of
+    ``extra_ids_args`` (reference images passed separately, packed after the latent tokens inside the
+    denoiser) are reference grids too where their ids form them. Everything else in the stream is dense."""
 
     ids_arg: str = "img_ids"
     spatial: tuple[int, ...] = (1, 2)
@@ -88,10 +89,20 @@ class IdsGridAdapter(_Configured):
         ids = call.get(self.ids_arg)
         if not isinstance(ids, torch.Tensor):
             raise LayoutError(f"the call has no position ids {self.ids_arg!r} to read the token grid from")
-        grid, _ = grid_from_ids(ids, self.spatial)
-        extra = [call.get(a) for a in self.extra_ids_args]
-        stream = ids.shape[-2] + sum(e.shape[-2] for e in extra if isinstance(e, torch.Tensor))
-        return self._layout(call, grid, stream_len=stream)
+        found = grids_from_ids(ids, self.spatial)
+        refs, stream = list(found.refs), int(ids.shape[-2])
+        for arg in self.extra_ids_args:
+            extra = call.get(arg)
+            if not isinstance(extra, torch.Tensor):
+                continue
+            try:  # a reference whose ids form no grid stays dense
+                more = grids_from_ids(extra, self.spatial)
+            except LayoutError:
+                more = None
+            grids = ((more.offset, more.grid), *more.refs) if more is not None else ()
+            refs += [(stream + o, g) for o, g in grids if len(g) == len(found.grid)]
+            stream += int(extra.shape[-2])
+        return self._layout(call, found.grid, stream_len=stream, grid_offset=found.offset, refs=tuple(refs))
 
 
 class ShapesAdapter(_Configured):
@@ -114,10 +125,16 @@ class ShapesAdapter(_Configured):
         entries = [tuple(int(v) for v in e) for e in per_sample[0]]
         f, h, w = entries[0]
         grid = (h, w) if f == 1 else (f, h, w)
-        stream = sum(math.prod(e) for e in entries)
+        refs, at = [], math.prod(entries[0])
+        for ef, eh, ew in entries[1:]:  # edit references: grids of their own, with the target's axes
+            ref = (eh, ew) if len(grid) == 2 and ef == 1 else (ef, eh, ew)
+            if len(ref) == len(grid):
+                refs.append((at, ref))
+            at += ef * eh * ew
+        stream = at
         if self.stream_arg:
             stream = int(call[self.stream_arg].shape[1])
-        return self._layout(call, grid, stream_len=stream)
+        return self._layout(call, grid, stream_len=stream, refs=tuple(refs))
 
 
 class SizeArgsAdapter(_Configured):
@@ -171,18 +188,30 @@ def _has(block: nn.Module, attr: str) -> bool:
     return any(k.endswith(attr) and v is not None for k, v in vars(block).get("_modules", {}).items())
 
 
+def _downsamples(block: nn.Module) -> bool:
+    """Whether a down block halves the hidden states: ``downsamplers``, or the NCSN++ skip blocks' strided
+    ``resnet_down`` (their ``downsamplers`` is the FIR filter of the skip path, present alike)."""
+    return _has(block, "downsamplers") or _has(block, "resnet_down")
+
+
+def _upsamples(block: nn.Module) -> bool:
+    """Whether an up block doubles the hidden states: ``upsamplers``, or the NCSN++ skip blocks' ``resnet_up``
+    (their singular ``upsampler`` upsamples the skip path only, and sits in the last block too)."""
+    return _has(block, "upsamplers") or _has(block, "resnet_up")
+
+
 def unet_level(denoiser: nn.Module, name: str) -> int:
     """How many times the latent was downsampled before module ``name``'s block: down block ``i``
-    follows the downsamplers of blocks ``< i``; the mid block all of them; up block ``j`` follows the
-    upsamplers of up blocks ``< j``."""
+    follows the downsamplings of blocks ``< i``; the mid block all of them; up block ``j`` follows the
+    upsamplings of up blocks ``< j`` (a block's own resampling comes after its attentions)."""
     parts = name.split(".")
     down = list(getattr(denoiser, "down_blocks", []))
-    total = sum(_has(b, "downsamplers") for b in down)
+    total = sum(_downsamples(b) for b in down)
     if parts[0] == "down_blocks":
-        return sum(_has(b, "downsamplers") for b in down[: int(parts[1])])
+        return sum(_downsamples(b) for b in down[: int(parts[1])])
     if parts[0] == "up_blocks":
         up = list(denoiser.up_blocks)
-        return max(total - sum(_has(b, "upsamplers") for b in up[: int(parts[1])]), 0)
+        return max(total - sum(_upsamples(b) for b in up[: int(parts[1])]), 0)
     if parts[0] in ("mid_block", "mid_blocks"):
         return total
     raise LayoutError(f"attention module {name} sits in no down, mid or up block")

@@ -4,6 +4,7 @@ sequence into the token grid and dense tokens (`split`); anything unexpected fal
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -19,15 +20,29 @@ from torch.overrides import TorchFunctionMode
 from ..kernels import record_paths
 from ..layout import SELF, ModuleRole
 from ..methods import AttendCall, AttentionMethod, ModuleCall
-from ..methods.lifecycle import AttentionKind
+from ..methods.lifecycle import AttentionKind, InnerAttention
 from .context_parallel import gathered_order, ulysses_of
 from .runtime import CallStats
-from .split import SeqCat, dense_part, key_padding, seq_cat, split_of
+from .split import SeqCat, dense_part, key_padding, keys_only_rows, seq_cat, split_of
 
 if TYPE_CHECKING:
     from .runtime import _Runtime
 
 logger = logging.getLogger("diffattn")
+
+
+def _without(ranges: tuple[slice, ...], holes: Sequence[slice]) -> tuple[slice, ...]:
+    """``ranges`` with the rows of ``holes`` (each inside one of them) cut out, in order."""
+    out = []
+    for r in ranges:
+        at = r.start
+        for h in sorted((h for h in holes if r.start <= h.start < r.stop), key=lambda h: h.start):
+            if h.start > at:
+                out.append(slice(at, h.start))
+            at = h.stop
+        if at < r.stop:
+            out.append(slice(at, r.stop))
+    return tuple(out)
 
 
 class _Interceptor(TorchFunctionMode):
@@ -51,6 +66,45 @@ class _Interceptor(TorchFunctionMode):
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+#: a method's function for the attention calls inside a cross-attention processor (`ModuleCall.route_attention`)
+_Route = Callable[[InnerAttention], Tensor]
+
+
+class _CrossRouter(TorchFunctionMode):
+    """Hands each SDPA call of a cross-attention processor to the method's `ModuleCall.route_attention` function,
+    as an `InnerAttention` on ``[B, S, H, D]`` views; its ``[B, S, H, D]`` answer goes back as ``[B, H, S, D]``."""
+
+    def __init__(self, route: _Route) -> None:
+        super().__init__()
+        self.route = route
+        self.index = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        p = dict(zip(_SDPA_PARAMS, args))
+        p.update(kwargs)
+        q, k, v = p.pop("query"), p.pop("key"), p.pop("value")  # [B, H, S, D]
+        batch = q.shape[0]
+
+        def compute(rows: Sequence[int] | None = None) -> Tensor:
+            if rows is None:
+                return func(q, k, v, **p).transpose(1, 2)
+            index = torch.as_tensor(list(rows), dtype=torch.long, device=q.device)
+            sliced = dict(p)
+            mask = p.get("attn_mask")
+            if mask is not None and mask.dim() == 4 and mask.shape[0] == batch:
+                sliced["attn_mask"] = mask.index_select(0, index)
+            return func(*(t.index_select(0, index) for t in (q, k, v)), **sliced).transpose(1, 2)
+
+        inner = InnerAttention(self.index, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), compute)
+        self.index += 1
+        out = self.route(inner)  # [B, S, H, D]
+        expected = (q.shape[0], q.shape[2], q.shape[1], v.shape[3])
+        if tuple(out.shape) != expected:
+            raise RuntimeError(f"attention route returned shape {tuple(out.shape)}, expected {expected} [B, S, H, D]")
+        return out.transpose(1, 2)
 
 
 class _PatchedAttention:
@@ -88,10 +142,13 @@ class _PatchedAttention:
             return self._process(args, kwargs)
         return self._call(args, kwargs)
 
-    def _call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def _call(self, args: tuple, kwargs: dict[str, Any], route: _Route | None = None) -> Any:
         if self.kind == "cross":
             self.runtime.stats[self.name].cross += 1
-            return self.original(*args, **kwargs)
+            if route is None:
+                return self.original(*args, **kwargs)
+            with _CrossRouter(route):
+                return self.original(*args, **kwargs)
         with _Interceptor(self):
             return self.original(*args, **kwargs)
 
@@ -109,7 +166,7 @@ class _PatchedAttention:
                 accepted = list(self.signature.parameters)
                 raise TypeError(f"{self.name}: unknown processor argument(s) {unknown}; accepted: {accepted}")
             again = inspect.BoundArguments(self.signature, {**bound.arguments, **overrides})  # type: ignore[arg-type]
-            return self._call(again.args, again.kwargs)
+            return self._call(again.args, again.kwargs, call.attention_route)
 
         call = ModuleCall(
             layer=self.name,
@@ -185,11 +242,16 @@ class _PatchedAttention:
                 p["attn_mask"] = mask.index_select(-1, perm)
         grid, img, dense = split.grid, split.image, split.dense
         q_rows = seq
-        if q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
-            if q.shape[-2] != img.stop - img.start:
+        keys_only = None  # rows of keys without queries (FLUX.2's KV modes: references attended apart or cached)
+        if q.shape[-2] != seq and q.shape[-2] != img.stop - img.start:
+            keys_only = keys_only_rows(cats, seq, q.shape[-2], img) if perm is None else None
+            if keys_only is None:
                 return self._fallback(
                     func, args, kwargs, f"{q.shape[-2]} queries are neither the {seq} keys nor the grid {grid}"
                 )
+            hole = q.new_zeros((*q.shape[:2], keys_only.stop - keys_only.start, q.shape[3]))
+            q = torch.cat([q[:, :, : keys_only.start], hole, q[:, :, keys_only.start :]], dim=2)  # [B, H, S, D]
+        elif q.shape[-2] != seq:  # queries of the image only (the processor joins dense tokens to k, v alone)
             q_rows = q.shape[-2]
             q = F.pad(q, (0, 0, img.start, seq - img.stop))  # [B, H, S, D]; only the image rows are read
         key_valid = key_padding(p.get("attn_mask"), q.shape[0], seq, img)
@@ -229,13 +291,39 @@ class _PatchedAttention:
         stats.text = seq - stream
         if not dense or q_rows != seq:
             return out_img
-        # dense queries (text, references, registers) attend every key, with the model's own mask
-        mask = p.get("attn_mask")
-        if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
-            mask = dense_part(mask, mask.dim() - 2, dense)
-        dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
-        out_dense = func(dense_part(q, 2, dense), k, v, attn_mask=mask, **dense_kwargs)
-        before = img.start  # dense tokens ahead of the grid
-        parts = [out_dense[:, :, :before], out_img, out_dense[:, :, before:]]
-        out = torch.cat([t for t in parts if t.shape[2]], dim=2)
+        pieces = [(img.start, out_img)]  # (first row, [B, H, rows, D]) in any order
+        # reference grids (layout, issue 23): their queries attend their own grid's neighbourhood plus every other
+        # token densely, the rule the grid's queries follow with the references among their dense keys
+        sparse_refs = []
+        for rows, ref_grid in split.refs:
+            if keys_only is not None and rows.start < keys_only.stop and keys_only.start < rows.stop:
+                continue  # no queries of its own in this call
+            valid = key_padding(p.get("attn_mask"), q.shape[0], seq, rows)
+            if valid is False or (isinstance(valid, Tensor) and not bool(valid[:, rows].all())):
+                continue  # a mask that treats the reference's rows apart, or hides them: it stays dense
+            outside = split.outside(rows)
+            ref_call = dataclasses.replace(
+                call,
+                grid=ref_grid,
+                extra_k=dense_part(ks, 1, outside),
+                extra_v=dense_part(vs, 1, outside),
+                extra_mask=dense_part(valid, 1, outside) if isinstance(valid, Tensor) else None,
+            )
+            out_ref = self.method.attend(qs[:, rows], ks[:, rows], vs[:, rows], ref_call)
+            pieces.append((rows.start, out_ref.transpose(1, 2)))
+            sparse_refs.append(rows)
+        # dense queries (text, registers, references without a grid) attend every key, with the model's own mask
+        queries = _without(split.dense, [*sparse_refs, *([keys_only] if keys_only is not None else [])])
+        if queries:
+            mask = p.get("attn_mask")
+            if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
+                mask = dense_part(mask, mask.dim() - 2, queries)
+            dense_kwargs = {k2: p[k2] for k2 in ("scale",) if p.get(k2) is not None}
+            out_dense = func(dense_part(q, 2, queries), k, v, attn_mask=mask, **dense_kwargs)
+            at = 0
+            for r in queries:
+                n = r.stop - r.start
+                pieces.append((r.start, out_dense[:, :, at : at + n]))
+                at += n
+        out = torch.cat([t for _, t in sorted(pieces, key=lambda piece: piece[0]) if t.shape[2]], dim=2)
         return out if perm is None else out.index_select(2, torch.argsort(perm))  # back to the gathered order

@@ -46,6 +46,21 @@ def split_of(rt: _Runtime, role: ModuleRole, cats: Sequence[SeqCat], seq: int) -
     return split
 
 
+def keys_only_rows(cats: Sequence[SeqCat], seq: int, queries: int, image: slice) -> slice | None:
+    """The rows of ``seq`` keys that have no query when ``queries`` < ``seq`` (FLUX.2's KV modes: the reference
+    tokens, attended apart or cached, join the keys only): the one piece of the keys' concatenation that is
+    ``seq - queries`` long and outside the grid; None if there is no such piece, or more than one."""
+    pieces = next((p for total, p in reversed(cats) if total == seq), None)
+    if pieces is None:
+        return None
+    found, at = [], 0
+    for n in pieces:
+        if n == seq - queries and (at + n <= image.start or at >= image.stop):
+            found.append(slice(at, at + n))
+        at += n
+    return found[0] if len(found) == 1 else None
+
+
 def dense_part(t: Tensor, axis: int, dense: tuple[slice, ...]) -> Tensor:
     """The dense tokens (text, references) of ``t`` along ``axis``, in order."""
     parts = [t.narrow(axis, s.start, s.stop - s.start) for s in dense]

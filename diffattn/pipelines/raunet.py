@@ -18,9 +18,19 @@ Read from HiDiffusion's public code (megvii-research/HiDiffusion, ``hidiffusion.
     latent size on a side (SD 1.5 1024², SDXL 2048²), (0.7, 0.3) from 4x (SD 1.5 2048², SDXL 4096²).
   - SDXL below 4x is "aggressive": the conv switch runs on steps ``[0, 8/50 n)`` and the pool switch
     on ``[8/50 n, T1)`` instead.
-Differences, on purpose: the step index comes from the scheduler's timesteps (HiDiffusion counts
-forward calls, which breaks with more than one call per step), nothing switches at or below the
-training size, and a UNet layout other than those two is refused instead of guessed.
+Steps are counted as HiDiffusion counts them: from the first denoising call of a generation, against
+the number of steps the pipeline actually runs (its ``_num_timesteps``, which img2img / inpaint set to
+the steps left after ``strength``). So an img2img run at strength 0.7 over 50 steps runs 35 steps and
+switches for the first ``int(0.4 * 35) = 14`` of them, as HiDiffusion does (issue 23: the step looked up
+in the scheduler's full list of 50 switched only 5). Each call's step is the position of its timestep
+in ``scheduler.timesteps`` minus that of the generation's first call; a new generation starts when the
+scheduler's timesteps are set again (every pipeline call) or the position goes back. A pipeline
+without ``_num_timesteps`` runs to the end of the schedule.
+Differences, on purpose: the step comes from the call's timestep, not a count of forward calls (which
+breaks with more than one call per step: separate CFG passes, FreeSwim's extra pass), so a scheduler
+that repeats a timestep (Heun's second-order steps, PNDM's first PLMS step) counts both calls of it as
+the first one's step, one step off HiDiffusion's count at most; nothing switches at or below the
+training size; and a UNet layout other than those two is refused instead of guessed.
 
 Every change is an undo record (`SwapSubmodule`, `ForwardPreHook`, `SetAttr`) joined to an
 `AttentionHandle`, so removal is bit-exact and a failed install leaves the pipeline as it was.
@@ -30,8 +40,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -146,21 +158,40 @@ def raunet_layout(unet: nn.Module) -> RAUNetLayout:
 class _State:
     """Per UNet: the switches of the current call (thread-local, set by the pre-hook)."""
 
-    def __init__(self, layout: RAUNetLayout, config: RAUNetConfig, scheduler: Any) -> None:
+    def __init__(self, layout: RAUNetLayout, config: RAUNetConfig, scheduler: Any, pipe: Any = None) -> None:
         self.layout, self.config, self.scheduler = layout, config, scheduler
+        # weak: the UNet's hook must not keep the pipeline alive (pipe -> unet -> hook -> state -> pipe)
+        self.pipe = weakref.ref(pipe) if pipe is not None else None
         self.local = threading.local()
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         sample = kwargs.get("sample", args[0] if args else None)  # [B, C, H, W]
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        timesteps = getattr(self.scheduler, "timesteps", None)
         conv = pool = False
-        if sample is not None and timestep is not None and timesteps is not None and len(timesteps):
-            t = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
-            step = int((timesteps.float().cpu() - t).abs().argmin())
-            conv, pool = self.layout.active(step, len(timesteps), *sample.shape[-2:], self.config)
+        run = self.run_step(timestep) if sample is not None else None
+        if run is not None:
+            conv, pool = self.layout.active(*run, *sample.shape[-2:], self.config)
         self.local.conv, self.local.pool = conv, pool
         self.local.sizes = []
+
+    def run_step(self, timestep: Any) -> tuple[int, int] | None:
+        """``(step, steps)``: this call's step counted from the generation's first call, and the number of
+        steps the pipeline runs (see the module docstring); None without a timestep or set timesteps."""
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if timestep is None or timesteps is None or len(timesteps) == 0:
+            return None
+        t = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
+        index = int((torch.as_tensor(timesteps).float().cpu() - t).abs().argmin())
+        local = self.local
+        if getattr(local, "timesteps", None) is not timesteps or index < local.last:  # a new generation
+            local.timesteps, local.start = timesteps, index
+        local.last = index
+        rest = len(timesteps) - local.start
+        pipe = self.pipe() if self.pipe is not None else None
+        steps = getattr(pipe, "_num_timesteps", None)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= rest:
+            steps = rest  # no (or an impossible) count from the pipeline: it runs to the end of the schedule
+        return index - local.start, steps
 
     @property
     def conv(self) -> bool:
@@ -249,7 +280,7 @@ def raunet_records(pipe: Any, config: RAUNetConfig | None = None) -> list[UndoRe
     layout = raunet_layout(unet)
     if getattr(pipe, "scheduler", None) is None:
         raise ValueError("RAU-Net needs the pipeline's scheduler to know the denoising step")
-    state = _State(layout, config, pipe.scheduler)
+    state = _State(layout, config, pipe.scheduler, pipe)
     sampler = unet.down_blocks[layout.conv_block].downsamplers[0]
     pool_parent = unet.down_blocks[layout.pool_block].attentions
     up_parent = unet.up_blocks[layout.up_block].attentions

@@ -378,6 +378,23 @@ TINY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+#: further configs of a class from diffusers' own model tests, whose layouts need a reading of their own:
+#: ``VARIANTS["Class[variant]"] = (config, inputs)``, built by `build_tiny_model` like `TINY` entries
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # NCSN++ (score SDE): skip blocks resample through resnet_down / resnet_up (diffusers' test_models_unet_2d)
+    'UNet2DModel[ncsnpp]': (
+        {'block_out_channels': (32, 64, 64, 64), 'in_channels': 3, 'layers_per_block': 1, 'out_channels': 3, 'time_embedding_type': 'fourier', 'norm_eps': 1e-06, 'mid_block_scale_factor': 1.4142135623730951, 'norm_num_groups': None, 'down_block_types': ('SkipDownBlock2D', 'AttnSkipDownBlock2D', 'SkipDownBlock2D', 'SkipDownBlock2D'), 'up_block_types': ('SkipUpBlock2D', 'SkipUpBlock2D', 'AttnSkipUpBlock2D', 'SkipUpBlock2D')},
+        {'sample': R((1, 3, 16, 16)), 'timestep': T([10], 'int64')},
+    ),
+    # FLUX.2 Klein-KV style: 4 reference tokens (a 4x1 grid) packed ahead of the 4x4 target, both at t = 0
+    # (diffusers' Flux2TransformerKVCacheTesterConfig)
+    'Flux2Transformer2DModel[refs-ahead]': (
+        TINY['Flux2Transformer2DModel'][0],
+        {'hidden_states': R((1, 20, 4)), 'encoder_hidden_states': R((1, 48, 32)), 'img_ids': T([[[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0], [0, 3, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 3, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 2, 0], [0, 1, 3, 0], [0, 2, 0, 0], [0, 2, 1, 0], [0, 2, 2, 0], [0, 2, 3, 0], [0, 3, 0, 0], [0, 3, 1, 0], [0, 3, 2, 0], [0, 3, 3, 0]]], 'int64'), 'txt_ids': T([[[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 0, 4], [0, 0, 0, 5], [0, 0, 0, 6], [0, 0, 0, 7], [0, 0, 0, 8], [0, 0, 0, 9], [0, 0, 0, 10], [0, 0, 0, 11], [0, 0, 0, 12], [0, 0, 0, 13], [0, 0, 0, 14], [0, 0, 0, 15], [0, 0, 0, 16], [0, 0, 0, 17], [0, 0, 0, 18], [0, 0, 0, 19], [0, 0, 0, 20], [0, 0, 0, 21], [0, 0, 0, 22], [0, 0, 0, 23], [0, 0, 0, 24], [0, 0, 0, 25], [0, 0, 0, 26], [0, 0, 0, 27], [0, 0, 0, 28], [0, 0, 0, 29], [0, 0, 0, 30], [0, 0, 0, 31], [0, 0, 0, 32], [0, 0, 0, 33], [0, 0, 0, 34], [0, 0, 0, 35], [0, 0, 0, 36], [0, 0, 0, 37], [0, 0, 0, 38], [0, 0, 0, 39], [0, 0, 0, 40], [0, 0, 0, 41], [0, 0, 0, 42], [0, 0, 0, 43], [0, 0, 0, 44], [0, 0, 0, 45], [0, 0, 0, 46], [0, 0, 0, 47]]], 'int64'), 'timestep': T([1.0], 'float32'), 'guidance': T([1.0], 'float32')},
+    ),
+}
+
+
 def _make(spec: Any, gen: torch.Generator) -> Any:
     if isinstance(spec, R):
         return torch.randn(spec.shape, generator=gen).to(getattr(torch, spec.dtype))
@@ -434,12 +451,14 @@ def model_class(name: str) -> type:
 
 
 def build_tiny_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(model, inputs)`` of class ``name`` from `TINY`: random weights (seeded), fp32, eval mode."""
-    if name not in TINY:
-        raise KeyError(f"no tiny config for {name}; known: {', '.join(sorted(TINY))}")
-    config, inputs = TINY[name]
+    """``(model, inputs)`` of class ``name`` from `TINY` (or a ``Class[variant]`` of `VARIANTS`): random weights
+    (seeded), fp32, eval mode."""
+    table = VARIANTS if name in VARIANTS else TINY
+    if name not in table:
+        raise KeyError(f"no tiny config for {name}; known: {', '.join(sorted(TINY))}, {', '.join(sorted(VARIANTS))}")
+    config, inputs = table[name]
     torch.manual_seed(seed)
-    model = model_class(name)(**config).eval()
+    model = model_class(name.split("[")[0])(**config).eval()
     with torch.no_grad():  # zero-initialised gates and output layers would hide attention from the output
         for param in model.parameters():
             if param.numel() and not bool(param.any()):

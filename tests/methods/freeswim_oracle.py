@@ -10,6 +10,11 @@ Literal recipe (FreeSwim's public Wan code, generalised to the denoisers with se
     of F is stored per layer.
   - On every conditional pass, W's cross-attention output is the stored F output of that layer (W
     computes no cross-attention of its own there); the unconditional rows/calls use their own.
+  - Image conditioning (Wan I2V, ``add_k_proj``), literally as FreeSwim's processor: the encoder tokens are
+    split at ``S - 512`` into image context and text; the image term always uses the running branch's own
+    query; only the text term is stored from F and read by W.
+  - ``full_uncond`` (FreeSwim's ``nocache`` mode): F runs on every pass (the whole batch) of every step and
+    every W row reads F's text term / cross-attention.
 This runs two separate forwards per F step, exactly as the recipe reads: a monkeypatched
 ``F.scaled_dot_product_attention`` does the attention, forward hooks say which module is running.
 """
@@ -67,6 +72,7 @@ class NaiveFreeSwim:
         top_grid_fn: Any,
         multiscale: bool = False,
         positive: torch.Tensor | None = None,
+        full_uncond: bool = False,
     ) -> None:
         self.train_grid = train_grid
         self.cache_steps = cache_steps
@@ -74,6 +80,8 @@ class NaiveFreeSwim:
         self.top_grid_fn = top_grid_fn
         self.multiscale = multiscale
         self.positive = positive
+        self.full_uncond = full_uncond
+        self.image_context: int | None = None  # image-context tokens of the running I2V cross-attention
         self.cache: dict[str, torch.Tensor] = {}
         self.mode = "W"  # which branch runs now
         self.cond_rows: slice | None = None  # rows of the current W call that are conditional
@@ -103,7 +111,10 @@ class NaiveFreeSwim:
                 scale = math.sqrt(math.log(n, n_train) / q.shape[-1])
             mask = None if self.mode == "F" else inward_window_mask(grid, train)
             return _SDPA(q, k, v, attn_mask=mask, scale=scale)
-        # cross-attention
+        # cross-attention; FreeSwim's I2V split: the first S - 512 encoder tokens are image context, whose term
+        # every branch computes with its own query
+        if self.image_context is not None and k.shape[-2] == self.image_context:
+            return _SDPA(q, k, v, attn_mask=attn_mask, scale=scale)
         if self.mode == "F":
             out = _SDPA(q, k, v, attn_mask=attn_mask, scale=scale)
             self.cache[name] = out
@@ -138,6 +149,8 @@ class NaiveFreeSwim:
         self.top_grid = self.top_grid_fn(call)
         step = self._step(pipe, call["timestep"])
         cond = self._cond_rows(call, batch)
+        if self.full_uncond:  # every pass: F on the whole batch, and all of W reads it
+            cond = slice(0, batch)
         if cond is not None and step % self.cache_steps == 0:
             sliced = {key: _rows(value, batch, cond) for key, value in call.items()}
             self.mode, self.cond_rows = "F", None
@@ -164,13 +177,20 @@ class NaiveFreeSwim:
             if name.endswith(("attn1", "attn2")) and hasattr(module, "processor"):
                 kind = "self" if name.endswith("attn1") else "cross"
 
-                def pre(mod, args, kind=kind, name=name):
+                def pre(mod, args, kwargs, kind=kind, name=name):
                     self.module = (kind, name)
+                    ehs = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+                    image = kind == "cross" and getattr(mod, "add_k_proj", None) is not None and ehs is not None
+                    self.image_context = ehs.shape[1] - 512 if image else None  # FreeSwim's hard-coded text length
 
                 def post(mod, args, out):
                     self.module = None
+                    self.image_context = None
 
-                hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+                hooks += [
+                    module.register_forward_pre_hook(pre, with_kwargs=True),
+                    module.register_forward_hook(post),
+                ]
         denoiser.forward = lambda *a, **kw: self.forward(pipe, original, signature, *a, **kw)
         F.scaled_dot_product_attention = self.sdpa
         try:

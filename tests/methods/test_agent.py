@@ -40,9 +40,9 @@ def test_every_token_its_own_agent_matches_closed_form(grid, text, dtype):
 
 AGENT_CASES = [
     ((16, 16), dict(), (4, 4)),
-    ((15, 17), dict(), (4, 4)),
+    ((15, 17), dict(), (3, 4)),
     ((12, 20), dict(ratio=0.25), (6, 10)),
-    ((9, 11), dict(agents=12), (3, 4)),
+    ((9, 11), dict(agents=12), (3, 3)),  # rounded down: never more agents than asked
     ((4, 12, 10), dict(agents=(2, 3, 3)), (2, 3, 3)),
     ((5, 8, 8), dict(ratio=1 / 8, scale_power=0.5, shortcut=0.0), (2, 4, 4)),
     ((1, 32), dict(ratio=1 / 8), (1, 4)),
@@ -71,7 +71,7 @@ def test_bf16_typical_ratio():
     q, k, v = random_qkv(math.prod(grid), torch.bfloat16)
     out = make_method("agent").attend(q, k, v, AttendCall(grid=grid))
     assert out.dtype == torch.bfloat16
-    ref = agent_attention(q, k, v, agent_pooled_queries(q, grid, (4, 4)), 8**-0.5, 0.3, 0.075)
+    ref = agent_attention(q, k, v, agent_pooled_queries(q, grid, (3, 4)), 8**-0.5, 0.3, 0.075)
     torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)
 
 
@@ -81,11 +81,11 @@ def test_dense_fallback_when_agents_save_nothing(text):
     grid = (3, 4)
     q, k, v = random_qkv(12)
     tx = random_text(text, seed=99) if text else (None, None, None)
-    method = make_method("agent", ratio=0.5)
+    method = make_method("agent", ratio=0.6)  # 2 x 3 agents: 2 * 6 >= 12
     out = method.attend(q, k, v, AttendCall(grid=grid, extra_k=tx[0], extra_v=tx[1], extra_mask=tx[2]))
     ref, _ = reference_attention(q, k, v, extra_k=tx[0], extra_v=tx[1], extra_mask=tx[2])
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
-    forced = make_method("agent", ratio=0.5, dense_fallback=False).attend(q, k, v, AttendCall(grid=grid))
+    forced = make_method("agent", ratio=0.6, dense_fallback=False).attend(q, k, v, AttendCall(grid=grid))
     assert not torch.allclose(forced, reference_attention(q, k, v)[0], atol=1e-3)
 
 
@@ -99,11 +99,37 @@ def test_dense_fallback_when_agents_save_nothing(text):
         ((8, 8), dict(agents=4), (2, 2)),
         ((8, 8), dict(agents=(3, 20)), (3, 8)),  # clamped to the grid
         ((5, 7), dict(agents=1000), (5, 7)),
+        ((22, 14), dict(), (5, 3)),  # AgentSD: 22 // 4 x 14 // 4 destinations (round() gave 6 x 4 = 24)
+        ((15, 17), dict(), (3, 4)),
+        ((16, 16, 16), dict(ratio=1 / 64), (4, 4, 4)),
     ],
-    ids=["128x128", "64x96", "3d", "1-frame", "target-count", "tuple-clamped", "target-above-n"],
+    ids=["128x128", "64x96", "3d", "1-frame", "target-count", "tuple-clamped", "target-above-n", "22x14-agentsd",
+         "15x17", "3d-exact-cube-root"],
 )
 def test_agent_grid(grid, knobs, expected):
     assert make_method("agent", **knobs).config.agent_grid(grid) == expected
+
+
+def _agentsd_agents(h: int, w: int, sx: int = 4, sy: int = 4, agent_ratio: float = 0.95) -> tuple[int, int]:
+    """AgentSD's agent count, re-stated from its ``bipartite_soft_matching_random2d``: one destination per full
+    sy x sx region; ``agent_r = min(sources, int(N * agent_ratio))`` sources merge, the rest stay agents.
+    Returns (destinations, agents)."""
+    n, dst = h * w, (h // sy) * (w // sx)
+    return dst, n - min(n - dst, int(n * agent_ratio))
+
+
+def test_agent_count_follows_agentsd():
+    """issue 23: ``round()`` gave 24 agents on 22x14 where AgentSD has 16. The rule now is AgentSD's destination grid
+    ``h // 4 x w // 4``: equal to AgentSD's count where the grid divides by 4, its destinations elsewhere."""
+    method = make_method("agent")
+    for h in range(4, 41):
+        for w in range(4, 41):
+            dst, agents = _agentsd_agents(h, w)
+            ours = math.prod(method.config.agent_grid((h, w)))
+            assert ours == dst, (h, w)
+            if h % 4 == 0 and w % 4 == 0:
+                assert ours == agents, (h, w)
+    assert _agentsd_agents(22, 14) == (15, 16)
 
 
 def test_dimensionality_mismatch_is_named():

@@ -251,3 +251,144 @@ def test_bare_denoiser_runs_w_only_and_says_so(caplog, pipelines):
     assert "runs the window branch W only" in caplog.text
     cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
     assert all(s.cross_cached == 0 and s.cross > 0 for s in cross)
+
+
+# --------------------------------------------------------------------------- image conditioning (issue 23)
+
+
+def _tiny_wan_i2v():
+    """A WanImageToVideoPipeline from tiny-wan's components plus an image-conditioned transformer (``image_dim``,
+    ``added_kv_proj_dim``: its cross-attention has ``add_k_proj``) and a tiny CLIP vision encoder (17 image
+    tokens); call kwargs with 512-token prompt embeddings (diffusers' Wan processor splits the encoder tokens at
+    ``S - 512``), and the positive embeddings for the oracle."""
+    import numpy as np
+    import PIL.Image
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    base = build_tiny_pipeline("tiny-wan")
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=48, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, image_dim=16, added_kv_proj_dim=24,
+    ).eval()  # fmt: skip
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=16,
+    )  # fmt: skip
+    c = base.components
+    pipe = WanImageToVideoPipeline(
+        tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], scheduler=c["scheduler"],
+        transformer=transformer, image_encoder=CLIPVisionModelWithProjection(vision).eval(),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    kw = tiny_call_kwargs("tiny-wan")
+    pe, ne = base.encode_prompt(kw.pop("prompt"), kw.pop("negative_prompt"), True, 1, max_sequence_length=512)
+    kw.pop("max_sequence_length", None)
+    rng = np.random.default_rng(0)
+    image = PIL.Image.fromarray((rng.random((kw["height"], kw["width"], 3)) * 255).astype("uint8"))
+    kw.update(image=image, prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=STEPS, return_dict=False)
+    return pipe, kw, pe
+
+
+def _frames(pipe, kw) -> torch.Tensor:
+    kw = dict(kw, generator=torch.Generator().manual_seed(0))
+    return torch.as_tensor(pipe(**kw)[0]).float()
+
+
+@pytest.mark.parametrize("cache_steps", [1, 2], ids=lambda c: f"cache{c}")
+def test_image_conditioned_wan_caches_only_the_text_term(cache_steps):
+    """issue 23: with image context (Wan I2V), FreeSwim caches only F's *text* cross-attention term; W adds its own
+    image-context term every step. freeswim cached the whole output (4e-3 off on F steps, 0.23 on reuse steps)."""
+    pipe, kw, positive = _tiny_wan_i2v()
+    attn2 = pipe.transformer.blocks[0].attn2
+    assert attn2.add_k_proj is not None
+    train = (3, 5)
+    oracle = NaiveFreeSwim(train, cache_steps, True, _grid_wan, positive=positive)
+    with oracle.installed(pipe):
+        expected = _frames(pipe, kw)
+    assert oracle.f_runs == math.ceil(STEPS / cache_steps) and oracle.cache_reads > 0
+    with diffattn.attention(pipe, "freeswim", train_grid=train, cache_steps=cache_steps) as handle:
+        out = _frames(pipe, kw)
+    assert handle.fallback_calls == 0
+    cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
+    assert cross and all(s.cross_cached == STEPS for s in cross)  # every conditional pass took F's text term
+    assert (out - expected).abs().max() <= 1e-4
+    assert (out - _frames(pipe, kw)).abs().max() > 1e-3  # and freeswim did change something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-wan-i2v", "tiny-sd"])
+def test_full_uncond_is_freeswims_nocache_mode(name, pipelines):
+    """``full_uncond=True`` (FreeSwim's nocache): F on both CFG passes of every step; every W row takes F's
+    cross-attention (the text term under image conditioning). Unbatched (Wan) and batched (SD) CFG."""
+    if name == "tiny-wan-i2v":
+        pipe, kw, positive = _tiny_wan_i2v()
+        grid_fn, multiscale, train = _grid_wan, False, (3, 5)
+
+        def run():
+            return _frames(pipe, kw)
+    else:
+        pipe = pipelines.pipe(name)
+        grid_fn, multiscale, size, train = FAMILIES[name]
+        kw, positive = _call(pipe, name, size)
+
+        def run():
+            return tiny_output(pipe, name, **kw)
+
+    oracle = NaiveFreeSwim(train, 1, True, grid_fn, multiscale=multiscale, positive=positive, full_uncond=True)
+    with oracle.installed(pipe):
+        expected = run()
+    passes = STEPS * (2 if name == "tiny-wan-i2v" else 1)
+    assert oracle.f_runs == passes
+    with diffattn.attention(pipe, "freeswim", train_grid=train, cache_steps=1, full_uncond=True) as handle:
+        out = run()
+    assert handle.fallback_calls == 0
+    cross = [s for n, s in handle.stats().items() if n.endswith("attn2")]
+    assert cross and all(s.cross_cached == passes for s in cross)  # every pass, unconditional ones too
+    assert (out - expected).abs().max() <= 1e-4
+    with diffattn.attention(pipe, "freeswim", train_grid=train, cache_steps=1):
+        cache_mode = run()
+    assert (out - cache_mode).abs().max() > 1e-4  # the unconditional passes did change
+
+
+def test_full_uncond_needs_cache_steps_1():
+    with pytest.raises(ValueError, match=r"full_uncond=True .*needs cache_steps=1, got cache_steps=2"):
+        FreeSwimConfig(train_grid=8, full_uncond=True)
+    assert FreeSwimConfig(train_grid=8, cache_steps=1, full_uncond=True).full_uncond
+
+
+def test_image_context_with_an_unknown_call_pattern_is_not_cached(caplog):
+    """A cross-attention with ``add_k_proj`` whose processor does not make [image term, text term] calls over the
+    encoder tokens: F's output is not cached (W keeps its own cross-attention), and the log says why."""
+    from types import SimpleNamespace
+
+    from diffattn.methods import Branch, ModuleCall
+    from diffattn.methods.lifecycle import InnerAttention
+
+    method = diffattn.methods.get_method("freeswim")(FreeSwimConfig(train_grid=4))
+    q, k = torch.randn(1, 6, 2, 4), torch.randn(1, 9, 2, 4)
+    state: dict = {}
+
+    def module_call(branch: str) -> ModuleCall:
+        arguments = {"attn": SimpleNamespace(add_k_proj=object()), "hidden_states": torch.randn(1, 6, 8),
+                     "encoder_hidden_states": torch.randn(1, 9, 8)}  # fmt: skip
+        return ModuleCall("blocks.0.attn2", 0, "cross", 0, 1.0, Branch(branch, (0,)), state, arguments)
+
+    def run_one_call(call: ModuleCall):  # a processor making one attention call over all 9 encoder tokens
+        def go(**overrides):
+            route = call.attention_route
+            inner = InnerAttention(0, q, k, k, lambda rows: torch.zeros(1, 6, 2, 4))
+            return route(inner) if route is not None else torch.ones(1, 6, 2, 4)
+
+        return go
+
+    f = module_call("full")
+    with caplog.at_level("WARNING", logger="diffattn"):
+        method.process(run_one_call(f), f)
+    assert "cross" not in state and "made attention calls over [9] keys" in caplog.text
+    w = module_call("cond")
+    out = method.process(run_one_call(w), w)
+    assert torch.equal(out, torch.ones(1, 6, 2, 4)) and not w.served_from_cache  # W ran its own

@@ -15,7 +15,7 @@ import diffattn
 from diffattn.functional import gna
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall, get_method
-from diffattn.methods.msw import MSWConfig
+from diffattn.methods.msw import MSWConfig, msw_plan
 from diffattn.methods.naive import msw_mask
 from diffattn.tiny import tiny_output
 
@@ -82,7 +82,7 @@ def test_shifted_equals_roll_window_unroll_reference(grid, window, quarter, text
     call = _call_with_quarter(cfg, quarter, grid, extra_k=ek, extra_v=ev, extra_mask=emask)
     method = MSW(cfg)
     win = cfg.resolve_window(grid)
-    shift = tuple(0 if w >= n else (quarter * w) // 4 for w, n in zip(win, grid))
+    shift = tuple(0 if w >= n else w // 4 * quarter for w, n in zip(win, grid))  # HiDiffusion's rounding
     assert method.shift(call) == shift
     out = method.attend(q, k, v, call)
     ref, _ = reference_attention(q, k, v, msw_mask(grid, win, shift), extra_k=ek, extra_v=ev, extra_mask=emask)
@@ -107,6 +107,65 @@ def test_shifted_equals_literal_roll_gna_blocked_unroll(grid, window, quarter):
     rolled = gna(*(roll(t, -1) for t in (q, k, v)), grid, win, win, backend="cpu")
     torch.testing.assert_close(method.attend(q, k, v, call), roll(rolled, 1), atol=1e-5, rtol=1e-5)
     assert torch.equal(method.plan(grid, shift).dense_mask(), msw_mask(grid, win, shift))
+
+
+def _hidiffusion_msw(q, k, v, grid: tuple[int, int], quarter: int):
+    """HiDiffusion's MSW-MSA re-stated literally (even grids): window ``(H/2, W/2)``, ``shift = window // 4 * k``,
+    roll by ``-shift``, 2x2 window partition, attention inside each window, reverse, roll back."""
+    b, _, h, d = q.shape
+    height, width = grid
+    win = (height // 2, width // 2)
+    shift = (win[0] // 4 * quarter, win[1] // 4 * quarter)
+
+    def partition(t):  # [B, N, H, D] -> [B * 4, window tokens, H, D]
+        t = torch.roll(t.reshape(b, height, width, h, d), (-shift[0], -shift[1]), (1, 2))
+        t = t.reshape(b, 2, win[0], 2, win[1], h, d).permute(0, 1, 3, 2, 4, 5, 6)
+        return t.reshape(b * 4, win[0] * win[1], h, d)
+
+    out = reference_attention(partition(q), partition(k), partition(v))[0]
+    out = out.reshape(b, 2, 2, win[0], win[1], h, d).permute(0, 1, 3, 2, 4, 5, 6).reshape(b, height, width, h, d)
+    return torch.roll(out, shift, (1, 2)).reshape(b, height * width, h, d)
+
+
+# (grid, window of the default 2x2 windows): window % 4 == 2 or 3 on some axis, where HiDiffusion's
+# ``window // 4 * k`` and ``(k * window) // 4`` differ for k = 2, 3 (SD 1.5 at 1184 px: 148 latent rows, window
+# 74 -> % 4 = 2; 1200 px: 150 rows, window 75 -> 3)
+ROUNDING = [
+    pytest.param((12, 14), id="12x14-w6x7"),
+    pytest.param((20, 12), id="20x12-w10x6"),
+    pytest.param((22, 16), id="22x16-w11x8"),
+]
+
+
+@pytest.mark.parametrize("quarter", [1, 2, 3], ids=["shift1q", "shift2q", "shift3q"])
+@pytest.mark.parametrize("grid", ROUNDING)
+def test_shift_rounds_as_hidiffusion(grid, quarter):
+    """issue 23: msw shifted by ``(k * window) // 4``; HiDiffusion by ``window // 4 * k`` (5-10% output apart)."""
+    cfg = MSWConfig(seed=2)
+    call = _call_with_quarter(cfg, quarter, grid)
+    method = MSW(cfg)
+    win = cfg.resolve_window(grid)
+    assert method.shift(call) == tuple(w // 4 * quarter for w in win)
+    q, k, v = _qkv(math.prod(grid), seed=quarter)
+    out = method.attend(q, k, v, call)
+    torch.testing.assert_close(out, _hidiffusion_msw(q, k, v, grid, quarter), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(method.oracle(q, k, v, call).float(), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("quarter", [1, 2, 3], ids=["shift1q", "shift2q", "shift3q"])
+@pytest.mark.parametrize("grid", [(8, 8), (16, 24), (24, 8)], ids=lambda g: "x".join(map(str, g)))
+def test_window_divisible_by_4_is_unchanged(grid, quarter):
+    """window % 4 == 0: HiDiffusion's rounding gives the shift the plan had before, so the output is bit-identical."""
+    cfg = MSWConfig(seed=2)
+    call = _call_with_quarter(cfg, quarter, grid)
+    method = MSW(cfg)
+    win = cfg.resolve_window(grid)
+    before = tuple((quarter * w) // 4 for w in win)  # the old rule
+    assert method.shift(call) == before
+    q, k, v = _qkv(math.prod(grid), seed=quarter)
+    out = method.attend(q, k, v, call)
+    assert torch.equal(out, method.plan_attention(q, k, v, msw_plan(grid, win, before), call))
+    torch.testing.assert_close(out, _hidiffusion_msw(q, k, v, grid, quarter), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("grid", [(9, 7), (1, 5), (3, 7, 5), (10, 10)], ids=lambda g: "x".join(map(str, g)))

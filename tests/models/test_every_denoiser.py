@@ -12,7 +12,7 @@ import torch
 
 import diffattn
 from diffattn.models import REFUSED, find_adapter
-from diffattn.tiny.denoisers import TINY, build_tiny_model, denoiser_classes, model_class, tiny_forward
+from diffattn.tiny.denoisers import TINY, VARIANTS, build_tiny_model, denoiser_classes, model_class, tiny_forward
 
 HUGE = 10**6  # a window covering every grid: exactly dense
 
@@ -105,6 +105,14 @@ def test_every_diffusers_denoiser_is_classified(name):
     if name not in TINY:
         pytest.fail(f"unclassified: {name} is neither supported (in TINY), refused (REFUSED) nor PENDING")
     find_adapter(cls.__new__(cls))  # raises if no adapter serves it
+    _check_supported(name)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_diffusers_test_suite_variants_run_sparse(name):
+    """Configs of diffusers' own tests whose layout needed its own reading (issue 23): NCSN++ skip blocks resample
+    through resnet_down / resnet_up (a level was misread: 256 tokens vs a 4x4 grid at up_blocks.2); FLUX.2 packs
+    reference tokens ahead of the target grid at the same t (no row-major grid: every module fell back)."""
     _check_supported(name)
 
 

@@ -29,7 +29,7 @@ import diffattn
 from diffattn.layout import ModuleRole, TokenLayout, TokenSplit
 from diffattn.models import REFUSED
 from diffattn.patch import intercept
-from diffattn.tiny.denoisers import TINY, build_tiny_model, denoiser_classes, tiny_forward
+from diffattn.tiny.denoisers import TINY, VARIANTS, build_tiny_model, denoiser_classes, tiny_forward
 
 from .test_every_denoiser import HUGE, NEEDS, PENDING, SLOW
 
@@ -198,6 +198,7 @@ TOL = 1e-5
 NO_TEXT: dict[str, str] = {
     "DiTTransformer2DModel": "class-conditional: class_labels, no text",
     "UNet2DModel": "unconditional",
+    "UNet2DModel[ncsnpp]": "unconditional",
 }
 
 #: per class, the checks that do not hold at its first attention call by construction, and why
@@ -225,8 +226,8 @@ EXCEPTIONS: dict[str, dict[str, str]] = {
 
 def _cases() -> list:
     cases = []
-    for name in denoiser_classes():
-        if name not in TINY or name in REFUSED or name in PENDING:
+    for name in [*denoiser_classes(), *sorted(VARIANTS)]:
+        if (name not in TINY and name not in VARIANTS) or name in REFUSED or name in PENDING:
             continue  # test_every_denoiser classifies these
         marks = [pytest.mark.slow] if name in SLOW else []
         cases.append(pytest.param(name, marks=marks, id=name))

@@ -162,3 +162,89 @@ def test_dit_is_refused():
     pipe = build_tiny_pipeline("tiny-pixart-alpha")
     with pytest.raises(ValueError, match="RAU-Net needs a UNet pipeline"):
         apply_raunet(pipe)
+
+
+# --------------------------------------------------------------------------- image-to-image (issue 23)
+
+
+def _img2img(name: str):
+    """The img2img pipeline of ``name``'s components (tiny-sd: DDIM, no begin index; tiny-sdxl: Euler, which
+    img2img gives a begin index)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    base = build_tiny_pipeline(name)
+    cls = StableDiffusionImg2ImgPipeline if name == "tiny-sd" else StableDiffusionXLImg2ImgPipeline
+    pipe = cls(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _switch_log(pipe, layout):
+    """Per UNet call, whether the conv switch (4x downsampler) and the pool switch were on, read from the
+    shapes the installed modules produce (so it observes what ran, not RAU-Net's own bookkeeping)."""
+    unet = pipe.unet
+    log = []
+    conv = unet.down_blocks[layout.conv_block].downsamplers[0]
+    pool = unet.down_blocks[layout.pool_block].attentions[0]
+
+    def on_unet(module, args, kwargs):
+        log.append([None, None])
+
+    def on_conv(module, args, out):  # the downsampler: 2x gives ceil(W / 2) columns, the 4x switch fewer
+        log[-1][0] = out.shape[-1] < (args[0].shape[-1] + 1) // 2
+
+    def on_pool(module, args, kwargs, out):  # pooled: fewer columns than it received
+        hidden = args[0] if args else kwargs["hidden_states"]
+        log[-1][1] = (out[0] if isinstance(out, tuple) else out.sample).shape[-1] < hidden.shape[-1]
+
+    hooks = [
+        unet.register_forward_pre_hook(on_unet, with_kwargs=True),
+        conv.register_forward_hook(on_conv),
+        pool.register_forward_hook(on_pool, with_kwargs=True),
+    ]
+    return log, hooks
+
+
+def _hidiffusion_switches(family: str, calls: int, steps_run: int) -> list[tuple[bool, bool]]:
+    """HiDiffusion's switches, re-stated from its code, below 4x the training size: a counter of UNet calls
+    from 0 against ``T = int(ratio * pipe._num_timesteps)`` (the steps the pipeline runs); SD: conv while
+    ``count < int(0.4 n)``; SDXL (aggressive): conv while ``count < int(8 / 50 n)``, pool from there to
+    ``int(0.4 n)``."""
+    t1, start = int(steps_run * 0.4), int(8 / 50 * steps_run)
+    if family == "sd":
+        return [(c < t1, False) for c in range(calls)]
+    return [(c < start, start <= c < t1) for c in range(calls)]
+
+
+@pytest.mark.parametrize(
+    "name, runs",
+    [("tiny-sd", ((50, 0.7), (10, 0.5))), ("tiny-sdxl", ((15, 0.7), (10, 0.5)))],
+    ids=["sd-ddim", "sdxl-euler-begin-index"],
+)
+def test_img2img_counts_the_steps_it_runs(name, runs):
+    """issue 23: img2img runs the tail of the schedule; RAU-Net looked the step up in the scheduler's full list
+    (sd at strength 0.7 over 50 steps: switched 5 calls, HiDiffusion 14). Two generations on one handle, the
+    second at another strength, so each one counts from its own first call."""
+    pipe = _img2img(name)
+    size = CASES[name]
+    image = torch.rand(1, 3, size["height"], size["width"], generator=torch.Generator().manual_seed(0))
+    layout = raunet_layout(pipe.unet)
+    handle = apply_raunet(pipe)
+    log, hooks = _switch_log(pipe, layout)  # on the modules RAU-Net installed
+    try:
+        for steps, strength in runs:
+            log.clear()
+            pipe(
+                prompt="a cat", image=image, strength=strength, num_inference_steps=steps, guidance_scale=5.0,
+                generator=torch.Generator().manual_seed(0), output_type="pt", **size,
+            )  # fmt: skip
+            steps_run = int(steps * strength)
+            assert len(log) == steps_run == pipe._num_timesteps  # batched CFG: one UNet call per step
+            family = "sd" if name == "tiny-sd" else "sdxl"
+            assert [tuple(x) for x in log] == _hidiffusion_switches(family, len(log), steps_run), strength
+            assert sum(conv or pool for conv, pool in log) == int(0.4 * steps_run)  # sd at 0.7 over 50: 14
+    finally:
+        for h in hooks:
+            h.remove()
+        handle.remove()
+
