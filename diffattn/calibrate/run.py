@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..methods.routed import ModelSignature, Plan, PlanEntry
+from ..methods.routed import Bucket, ModelSignature, Plan, PlanEntry
 from ..models.denoisers import denoisers_of
 from ..patch import apply_attention
 from ..report.quality import psnr
@@ -97,56 +97,119 @@ def calibrate(
         A `Plan`: ``apply_attention(pipe, plan)``, ``plan.save("plan.json")``, ``print(plan.describe())``.
     """
     goal = CalibrationTarget.of(target)
-    methods = _check_methods(methods)
     if isinstance(step_buckets, bool) or not isinstance(step_buckets, int) or step_buckets < 1:
         raise ValueError(f"step_buckets={step_buckets!r} must be an int >= 1")
+    if isinstance(pipe, nn.Module) and (goal.min_psnr is not None or verify):
+        raise ValueError("min_psnr and verify need a pipeline (images); a bare denoiser gets per-call targets only")
+    m = measure(
+        pipe, inputs, methods=methods, seed=seed, call_kwargs=call_kwargs, queries=queries, batch_rows=batch_rows,
+        inputs_per_step=inputs_per_step, backend=backend, budget_s=budget_s, progress=progress,
+        blocked=goal.bound == "tile",
+    )  # fmt: skip
+    plan, cells = plan_from(m, goal, step_buckets=step_buckets, backend=backend, progress=progress)
+    if verify:
+        from .verify import verify_plan
+
+        out = Path(report_dir)
+        plan = verify_plan(pipe, plan, cells, m.share, m.calls, verify_inputs, seed, backend, out, progress)
+    return plan
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One dense run over the inputs with the probe: what `plan_from` turns into plans (any number of targets).
+
+    calls: the inputs' call keyword dicts; run: the probe and the dense outputs; budget_s / deadline: the budget."""
+
+    pipe: Any
+    calls: list[dict[str, Any]]
+    run: _Run
+    config: ProbeConfig
+    budget_s: float | None
+    deadline: float | None
+
+    @property
+    def share(self) -> float:
+        """Dense attention's share of the denoiser steps (measuring time left out)."""
+        attention = sum(s for rec in self.run.probe.records.values() for s in rec.dense_s.values())
+        steps = self.run.step_s - self.run.probe.overhead_s
+        return min(1.0, attention / steps) if steps > 0 else 1.0
+
+    def cells(self, step_buckets: int, bound: str) -> tuple[list[Bucket], list[Cell], list[str]]:
+        """The buckets, the (module, bucket) cells with their options, and notes about both."""
+        buckets, groups = make_buckets(self.run.probe.timesteps(), step_buckets)
+        notes = []
+        if self.run.stopped:
+            notes.append(
+                f"budget_s={self.budget_s:g} ran out after {self.run.done} of {len(self.calls)} input(s) "
+                f"({self.run.probe.calls} calls measured): this is the best plan from what was measured; stretches "
+                "and modules never measured stay dense"
+            )
+        elif len(buckets) < step_buckets:
+            notes.append(
+                f"step_buckets={step_buckets} but the run had {len(buckets)} distinct timestep(s): "
+                f"{len(buckets)} bucket(s)"
+            )
+        return buckets, make_cells(self.run.probe.records, groups, bound), notes
+
+
+def measure(
+    pipe: Any,
+    inputs: Sequence[str] | Sequence[dict[str, Any]] | None = None,
+    *,
+    methods: Sequence[str] = ("gna",),
+    seed: int = 0,
+    call_kwargs: dict[str, Any] | None = None,
+    queries: int = 64,
+    batch_rows: int = 2,
+    inputs_per_step: int | None = 2,
+    backend: str = "auto",
+    budget_s: float | None = None,
+    progress: bool = True,
+    blocked: bool = False,
+) -> Measurement:
+    """The dense run of `calibrate` (same arguments; ``blocked`` adds GNA's blocked windows): every input generated
+    with the probe installed, which measures each module's candidates on sampled queries."""
+    methods = _check_methods(methods)
     if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or budget_s <= 0):
         raise ValueError(f"budget_s={budget_s!r} must be a number of seconds > 0, or None")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed={seed!r} must be an int")
-    bare = isinstance(pipe, nn.Module)
-    if bare and (goal.min_psnr is not None or verify):
-        raise ValueError("min_psnr and verify need a pipeline (images); a bare denoiser gets per-call targets only")
+    config = ProbeConfig(queries, batch_rows, seed, methods, blocked, inputs_per_step)
     calls = _inputs(pipe, inputs, call_kwargs, seed)
-    config = ProbeConfig(queries, batch_rows, seed, methods, goal.bound == "tile", inputs_per_step)
-    start = time.perf_counter()
-    deadline = None if budget_s is None else start + budget_s
-
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
     run = _dense_run(pipe, calls, config, backend, deadline, progress)
-    notes: list[str] = []
-    if run.stopped:
-        notes.append(
-            f"budget_s={budget_s:g} ran out after {run.done} of {len(calls)} input(s) ({run.probe.calls} calls "
-            "measured): this is the best plan from what was measured; stretches and modules never measured stay dense"
-        )
-    share = _share(run)
-    buckets, groups = make_buckets(run.probe.timesteps(), step_buckets)
-    if len(buckets) < step_buckets and not run.stopped:
-        notes.append(
-            f"step_buckets={step_buckets} but the run had {len(buckets)} distinct timestep(s): {len(buckets)} bucket(s)"
-        )
-    cells = make_cells(run.probe.records, groups, goal.bound)
+    return Measurement(pipe, calls, run, config, budget_s, deadline)
+
+
+def plan_from(
+    m: Measurement, target: Any, *, step_buckets: int = 3, backend: str = "auto", progress: bool = True
+) -> tuple[Plan, list[Cell]]:
+    """The `Plan` for ``target`` from a `Measurement` (and its cells); ``min_psnr`` generates a few candidate plans
+    (within what is left of the budget)."""
+    start = time.perf_counter()
+    goal = CalibrationTarget.of(target)
+    share = m.share
+    buckets, cells, notes = m.cells(step_buckets, goal.bound)
     chosen, satisfied, extra_notes = _choose(cells, goal, share)
     notes += extra_notes
+    run = m.run
     if goal.min_psnr is not None and run.outputs and not run.stopped:
         chosen, ok, psnr_notes = _psnr_search(
-            pipe, calls[: len(run.outputs)], run.outputs, cells, chosen, goal, share, buckets, backend, deadline,
-            progress, _signatures(pipe),
-        )
+            m.pipe, m.calls[: len(run.outputs)], run.outputs, cells, chosen, goal, share, buckets, backend, m.deadline,
+            progress, _signatures(m.pipe),
+        )  # fmt: skip
         satisfied &= ok
         notes += psnr_notes
     elif goal.min_psnr is not None:
         satisfied = False
         notes.append("min_psnr was not checked: the budget ran out before the dense images were complete")
-    plan = _plan(pipe, run, cells, chosen, buckets, goal, share, satisfied, notes, config, len(calls), step_buckets)
-    plan = dataclasses.replace(plan, info=(*plan.info, ("seconds", round(time.perf_counter() - start, 3))))
+    plan = _plan(m, cells, chosen, buckets, goal, share, satisfied, notes, step_buckets)
+    seconds = run.seconds + time.perf_counter() - start
+    plan = dataclasses.replace(plan, info=(*plan.info, ("seconds", round(seconds, 3))))
     if not plan.sparse_modules:
         logger.warning("diffattn: calibration kept every module dense: %s", "; ".join(plan.notes) or "see the plan")
-    if verify:
-        from .verify import verify_plan
-
-        plan = verify_plan(pipe, plan, cells, share, calls, verify_inputs, seed, backend, Path(report_dir), progress)
-    return plan
+    return plan, cells
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -262,13 +325,6 @@ def _dense_run(
     return _Run(probe, outputs, sum(steps), done, stopped, time.perf_counter() - start)
 
 
-def _share(run: _Run) -> float:
-    """Dense attention's share of the denoiser steps (measuring time left out)."""
-    attention = sum(s for rec in run.probe.records.values() for s in rec.dense_s.values())
-    steps = run.step_s - run.probe.overhead_s
-    return min(1.0, attention / steps) if steps > 0 else 1.0
-
-
 def _choose(cells: list[Cell], goal: CalibrationTarget, share: float) -> tuple[list[Option], bool, list[str]]:
     notes = []
     if goal.min_bound is None:
@@ -322,11 +378,12 @@ def build_plan(
 
 
 def _plan(
-    pipe: Any, run: _Run, cells: list[Cell], chosen: list[Option], buckets: list[Any], goal: CalibrationTarget,
-    share: float, satisfied: bool, notes: list[str], config: ProbeConfig, inputs: int, step_buckets: int,
+    m: Measurement, cells: list[Cell], chosen: list[Option], buckets: list[Bucket], goal: CalibrationTarget,
+    share: float, satisfied: bool, notes: list[str], step_buckets: int,
 ) -> Plan:
+    run, config = m.run, m.config
     info = (
-        ("inputs", run.done), ("inputs_requested", inputs), ("calls_measured", run.probe.calls),
+        ("inputs", run.done), ("inputs_requested", len(m.calls)), ("calls_measured", run.probe.calls),
         ("queries_per_call", config.queries), ("batch_rows_per_call", config.rows),
         ("inputs_per_step", config.inputs_per_step), ("methods", config.methods),
         ("candidates_per_module", max((len(r.candidates) for r in run.probe.records.values()), default=0)),
@@ -334,7 +391,7 @@ def _plan(
         ("measuring_seconds", round(run.probe.overhead_s, 3)), ("seed", config.seed),
     )  # fmt: skip
     return build_plan(
-        _signatures(pipe), cells, chosen, buckets, share, target=goal.items(), satisfied=satisfied,
+        _signatures(m.pipe), cells, chosen, buckets, share, target=goal.items(), satisfied=satisfied,
         notes=tuple(notes), info=info,
     )  # fmt: skip
 
