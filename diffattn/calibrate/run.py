@@ -271,8 +271,11 @@ def generate(pipe: Any, kw: dict[str, Any]) -> Tensor | None:
         kw["output_type"] = "pt"
     if "return_dict" in params:
         kw["return_dict"] = False
-    if isinstance(kw.get("generator"), torch.Generator):  # fresh each time: reruns see the same noise
-        kw["generator"] = torch.Generator(kw["generator"].device).set_state(kw["generator"].get_state())
+    gen = kw.get("generator")  # a copy each time: every rerun of an input (PSNR search) sees the same noise
+    if isinstance(gen, torch.Generator):
+        kw["generator"] = _copy(gen)
+    elif isinstance(gen, list | tuple) and all(isinstance(g, torch.Generator) for g in gen):
+        kw["generator"] = [_copy(g) for g in gen]
     out = pipe(**kw)
     out = out[0] if isinstance(out, tuple | list) else getattr(out, "images", getattr(out, "frames", out))
     if not isinstance(out, Tensor):
@@ -280,6 +283,10 @@ def generate(pipe: Any, kw: dict[str, Any]) -> Tensor | None:
 
         out = torch.from_numpy(np.asarray(out))
     return out.detach().float().cpu().clamp(0, 1)
+
+
+def _copy(gen: torch.Generator) -> torch.Generator:
+    return torch.Generator(gen.device).set_state(gen.get_state())
 
 
 def _dense_run(
