@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: 6 held-out samples, 2 calibration captions, 8 steps")
+    p.add_argument("--quick", action="store_true", help="smoke run: 6 held-out samples, 2 captions, 8 steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     return calibrate.run_and_write(

@@ -49,6 +49,8 @@ class _Run:
     done: int
     stopped: bool
     seconds: float
+    #: modules the probe was installed on that it never measured (their calls fell back, or never ran)
+    unmeasured: list[str] = dataclasses.field(default_factory=list)
 
 
 def calibrate(
@@ -145,7 +147,13 @@ class Measurement:
                 f"({self.run.probe.calls} calls measured): this is the best plan from what was measured; stretches "
                 "and modules never measured stay dense"
             )
-        elif len(buckets) < step_buckets:
+        if self.run.unmeasured:
+            names = ", ".join(self.run.unmeasured[:5]) + (", ..." if len(self.run.unmeasured) > 5 else "")
+            notes.append(
+                f"{len(self.run.unmeasured)} self-attention module(s) were never measured (their calls fell back to "
+                f"dense, see the log, or never ran) and are not in the plan: {names}"
+            )
+        if not self.run.stopped and len(buckets) < step_buckets:
             notes.append(
                 f"step_buckets={step_buckets} but the run had {len(buckets)} distinct timestep(s): "
                 f"{len(buckets)} bucket(s)"
@@ -324,12 +332,13 @@ def _dense_run(
     finally:
         bar.close()
         steps = timer.close()
+        unmeasured = [name for name in handle.modules if name not in probe.records]
         handle.remove()
         if previous is not None:
             pipe._progress_bar_config = previous
         elif hasattr(pipe, "_progress_bar_config"):
             del pipe._progress_bar_config
-    return _Run(probe, outputs, sum(steps), done, stopped, time.perf_counter() - start)
+    return _Run(probe, outputs, sum(steps), done, stopped, time.perf_counter() - start, unmeasured)
 
 
 def _choose(cells: list[Cell], goal: CalibrationTarget, share: float) -> tuple[list[Option], bool, list[str]]:

@@ -13,7 +13,7 @@ from typing import Any
 from ..methods.routed import Plan
 from ..report.bounds import parts_bounds, speedup_bound
 from ..report.runner import RunConfig
-from .candidates import Candidate
+from .candidates import Candidate, candidates_for
 from .select import Cell
 
 
@@ -31,8 +31,9 @@ class PlanRun(RunConfig):
 
 
 def uniform_candidates(cells: Sequence[Cell]) -> list[Candidate]:
-    """Every GNA window calibration measured on some module (one window for all modules and steps)."""
-    found = [o.candidate for c in cells for o in c.options[1:] if o.candidate and o.candidate.method == "gna"]
+    """The GNA windows of every module's ladder (whatever methods were calibrated), as one window for all modules
+    and steps (clamped to each module's grid)."""
+    found = [c for grid in dict.fromkeys(cell.grid for cell in cells) for c in candidates_for(grid, ["gna"])]
     return list(dict.fromkeys(found))
 
 
@@ -46,7 +47,7 @@ def nearest_uniform(cells: Sequence[Cell], target_bound: float, share: float, ki
     """The uniform GNA window whose predicted end-to-end bound is nearest ``target_bound`` (in ratio)."""
     options = [(c, uniform_bound(c, cells, share, kind)) for c in uniform_candidates(cells)]
     if not options:
-        raise ValueError("calibration measured no GNA window: no uniform configuration to compare with")
+        raise ValueError("calibration measured no module: no uniform configuration to compare with")
     return min(options, key=lambda cb: (abs(math.log(cb[1] / target_bound)), -cb[1]))
 
 

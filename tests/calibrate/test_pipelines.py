@@ -10,6 +10,7 @@ import torch
 
 import diffattn
 from diffattn.calibrate import CalibrationTarget, Plan, calibrate
+from diffattn.calibrate.run import measure, plan_from
 from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
 from diffattn.tiny.denoisers import build_tiny_model, tiny_forward
 
@@ -111,14 +112,18 @@ def test_budget_stops_early_and_says_so(pipelines):
 
 def test_speed_and_psnr_targets(pipelines):
     pipe = pipelines.pipe("tiny-flux")
-    reachable = _calibrate(pipe, "tiny-flux").end_to_end_bound  # every module at its cheapest window
-    assert reachable > 1.05
+    call = tiny_call_kwargs("tiny-flux")
+    prompt = call.pop("prompt")
+    m = measure(pipe, [prompt], call_kwargs=call, progress=False)  # one dense run, several targets
+    reachable = plan_from(m, EASY)[0].end_to_end_bound  # every module at its cheapest window
+    assert reachable > 1
     goal = 1 + (reachable - 1) / 2
-    fast = _calibrate(pipe, "tiny-flux", target=f"min_bound={goal}")
-    assert fast.satisfied and fast.end_to_end_bound >= goal  # (shares are measured: runs differ a little)
-    impossible = _calibrate(pipe, "tiny-flux", target="min_bound=1000")
-    assert not impossible.satisfied and any("min_bound=1000 is out of reach" in n for n in impossible.notes)
-    psnr = _calibrate(pipe, "tiny-flux", target="min_psnr=25")
+    fast = plan_from(m, f"min_bound={goal}")[0]
+    assert fast.satisfied and goal <= fast.end_to_end_bound <= reachable
+    impossible = plan_from(m, f"min_bound={reachable * 1.01}")[0]
+    assert not impossible.satisfied and any("is out of reach" in n for n in impossible.notes)
+    assert impossible.end_to_end_bound == pytest.approx(reachable)  # the fastest plan, flagged
+    psnr = plan_from(m, "min_psnr=25")[0]
     assert any(n.startswith("PSNR search") for n in psnr.notes)
     assert dict(psnr.target)["min_psnr"] == 25.0
 
