@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -31,6 +32,8 @@ from ..models.denoisers import denoisers_of
 from .base import AttendCall, AttentionMethod, FlopBound
 from .knobs import format_knobs, parse_knobs
 from .registry import get_method
+
+logger = logging.getLogger("diffattn")
 
 FORMAT = "diffattn.plan/1"
 #: sub-methods a plan may route to: methods whose `attend` is a per-call function of q, k, v (no denoiser
@@ -384,6 +387,7 @@ class PlanMethod(AttentionMethod):
         self.names = names if names is not None else {m: m for m in config.modules}
         methods: dict[tuple[str, Knobs], AttentionMethod] = {}
         self.routes: dict[tuple[str, int], AttentionMethod] = {}
+        self._warned: set[str] = set()
         for e in config.entries:
             key = (e.method, e.knobs)
             if key not in methods:
@@ -430,7 +434,22 @@ class PlanMethod(AttentionMethod):
         return self.routes[module, self.config.bucket_of(timestep)]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
+        self._check_grid(call)
         return self.route(call.layer, call.timestep).attend(q, k, v, call)
+
+    def _check_grid(self, call: AttendCall) -> None:
+        """Warn once per module run at another grid than calibrated: the windows still apply (clamped), but the
+        measurements that chose them were taken at the calibration size."""
+        module = self.names.get(call.layer)
+        if module is None or module in self._warned:
+            return
+        grid = self.config.entry(module, 0).grid
+        if grid and tuple(call.grid) != grid:
+            self._warned.add(module)
+            logger.warning(
+                "diffattn: %s attends a %s grid but the plan was calibrated at %s: its choices are not measured at "
+                "this size (calibrate at this size)", call.layer, tuple(call.grid), grid,
+            )
 
     def oracle(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         return self.route(call.layer, call.timestep).oracle(q, k, v, call)

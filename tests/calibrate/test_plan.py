@@ -100,3 +100,12 @@ def test_bounds_per_module():
     assert module_flop_bound(method, A, (6, 10)) == pytest.approx(7 / (3 + 4 / 4))
     assert method.describe_module(A) == "plan: dense | gna stride=1 window=3,5"
     assert _plan().sparse_modules == [A, B]
+
+
+def test_another_grid_runs_but_warns_once(caplog):
+    method = PlanMethod(_plan())
+    q, k, v = (torch.randn(1, 48, 2, 8) for _ in range(3))
+    for _ in range(2):
+        method.attend(q, k, v, AttendCall(grid=(6, 8), layer=A, timestep=100.0))
+    warnings = [r for r in caplog.records if "calibrated at (6, 10)" in r.getMessage()]
+    assert len(warnings) == 1 and "attends a (6, 8) grid" in warnings[0].getMessage()
