@@ -268,6 +268,7 @@ def _default_prompts(pipe: Any, seed: int) -> list[str]:
     return list(DEFAULT_PROMPTS)
 
 
+@torch.no_grad()
 def generate(pipe: Any, kw: dict[str, Any]) -> Tensor | None:
     """One generation (pipelines: as a float tensor in [0, 1]; bare denoisers: their output, not kept)."""
     if isinstance(pipe, nn.Module):
