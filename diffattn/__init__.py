@@ -7,6 +7,7 @@ handle.remove()
 """
 
 from . import functional
+from .calibrate import CalibrationTarget, Plan, calibrate
 from .methods import list_methods
 from .models import supported_models
 from .patch import AttentionHandle, apply_attention, attention, remove_attention
@@ -23,8 +24,11 @@ def tiny_model(path=None, **kwargs):  # noqa: ANN001, ANN201 - signature documen
 
 __all__ = [
     "AttentionHandle",
+    "CalibrationTarget",
+    "Plan",
     "apply_attention",
     "attention",
+    "calibrate",
     "functional",
     "list_methods",
     "remove_attention",

@@ -8,6 +8,8 @@ diffattn simulate --grid 256,256 --window 80,80 --stride 16,16 --gpu h100   # an
 diffattn highres --model tiny-pixart-alpha --height 64 --width 64   # two-stage high resolution (docs/highres.md)
 diffattn compare --prompts prompts.txt --config "gna window=8 stride=8" --config msw --out report/
 diffattn eval --prompts prompts.txt --inception pt_inception.pth --config msw   # FID / CLIP, torchrun-ready
+diffattn calibrate --model tiny --target min_bound=1.3 --out plan.json   # per-module/step plan (docs/calibrate.md)
+diffattn inspect --model tiny --plan plan.json                          # what the plan does per module
 diffattn methods | diffattn models | diffattn presets
 
 One module per command (``generate`` holds generate and inspect, ``report`` compare and eval, ``catalog`` the
@@ -22,7 +24,7 @@ import logging
 import sys
 import traceback
 
-from . import catalog, demo, generate, highres, report, simulate
+from . import calibrate, catalog, demo, generate, highres, report, simulate
 from .args import ArgumentParser, print_error
 
 
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parsers(sub)
     catalog.add_parsers(sub)
     highres.add_parser(sub)
+    calibrate.add_parser(sub)
     return p
 
 
@@ -55,6 +58,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return demo.run(args)
     if args.command == "highres":
         return highres.run(args)
+    if args.command == "calibrate":
+        return calibrate.run(args)
     if args.command in ("compare", "eval"):
         return report.run(args)
     if args.command == "inspect":

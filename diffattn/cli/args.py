@@ -53,6 +53,22 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a finite decimal number in ``[lo, hi]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [{lo}, {hi}]") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: a number in [{lo}, {hi}]")
+        return value
+
+    parse.__name__ = f"number in [{lo}, {hi}]"
+    return parse
+
+
 def nonempty_text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty; give some text, or leave the option out for its default")

@@ -59,7 +59,9 @@ def add_parsers(sub: Any) -> None:
     opt.out(g, "diffattn_out")
     g.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
     add_job_args(g)
-    _add_run_args(sub.add_parser("inspect", help=INSPECT_HELP))
+    i = sub.add_parser("inspect", help=INSPECT_HELP)
+    _add_run_args(i)
+    i.add_argument("--plan", type=Path, default=None, help="a calibrated plan JSON (diffattn calibrate), not --method")
 
 
 def _save(out: Any, path: Path) -> Path:
@@ -202,6 +204,14 @@ def inspect(args: argparse.Namespace) -> int:
     """``diffattn inspect``: the per-module table of what the method would do, from one denoiser call."""
     from ..patch.dry_run import dry_run
 
+    if getattr(args, "plan", None) is not None:
+        from ..methods.routed import Plan
+
+        plan = Plan.load(args.plan)  # a missing or malformed file fails before any model is loaded
+        pipe, kw = load(args)
+        kw["generator"] = torch.Generator("cpu").manual_seed(args.seed)
+        print(dry_run(pipe, kw, plan, backend=args.backend, temporal_window=args.temporal_window))
+        return 0
     knobs = method_knobs(args, embedded=args.model == EMBEDDED)
     pipe, kw = load(args)
     kw["generator"] = torch.Generator("cpu").manual_seed(args.seed)

@@ -270,4 +270,4 @@ def read_configs(texts: Sequence[str], path: Path | None) -> list[RunConfig]:
     return configs
 
 
-__all__ = ["before_load", "check_memory", "load", "method_knobs", "read_configs", "read_prompts", "where"]
+__all__ = ["before_load", "check_memory", "check_out", "load", "method_knobs", "read_configs", "read_prompts", "where"]

@@ -15,12 +15,14 @@ from torch import nn
 from ..kernels import Backend, choose_backend
 from ..methods import AttentionMethod, get_method
 from ..methods.lifecycle import TARGET_KINDS
+from ..methods.routed import PlanMethod, as_plan
 from ..models import FamilyAdapter, find_adapter
 from ..models.denoisers import denoisers_of
 from .context_parallel import ulysses_of
 from .generation import Generations
 from .install import AttentionHandle, installed_on, patching
 from .intercept import _PatchedAttention
+from .presets import Preset
 from .processors import make_wrapper
 from .records import ForwardHook, ForwardPreHook, ProcessorSwap, SetAttr, UndoRecord
 from .runtime import _Runtime
@@ -44,7 +46,7 @@ def _serialized(apply: Callable[..., AttentionHandle]) -> Callable[..., Attentio
 @_serialized
 def apply_attention(
     target: Any,
-    method: str,
+    method: Any = None,
     *,
     layers: LayerSpec = None,
     steps: StepSpec = None,
@@ -58,7 +60,9 @@ def apply_attention(
 
     Args:
         target: a diffusers pipeline or denoiser (``UNet2DConditionModel``, ``*Transformer*Model``).
-        method: a name from `list_methods()`.
+        method: a name from `list_methods()`; or a calibrated `Plan` (`diffattn.calibrate`), or the path of a
+            plan ``.json`` file, which sets methods, knobs, modules and steps itself and refuses another model;
+            or an `AttentionMethod` instance.
         layers: regex searched in module names, or a predicate; None = the preset's layers, or
             every self-attention if there is no preset (cross-attention too for methods targeting it).
         steps: where the method is active (dense elsewhere): ``(start, end)`` ints are denoising-step
@@ -66,7 +70,7 @@ def apply_attention(
             against ``len(scheduler.timesteps)`` (``(0.0, 0.4)`` = the first 40% of the steps).
             None = the preset's steps, or every step.
         backend: "auto", "triton", "cpu" or "reference"; chosen once, here.
-        config: a method config object (instead of keyword knobs).
+        config: a method config object (instead of keyword knobs), or a `Plan`.
         preset: fill knobs, layers and steps the user left unset from `diffattn.patch.presets` for this
             model family (knobs only if no knob and no config is given). False = no defaults.
             The method's own `supports` check runs either way.
@@ -80,9 +84,7 @@ def apply_attention(
         Re-applying on a patched target replaces the previous patch (also one applied to this pipeline before
         its denoiser was replaced). Applying and removing are serialized per pipeline across threads.
     """
-    method_cls = get_method(method)
-    knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)
-    impl = method_cls(method_cls.make_config(config, **knobs))
+    impl, layers, steps, entry = _method_of(target, method, config, knobs, layers, steps, preset)
     temporal = _temporal_method(temporal_window)
     kinds = _targets_of(impl)
     keep = layer_filter(layers)
@@ -154,8 +156,32 @@ def apply_attention(
             old._install()
             old.removed = False
         raise
-    logger.info("diffattn: %s on %d modules, backend %s", method, len(swaps), chosen)
+    logger.info("diffattn: %s on %d modules, backend %s", impl.name, len(swaps), chosen)
     return handle
+
+
+def _method_of(
+    target: Any, method: Any, config: Any, knobs: dict[str, Any], layers: LayerSpec, steps: StepSpec, preset: bool
+) -> tuple[AttentionMethod, LayerSpec, StepSpec, Preset | None]:
+    """``(method instance, layers, steps, preset entry)``: a registered method by name (its preset filling what is
+    unset), an `AttentionMethod` instance as given, or a calibrated `Plan` (object, ``config=`` or ``.json`` path),
+    which sets its own methods, modules and steps and refuses another model."""
+    if isinstance(method, AttentionMethod):
+        if knobs or config is not None:
+            raise TypeError(f"a method instance carries its config: drop config= and knobs {sorted(knobs)}")
+        return method, layers, steps, None
+    plan = as_plan(method, config)
+    if plan is not None:
+        given = [n for n, v in (("knobs", knobs), ("layers", layers), ("steps", steps)) if v]
+        if given:
+            raise TypeError(f"a plan sets its own methods, knobs, modules and steps: drop {given}")
+        impl = PlanMethod.for_target(plan, target)
+        if not plan.sparse_modules:
+            raise ValueError(f"this plan keeps every module dense (nothing to apply): {'; '.join(plan.notes) or plan}")
+        return impl, impl.selects, None, None
+    method_cls = get_method(method)
+    knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)
+    return method_cls(method_cls.make_config(config, **knobs)), layers, steps, entry
 
 
 def _temporal_method(window: int | None) -> AttentionMethod | None:
@@ -205,8 +231,9 @@ def remove_attention(target: Any) -> int:
 
 
 @contextlib.contextmanager
-def attention(target: Any, method: str, **kwargs: Any) -> Iterator[AttentionHandle]:
-    """``with attention(pipe, "gna", window=16): ...`` restores the pipeline on exit, even on error."""
+def attention(target: Any, method: Any = None, **kwargs: Any) -> Iterator[AttentionHandle]:
+    """``with attention(pipe, "gna", window=16): ...`` (or ``attention(pipe, plan)``) restores the pipeline on exit,
+    even on error."""
     handle = apply_attention(target, method, **kwargs)
     try:
         yield handle

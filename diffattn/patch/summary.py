@@ -32,22 +32,30 @@ def summary(handle: AttentionHandle) -> str:
     (references, registers) and bound are ``-`` until the module has run sparse once. Modules that ran
     without ever running sparse are listed under a WARNING line (and logged as a warning)."""
     method = handle.method
-    knobs = ", ".join(f"{k}={v}" for k, v in vars(method.config).items()) if method.config is not None else ""
+    describe = getattr(method, "describe_plan", None)  # a calibrated plan: its own table follows
+    if describe is not None:
+        knobs = repr(method.config)
+    else:
+        knobs = ", ".join(f"{k}={v}" for k, v in vars(method.config).items()) if method.config is not None else ""
     rows, never = [], []
     families = handle.families()
     for name, s in handle.stats().items():
         runs = handle.temporal_method if s.kind == "temporal" and handle.temporal_method else method
         bound = "-"
+        # a calibrated plan (`methods.routed.PlanMethod`) runs a choice per module and bucket of steps
+        per_module = getattr(runs, "module_flop_bound", None)
         if s.grid is not None:
             try:
-                bound = f"{runs.flop_bound(s.grid, s.extra).value:.2f}x"
+                flop = per_module(name, s.grid, s.extra) if per_module else runs.flop_bound(s.grid, s.extra)
+                bound = f"{flop.value:.2f}x"
             except (NotImplementedError, ValueError) as e:
                 bound = f"n/a ({e})"
+        label = runs.describe_module(name) if hasattr(runs, "describe_module") else runs.name
         kind = s.kind if s.kind == "cross" or not s.extra else "joint"
         grid = "x".join(map(str, s.grid)) if s.grid is not None else "-"
         counts = (str(s.sparse), str(s.fallback), str(s.dense))
         dense = (str(s.text), str(s.extra - s.text)) if s.grid is not None else ("-", "-")
-        rows.append((name, families[name], kind, grid, *dense, runs.name, bound, *counts, _paths(s.paths)))
+        rows.append((name, families[name], kind, grid, *dense, label, bound, *counts, _paths(s.paths)))
         if s.kind != "cross" and s.sparse == 0 and s.fallback + (0 if runs.passthrough else s.dense) > 0:
             never.append(name)
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(_COLUMNS)]
@@ -55,6 +63,8 @@ def summary(handle: AttentionHandle) -> str:
     if handle.temporal_method is not None:
         lines[0] += f"; temporal attention: 1-D gna window {handle.temporal_method.config.window}"
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in (_COLUMNS, *rows)]
+    if describe is not None:
+        lines += ["", describe()]
     if never:
         warning = f"WARNING: {len(never)} module(s) ran but never sparse (see the fallback reasons logged): "
         lines.append(warning + ", ".join(never))

@@ -5,7 +5,9 @@
 - the tile bound of the `BlockPlan` the CPU backend actually runs: `diffattn.sim.plan_bound`;
 - the end-to-end (Amdahl) bound from a measured attention share: `diffattn.sim.amdahl`;
 - the attention-part and end-to-end bounds of a patched model from its modules' FLOP bounds weighted by
-  their dense attention times (`end_to_end_bounds`, used by `compare` and the end-to-end benchmark);
+  their dense attention times (`end_to_end_bounds`, used by `compare` and the end-to-end benchmark; a
+  calibrated plan's bound per module, `module_flop_bound`); the same for any parts of the attention time
+  (`parts_bounds`: a calibration plan's (module, bucket) entries);
 - FreeSwim's whole-step matmul FLOP and tile bounds on a Wan-style transformer (`freeswim_step_bounds`,
   over `transformer_forward_flops`);
 - the time-per-image bound of a two-stage recipe against dense at the target (`two_stage_bound`).
@@ -100,6 +102,39 @@ def method_bounds(
     return MethodBounds(flop.value, flop.formula, attention_share=attention_share, end_to_end_bound=e2e, **gna)
 
 
+def module_flop_bound(method: AttentionMethod, module: str, grid: tuple[int, ...], extra_tokens: int = 0) -> float:
+    """FLOP bound of ``method`` on one module: a calibrated plan's bound for that module (its buckets' choices,
+    `methods.routed.PlanMethod.module_flop_bound`), else the method's own ``flop_bound``."""
+    per_module = getattr(method, "module_flop_bound", None)
+    bound = per_module(module, grid, extra_tokens) if per_module else method.flop_bound(grid, extra_tokens)
+    return bound.value
+
+
+def parts_bounds(parts: Sequence[tuple[float, float]], share: float) -> tuple[float, float]:
+    """``(attention bound, end-to-end bound)`` when attention, a fraction ``share`` of the step, is made of
+    ``parts`` ``(dense seconds, speedup bound)`` (modules, or a module's stretches of steps): the attention bound
+    is the dense seconds over the predicted ones, the end-to-end bound Amdahl's. No parts: 1.0, 1.0."""
+    dense = sum(s for s, _ in parts)
+    if dense <= 0:
+        return 1.0, 1.0
+    attention = dense / sum(s / b for s, b in parts)
+    return attention, amdahl(min(max(share, 0.0), 1.0), attention)
+
+
+def speedup_bound(method: AttentionMethod, grid: tuple[int, ...], extra_tokens: int = 0, kind: str = "flop") -> float:
+    """One bound of ``method`` on ``grid`` with ``extra_tokens`` text keys per query: ``"flop"`` its FLOP bound;
+    ``"tile"`` for GNA-like patterns the tile bound (`diffattn.sim`'s default tiles) on the image keys with the text
+    keys counted in full, else the FLOP bound."""
+    if kind not in ("flop", "tile"):
+        raise ValueError(f"bound kind {kind!r} must be 'flop' or 'tile'")
+    pattern = gna_pattern(method, grid) if kind == "tile" else None
+    if pattern is None:
+        return method.flop_bound(tuple(grid), extra_tokens).value
+    n = math.prod(grid)
+    tile = gna_bounds(tuple(grid), *pattern).tile_bound
+    return n * (n + extra_tokens) / (n * n / tile + n * extra_tokens)
+
+
 def end_to_end_bounds(
     method: AttentionMethod,
     stats: Mapping[str, Any],
@@ -123,7 +158,7 @@ def end_to_end_bounds(
         s = stats[m]
         calls = s.sparse + s.fallback + s.dense
         frac = s.sparse / calls if calls else 0.0
-        bound = method.flop_bound(*grids[m]).value if m in grids else 1.0
+        bound = module_flop_bound(method, m, *grids[m]) if m in grids else 1.0
         predicted += dense_attention_s[m] * ((1 - frac) + frac / bound)
     share = dense_attn / dense_step_s
     share = min(max(share, 0.0), 1.0)
