@@ -30,14 +30,30 @@ def add_parser(sub: Any) -> None:
         "call), min_mass (kept attention mass per call), min_psnr (dB vs dense), min_bound (predicted end-to-end "
         "speedup bound), bound=flop|tile (default: max_attn_error=0.05)",
     )  # fmt: skip
-    p.add_argument("--out", dest="plan_out", type=Path, default=Path("plan.json"),
-                   help="the plan file to write (default plan.json)")
+    p.add_argument(
+        "--out",
+        dest="plan_out",
+        type=Path,
+        default=Path("plan.json"),
+        help="the plan file to write (default plan.json)",
+    )
     p.add_argument("--methods", default="gna", help="candidate families, comma-separated from gna,msw,proxy")
-    p.add_argument("--step-buckets", type=opt.int_in(1, 1000), default=3, help="stretches of the schedule with their own choice")
-    p.add_argument("--budget-s", type=opt.float_in(0.0, 1e9), default=None, help="stop measuring after this many seconds (best so far)")
+    p.add_argument(
+        "--step-buckets", type=opt.int_in(1, 1000), default=3, help="stretches of the schedule with their own choice"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=opt.float_in(0.0, 1e9),
+        default=None,
+        help="stop measuring after this many seconds (best so far)",
+    )
     p.add_argument("--prompts", type=Path, default=None, help="prompt file, one per line (default: built-in prompts)")
-    p.add_argument("--queries", type=opt.int_in(1, 1_000_000), default=64, help="sampled queries per measured call (all heads)")
-    p.add_argument("--inputs-per-step", type=opt.int_in(1, 1000), default=2, help="inputs measured at each step (they take turns)")
+    p.add_argument(
+        "--queries", type=opt.int_in(1, 1_000_000), default=64, help="sampled queries per measured call (all heads)"
+    )
+    p.add_argument(
+        "--inputs-per-step", type=opt.int_in(1, 1000), default=2, help="inputs measured at each step (they take turns)"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip compare on held-out prompts (dense, plan, uniform)")
     p.add_argument("--report-dir", type=Path, default=Path("calibration_report"), help="where verify writes its report")
     opt.size(p, help=" (embedded model default 64, tiny-sd 256)", what="image ")
@@ -60,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     check_out(args.plan_out.parent, "--out (its folder)")
     if args.plan_out.is_dir():
-        raise IsADirectoryError(f"--out {str(args.plan_out)!r} is a folder; give the plan file to write, e.g. plan.json")
+        raise IsADirectoryError(
+            f"--out {str(args.plan_out)!r} is a folder; give the plan file to write, e.g. plan.json"
+        )
     if not args.no_verify:
         check_out(args.report_dir, "--report-dir")
     pipe, kw = load(args)

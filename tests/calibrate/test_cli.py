@@ -29,14 +29,25 @@ def test_calibrate_then_inspect(tmp_path, capsys):
         (["calibrate", "--target", "max_attn_error=abc"], "target max_attn_error='abc' is not a number"),
         (["calibrate", "--target", "min_mass=2"], "min_mass=2.0 must be in (0, 1]"),
         (["inspect", "--model", "tiny-sd", "--plan", "/nonexistent/plan.json"], "does not exist"),
-        (["calibrate", "--step-buckets", "0"], "argument --step-buckets: 0 is out of range; accepted: an int in [1, 1000]"),
+        (
+            ["calibrate", "--step-buckets", "0"],
+            "argument --step-buckets: 0 is out of range; accepted: an int in [1, 1000]",
+        ),
         (["calibrate", "--queries", "1e3"], "argument --queries: '1e3' is not an int"),
         (["calibrate", "--budget-s", "nan"], "argument --budget-s: nan is out of range"),
         (["calibrate", "--out", "{tmp}"], "is a folder; give the plan file to write"),
         (["calibrate", "--out", "{tmp}/a_file/plan.json"], "a_file' is a file, not a folder"),
     ],
-    ids=["not-a-number", "out-of-range", "missing-plan", "zero-buckets", "float-queries", "nan-budget", "out-folder",
-         "out-under-a-file"],
+    ids=[
+        "not-a-number",
+        "out-of-range",
+        "missing-plan",
+        "zero-buckets",
+        "float-queries",
+        "nan-budget",
+        "out-folder",
+        "out-under-a-file",
+    ],
 )
 def test_bad_input_is_a_clear_error(capsys, tmp_path, argv, message):
     (tmp_path / "a_file").write_text("")
