@@ -7,7 +7,7 @@ handle.remove()
 """
 
 from . import functional
-from .calibrate import CalibrationTarget, Plan, calibrate
+from .calibration import CalibrationTarget, Plan, calibrate
 from .methods import list_methods
 from .models import supported_models
 from .patch import AttentionHandle, apply_attention, attention, remove_attention

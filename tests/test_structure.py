@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "distributed": 5,
     "pipelines": 6,
     "report": 7,
-    "calibrate": 7,  # per-module/step plans: may import report/, patch/, methods/, sim
+    "calibration": 7,  # per-module/step plans: may import report/, patch/, methods/, sim
     "testing": 7,
     "cli": 8,
     "demo": 8,

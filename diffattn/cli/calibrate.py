@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check every option, load the pipeline, calibrate, write the plan, print its table."""
-    from ..calibrate import CalibrationTarget, calibrate
+    from ..calibration import CalibrationTarget, calibrate
 
     target = CalibrationTarget.parse(args.target)  # bad targets fail before any model is loaded
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

@@ -151,15 +151,16 @@ def check_memory(pipe: Any, kw: dict[str, Any], device: torch.device | str = "cp
 # --- what to run -------------------------------------------------------------------------------------------------
 
 
-def tiny_inputs(args: Any) -> tuple[Any, list[str], int, int]:
-    """The embedded model, the captions, the (square) size and the step count from ``generate``/``inspect``'s
-    arguments; a ValueError names a non-square or bad size, or an unknown caption word."""
+def tiny_inputs(args: Any, default_size: int | None = None) -> tuple[Any, list[str], int, int]:
+    """The embedded model, the captions, the (square) size (``default_size`` when none is given, else 2x the training
+    size) and the step count from the command's arguments; a ValueError names a non-square or bad size, or an
+    unknown caption word."""
     from ..pipelines.tiny_shapes import data as tiny_data
     from ..pipelines.tiny_shapes import pipeline as tm
-    from ..pipelines.tiny_shapes.job import STEPS, TARGET, class_captions
+    from ..pipelines.tiny_shapes.job import STEPS, class_captions
 
     sizes = {v for v in (args.height, args.width) if v is not None}
-    size = sizes.pop() if len(sizes) == 1 else TARGET
+    size = sizes.pop() if len(sizes) == 1 else (default_size or 2 * tm.RESOLUTION)
     if sizes:
         raise ValueError(f"the tiny model draws square images; got height={args.height}, width={args.width}")
     if size % tm.PATCH:

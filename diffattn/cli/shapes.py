@@ -37,6 +37,7 @@ from ..pipelines.tiny_shapes import data as tiny_data
 from ..pipelines.tiny_shapes import pipeline as tm
 from ..pipelines.tiny_shapes.job import (
     STRENGTH,
+    TARGET,
     dense_batch,
     job_captions,
     job_scenes,
@@ -299,7 +300,7 @@ def generate_tiny(args: Any) -> int:
     from ..report.timing import Speedup, Spread, interleaved_rounds, load_average
 
     knobs = cli_knobs(args)
-    pipe, _, size, steps = tiny_inputs(args)
+    pipe, _, size, steps = tiny_inputs(args, default_size=TARGET)
     where = {"layers": args.layers, "backend": args.backend}
     # bad knob values, layers, backend or temporal window fail here, before any generation (bit-exact undo)
     trial = apply_attention(pipe, args.method, **where, temporal_window=getattr(args, "temporal_window", None),

@@ -1,7 +1,7 @@
 """Calibrated plan vs the uniform window at the same predicted bound, on the embedded model at 2x and 4x its training
 size (``scripts/bench_calibrate.py``).
 
-Per scale: one dense calibration run (`diffattn.calibrate.measure`, timed) on its captions; the uniform
+Per scale: one dense calibration run (`diffattn.calibration.measure`, timed) on its captions; the uniform
 configuration is GNA's training receptive field, a sliding 8x8 window on every module and step (the embedded model's
 ``method_knobs("gna")``); its predicted end-to-end bound on the calibration's own measurements is the speed target
 of the plan (``min_bound``), so both are compared at the same predicted bound. Then held-out captions and seeds
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ...calibrate import CalibrationTarget
-from ...calibrate.candidates import Candidate
-from ...calibrate.run import measure, plan_from
-from ...calibrate.verify import uniform_bound
+from ...calibration import CalibrationTarget
+from ...calibration.candidates import Candidate
+from ...calibration.run import measure, plan_from
+from ...calibration.verify import uniform_bound
 from ...patch import apply_attention
 from ...pipelines.tiny_shapes import pipeline as tm
 from ...pipelines.tiny_shapes.job import STEPS, class_captions, method_knobs, sample, save_grid

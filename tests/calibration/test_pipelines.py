@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import diffattn
-from diffattn.calibrate import CalibrationTarget, Plan, calibrate
-from diffattn.calibrate.run import measure, plan_from
+from diffattn.calibration import CalibrationTarget, Plan, calibrate
+from diffattn.calibration.run import measure, plan_from
 from diffattn.tiny import build_tiny_pipeline, tiny_call_kwargs, tiny_output
 from diffattn.tiny.denoisers import build_tiny_model, tiny_forward
 

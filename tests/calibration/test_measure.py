@@ -4,8 +4,8 @@ the methods' exact oracles (`methods.naive`), with text keys, key padding and od
 import pytest
 import torch
 
-from diffattn.calibrate.candidates import Candidate, candidates_for, gna_windows, window_ladder
-from diffattn.calibrate.measure import batch_rows, measure_call, sample_positions
+from diffattn.calibration.candidates import Candidate, candidates_for, gna_windows, window_ladder
+from diffattn.calibration.measure import batch_rows, measure_call, sample_positions
 from diffattn.kernels import reference_attention
 from diffattn.methods import AttendCall
 from diffattn.methods.naive import gna_mask, msw_mask

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from diffattn.calibrate import Bucket, ModelSignature, Plan, PlanEntry, PlanMethod
+from diffattn.calibration import Bucket, ModelSignature, Plan, PlanEntry, PlanMethod
 from diffattn.methods import AttendCall, get_method
 from diffattn.report.bounds import module_flop_bound
 

@@ -3,7 +3,7 @@ bad targets and missing plan files fail with a clear error before any model is l
 
 import pytest
 
-from diffattn.calibrate import Plan
+from diffattn.calibration import Plan
 from diffattn.cli import main
 
 

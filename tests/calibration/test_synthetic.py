@@ -5,10 +5,10 @@ covering the blocks for the local layers, leave the global ones dense, and choos
 import pytest
 import torch
 
-from diffattn.calibrate import CalibrationTarget
-from diffattn.calibrate.probe import Probe, ProbeConfig
-from diffattn.calibrate.run import build_plan
-from diffattn.calibrate.select import choose_quality, choose_speed, make_buckets, make_cells, predicted
+from diffattn.calibration import CalibrationTarget
+from diffattn.calibration.probe import Probe, ProbeConfig
+from diffattn.calibration.run import build_plan
+from diffattn.calibration.select import choose_quality, choose_speed, make_buckets, make_cells, predicted
 from diffattn.methods import AttendCall
 from diffattn.methods.routed import ModelSignature
 
