@@ -204,6 +204,10 @@ def inspect(args: argparse.Namespace) -> int:
     """``diffattn inspect``: the per-module table of what the method would do, from one denoiser call."""
     from ..patch.dry_run import dry_run
 
+    if args.model == EMBEDDED and args.height is None and args.width is None:
+        from ..pipelines.tiny_shapes.job import TARGET
+
+        args.height = args.width = TARGET  # what `generate` runs on the embedded model (the main job's size)
     if getattr(args, "plan", None) is not None:
         from ..methods.routed import Plan
 
