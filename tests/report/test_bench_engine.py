@@ -53,8 +53,12 @@ def test_busy_fraction_and_targets_follow_from_the_rows() -> None:
 def test_the_report_says_when_the_quiet_rows_were_not_quiet() -> None:
     payload = {"meta": {"nproc": 2}, "load_average": {"quiet": {"before": [0.3, 1, 1], "after": [0.2, 1, 1]}}}
     assert engine.not_quiet(payload) == ""
+    payload["load_average"]["quiet"]["after"] = [2.2, 1, 1]  # the benchmark's own 2 threads: still quiet
+    assert engine.not_quiet(payload) == ""
     payload["load_average"]["quiet"]["after"] = [3.5, 1, 1]
     assert "load average 3.50 on 2 cores" in engine.not_quiet(payload)
+    payload["load_average"]["quiet"] = {"before": [1.2, 1, 1], "after": [1.5, 1, 1]}  # busy before it started
+    assert "load average 1.50 on 2 cores" in engine.not_quiet(payload)
 
 
 def test_the_baseline_is_the_engine_before_issue_22() -> None:

@@ -302,17 +302,20 @@ def run_benchmark(
 
 
 def not_quiet(payload: dict) -> str:
-    """Why the ``quiet`` rows were not measured on a quiet machine (a 1-minute load average, before or after
-    them, of half the cores or more), or ``""``."""
+    """Why the ``quiet`` rows were not measured on a quiet machine, or ``""``: other work of half the cores or more,
+    i.e. a 1-minute load average before them, or after them less this benchmark's own threads (which count in it)."""
     nproc = payload["meta"]["nproc"] or 1
+    own = payload["meta"].get("threads") or nproc
     load = payload["load_average"].get("quiet")
     if load is None:
         return ""
-    worst = max(load["before"][0], load["after"][0])
-    if worst < nproc / 2:
+    before, after = load["before"][0], load["after"][0]
+    if max(before, after - own) < nproc / 2:
         return ""
-    return (f"the machine was not quiet: load average {worst:.2f} on {nproc} cores during the quiet rows, so they "
-            "are contended too and their speedups are not the engine's; rerun on an idle machine")  # fmt: skip
+    worst = max(before, after)
+    return (f"the machine was not quiet: load average {worst:.2f} on {nproc} cores during the quiet rows ({own} of "
+            "it this benchmark's own threads at most), so they are contended too and their speedups are not the "
+            "engine's; rerun on an idle machine")  # fmt: skip
 
 
 def _fmt(t: list[int]) -> str:
