@@ -32,20 +32,10 @@ from ...pipelines.tiny_shapes import pipeline as tm
 from ...pipelines.tiny_shapes.job import STEPS, class_captions, method_knobs, sample, save_grid
 from ...pipelines.tiny_shapes.scorer import labels_of, load_scorer, predict
 from ...report.quality import psnr
+from ...report.significance import wilson
 from .common import log, run_meta, write_result
 
 Z95 = 1.959964
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -125,8 +115,8 @@ def run_scale(
     per_image = {}
     for name, imgs in stacked.items():
         correct = (predict(imgs, scorer) == labels).int()
-        lo, hi = wilson(int(correct.sum()), len(correct))
-        row = {"accuracy": float(correct.float().mean()), "accuracy_wilson95": [lo, hi],
+        interval = wilson(int(correct.sum()), len(correct))
+        row = {"accuracy": float(correct.float().mean()), "accuracy_wilson95": [interval.low, interval.high],
                "seconds_per_image": seconds[name] / len(held)}  # fmt: skip
         if name != "dense":
             per_image[name] = [psnr(a, b) for a, b in zip(imgs, dense)]
