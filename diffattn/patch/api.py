@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -178,6 +179,9 @@ def _method_of(
         impl = PlanMethod.for_target(plan, target)
         if not plan.sparse_modules:
             raise ValueError(f"this plan keeps every module dense (nothing to apply): {'; '.join(plan.notes) or plan}")
+        if not plan.satisfied:  # applied as asked, but never silently: its target was not met when it was made
+            warnings.warn(f"applying a plan that did not meet its target ({dict(plan.target)}): "
+                          f"{'; '.join(plan.notes)}", UserWarning, stacklevel=4)  # fmt: skip
         return impl, impl.selects, None, None
     method_cls = get_method(method)
     knobs, layers, steps, entry = with_preset(target, method, knobs, config, layers, steps, preset)

@@ -3,6 +3,7 @@ Wan and a UNet video model (a bare UNetMotionModel) give a valid plan, which app
 runs sparse, and removes bit-exactly; a plan refuses another model; a target nothing meets keeps every module dense
 and says so; the budget stops early and says so; verify writes compare's report."""
 
+import dataclasses
 import json
 
 import pytest
@@ -98,6 +99,14 @@ def test_a_target_nothing_meets_keeps_every_module_dense_and_says_so(pipelines, 
     assert "calibration kept every module dense" in caplog.text
     with pytest.raises(ValueError, match=r"keeps every module dense \(nothing to apply\): .*no candidate met"):
         diffattn.apply_attention(pipe, plan)
+
+
+def test_a_plan_that_missed_its_target_applies_with_a_warning(pipelines):
+    pipe = pipelines.pipe("tiny-sd")
+    plan = dataclasses.replace(_calibrate(pipe, "tiny-sd"), satisfied=False, notes=("min_bound=9 is out of reach",))
+    with pytest.warns(UserWarning, match=r"applying a plan that did not meet its target .*min_bound=9 is out of reach"):
+        handle = diffattn.apply_attention(pipe, plan)
+    handle.remove()
 
 
 def test_budget_stops_early_and_says_so(pipelines):
