@@ -306,6 +306,8 @@ def _worker(rank: int, world: int, store_path: str, job: Callable[..., Any], arg
         result = job(*args)
         if rank == 0:
             torch.save(result, Path(out_dir) / "result.pt")
+        # no rank tears its group down while another may still be talking to it over the store
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
