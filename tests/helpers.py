@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 
 from diffattn.methods import AttentionMethod, get_method
@@ -103,3 +109,21 @@ def run_script(name: str, *args: str) -> tuple[int, str, str]:
     finally:
         sys.argv = argv
     return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def served(blocks: Any) -> Iterator[str]:
+    """``blocks`` (the demo's Gradio app) served on a free loopback port with the settings `diffattn demo` uses;
+    yields its URL and closes it afterwards."""
+    from diffattn import demo
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False,
+                  **demo.server_settings())  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        blocks.close()

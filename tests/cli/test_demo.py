@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 gr = pytest.importorskip("gradio", reason="the demo needs the 'demo' extra (pip install -e '.[demo]')")
 
 from diffattn import demo, list_methods  # noqa: E402
+from tests.helpers import served  # noqa: E402
 
 MODEL = "tiny"  # the embedded trained model (the demo's default): the scorer's accuracy shows up too
 RANDOM = "tiny-pixart-alpha"  # random weights, for what needs no trained model
@@ -57,20 +57,10 @@ def test_generate_leaves_the_pipeline_unpatched_on_error():
     assert all(after[n] is p for n, p in before.items())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    blocks = demo.build_demo(MODEL)
-    port = _free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
-    yield f"http://127.0.0.1:{port}/"
-    blocks.close()
+    with served(demo.build_demo(MODEL)) as url:
+        yield url
 
 
 @pytest.mark.slow

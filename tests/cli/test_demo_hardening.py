@@ -4,8 +4,6 @@ bounded queue, a run that stops when its client is gone, no uploads, no temp fil
 from __future__ import annotations
 
 import json
-import os
-import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -17,6 +15,7 @@ gr = pytest.importorskip("gradio", reason="the demo needs the 'demo' extra (pip 
 from diffattn import demo  # noqa: E402
 from diffattn.cli import main  # noqa: E402
 from diffattn.models.denoisers import denoisers_of  # noqa: E402
+from tests.helpers import served  # noqa: E402
 
 MODEL = "tiny"
 RANDOM = "tiny-pixart-alpha"
@@ -24,20 +23,11 @@ PROMPT = "a red circle on a blue background"
 LIMITS = {MODEL: demo.Limits(max_side=64, max_steps=40, max_frames=1)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     blocks = demo.build_demo([MODEL, RANDOM], limits=LIMITS, queue_size=1)
-    port = _free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **demo.server_settings())
-    yield blocks, f"http://127.0.0.1:{port}/"
-    blocks.close()
+    with served(blocks) as url:
+        yield blocks, url
 
 
 @pytest.fixture
