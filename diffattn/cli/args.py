@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..methods.knobs import parse_ints, parse_knobs, split_assignment
+from ..report.timing import MIN_ROUNDS
 from ..tiny import TINY_MODELS
 
 BACKENDS = ["auto", "triton", "cpu", "reference"]
@@ -26,7 +27,7 @@ MAX_STEPS = 1000  # the schedulers' training timesteps: more steps than that rep
 MAX_SIDE = 1_000_000  # pixels per side; whether a size fits is the memory estimate's call
 MAX_FRAMES = 10_000
 MAX_IMAGES = 1_000_000  # samples of compare / eval (each is a generation per config)
-MAX_ROUNDS = 1000  # interleaved timed rounds of the timing protocol (at least 3)
+MAX_ROUNDS = 1000  # interleaved timed rounds of the timing protocol (at least its MIN_ROUNDS)
 MAX_SEED = 2**63 - 1
 
 
@@ -124,7 +125,8 @@ def num_images(p: argparse.ArgumentParser, help: str = "samples (prompts cycle);
 
 def rounds(p: argparse.ArgumentParser, help: str) -> None:
     """``--rounds``: interleaved timed rounds of the timing protocol (`diffattn.report.timing`, at least 3)."""
-    p.add_argument("--rounds", type=int_in(3, MAX_ROUNDS), default=None, help=f"{help}; 3 to {MAX_ROUNDS}")
+    p.add_argument("--rounds", type=int_in(MIN_ROUNDS, MAX_ROUNDS), default=None,
+                   help=f"{help}; {MIN_ROUNDS} to {MAX_ROUNDS}")  # fmt: skip
 
 
 def prompt(p: argparse.ArgumentParser, default: str | None, help: str | None) -> None:

@@ -67,12 +67,11 @@ def cli_knobs(args: Any) -> dict[str, Any]:
 
 
 def _batches(n: int, rounds: int | None) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each round's samples: as even as possible, at least 3 rounds."""
+    """``(start, stop)`` of each round's samples: as even as possible, at least 3 rounds (the parser bounds
+    ``rounds``)."""
     from ..report.timing import MIN_ROUNDS
 
     count = max(MIN_ROUNDS, math.ceil(n / BATCH)) if rounds is None else rounds
-    if count < MIN_ROUNDS:
-        raise ValueError(f"--rounds {count} must be >= {MIN_ROUNDS} (the timing protocol's interleaved rounds)")
     if n < count:
         raise ValueError(f"--num-images {n} must be >= the {count} timed rounds (each round times a batch)")
     edges = [round(i * n / count) for i in range(count + 1)]
@@ -311,9 +310,7 @@ def generate_tiny(args: Any) -> int:
     if size <= tm.RESOLUTION:
         raise ValueError(f"--height/--width {size} must be above the training size {tm.RESOLUTION}: the main job "
                          "compares ways of making images larger than the model was trained at")
-    n = NUM_IMAGES if args.num_images is None else args.num_images
-    if n < 1:
-        raise ValueError(f"--num-images {n} must be >= 1")
+    n = NUM_IMAGES if args.num_images is None else args.num_images  # the parser bounds --num-images
     batches = _batches(n, args.rounds)
     refine_steps = int(steps * STRENGTH)
     if refine_steps < 1:
