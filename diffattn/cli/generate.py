@@ -125,7 +125,7 @@ class _Runs:
         return statistics.median(times)
 
     def accelerated(self, steps: int | None = None) -> float:
-        from ..report.runner import GridRecorder
+        from ..report.runner import GridRecorder, add_call_counts
 
         handle = apply_attention(self.pipe, self.method, **self.where, **self.knobs)
         self.handle = handle
@@ -138,10 +138,7 @@ class _Runs:
         finally:
             handle.remove()
         if steps is None:
-            for name, st in handle.stats().items():
-                total = self.stats.setdefault(name, SimpleNamespace(sparse=0, fallback=0, dense=0))
-                total.sparse, total.fallback, total.dense = (total.sparse + st.sparse, total.fallback + st.fallback,
-                                                             total.dense + st.dense)
+            add_call_counts(self.stats, handle.stats())
             for name, g in grids.items():
                 self.grids.setdefault(name, g)
         return statistics.median(times)

@@ -25,7 +25,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -50,6 +49,7 @@ from .runner import (
     MemoryMeter,
     RunConfig,
     StepTimer,
+    add_call_counts,
     apply_config,
     check_device,
     render,
@@ -151,11 +151,7 @@ class _Rounds:
                     grids = recorder.close() if recorder is not None else {}
                 if handle is not None:
                     run.method, run.modules = handle.method, list(handle.modules)
-                    for name, st in handle.stats().items():
-                        total = run.stats.setdefault(name, SimpleNamespace(sparse=0, fallback=0, dense=0))
-                        total.sparse += st.sparse
-                        total.fallback += st.fallback
-                        total.dense += st.dense
+                    add_call_counts(run.stats, handle.stats())
                     for name, g in grids.items():
                         run.grids.setdefault(name, g)
             self.bar.update(1)

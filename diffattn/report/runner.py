@@ -10,8 +10,9 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -221,6 +222,14 @@ class AttentionTimer:
         for h in self._hooks:
             h.remove()
         return self.seconds
+
+
+def add_call_counts(total: dict[str, SimpleNamespace], stats: Mapping[str, Any]) -> None:
+    """Add each module's sparse / fallback / dense calls of ``stats`` (a handle's ``stats()``) to ``total``, the
+    counts of every run so far (`report.bounds.end_to_end_bounds` reads them)."""
+    for name, st in stats.items():
+        t = total.setdefault(name, SimpleNamespace(sparse=0, fallback=0, dense=0))
+        t.sparse, t.fallback, t.dense = t.sparse + st.sparse, t.fallback + st.fallback, t.dense + st.dense
 
 
 class GridRecorder:
