@@ -20,8 +20,13 @@ spinning processes beside it, the old engine (many small ops) fell from 4.6x den
 large flash call on 2 OpenMP threads kept only 2.0x, while the same work as 8-16 chunks taken
 dynamically by 2 workers (one intra-op thread each) kept 9-13x: a descheduled worker simply takes fewer
 chunks. The workers inherit the caller's ``torch.get_num_threads()`` as their count (1 = run inline).
-Results do not depend on the chunking or the thread count (each (tile, head) is one independent flash
-problem), which the tests check bit for bit.
+On a quiet machine, though, the caller's own OpenMP threads win on calls of up to ~0.1 s (8.4x vs 6.8x
+dense at 64x64): `Scheduler` runs those inline and moves them to the workers while it measures the
+caller being descheduled. Results do not depend on the chunking, the thread count or the scheduler's choice
+(each (tile, head) is one independent flash problem), which the tests check bit for bit.
+
+Each thread gathers into its own reused workspace (a few chunks' bytes, kept between calls): fresh
+multi-MB gathers per chunk were page-faulted in again and again (`_gather`).
 
 Non-finite inputs: a NaN or Inf in q, k or v is never removed. Every query whose keys include it gets a
 NaN output; so may the other queries of the same tile (the flash op adds the mask to the score, and
@@ -38,6 +43,7 @@ import functools
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -52,8 +58,10 @@ _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 # Bound on the gathered bytes of one chunk of tiles. Small on purpose: glibc serves blocks below its
 # mmap threshold (<= 32 MB) from reused heap memory, while bigger temporaries are fresh mmaps whose
-# page faults cost more than the gather itself (measured: 0.34 s vs 0.09 s for 512 MB).
-CHUNK_BYTES = 16 * 2**20
+# page faults cost more than the gather itself (measured: 0.34 s vs 0.09 s for 512 MB; 27 vs 4 ms for the
+# 47 MB of a 64x64 grid's tiles), and a chunk that stays in cache is reused by the flash op right after
+# (32x32 grid on the caller's threads, measured: 2.10x dense in 4 MB chunks, 0.83x as one 13 MB chunk).
+CHUNK_BYTES = 4 * 2**20
 #: The masked-sdpa path materializes an ``N x N`` mask: never above this many tokens (16 MB in fp32).
 MASKED_SDPA_MAX_TOKENS = 2048
 #: Modelled single-thread seconds below which a chunk is not worth a hand-off to a worker (a hand-off
@@ -61,6 +69,9 @@ MASKED_SDPA_MAX_TOKENS = 2048
 MIN_CHUNK_S = 0.5e-3
 #: Chunks per worker at most: enough for a descheduled worker to be covered by the others.
 CHUNKS_PER_WORKER = 8
+#: Modelled single-thread seconds of a call up to which it runs on the caller's own OpenMP threads while the
+#: machine is quiet (see `Scheduler`).
+INLINE_MAX_S = 0.1
 
 
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -319,6 +330,23 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _mkl_set_num_threads_local() -> Callable[[int], int] | None:
+    """MKL's ``MKL_Set_Num_Threads_Local`` (by value; the lower-case name takes a pointer) from the MKL linked
+    into torch, or None where torch has no MKL. Needed because torch's lazy per-thread init copies an explicit
+    ``torch.set_num_threads(n)`` into each new thread's MKL-local count, which OpenMP's setter does not touch."""
+    if not torch.backends.mkl.is_available():
+        return None
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        try:
+            return ctypes.CDLL(
+                str(Path(torch.__file__).parent / "lib" / name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY
+            ).MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 class _Workers:
     """A process-wide pool of threads that each run torch ops on ONE intra-op thread.
 
@@ -339,6 +367,11 @@ class _Workers:
     @staticmethod
     def _single_threaded() -> None:
         default = torch.get_num_threads()  # also initialises this thread's count from the process default
+        # Measured: after the caller's torch.set_num_threads(2), two workers whose MKL-local count was left
+        # at 2 ran a chunk of flash calls 4.8x slower than with it at 1 (0.46 s vs 0.097 s): 4 threads on 2 cores.
+        mkl_setter = _mkl_set_num_threads_local()
+        if mkl_setter is not None:
+            mkl_setter(1)
         setter = _omp_set_num_threads()
         if setter is not None:
             setter(1)
@@ -393,6 +426,75 @@ def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int
         raise first
 
 
+class Scheduler:
+    """Chooses, per call, between the caller's own OpenMP threads ("inline") and the worker threads, from
+    what it measures of the caller's calls. Only speed depends on it: both give the same bits.
+
+    Why (measured on this 2-core machine, a linear layer before each call as in a model, GNA window 8x8,
+    B 2, 4 heads, d 32; speedup over dense SDPA):
+
+    ============  ======  ======  ======  ======
+    grid          32x32   48x48   64x64   96x96
+    quiet inline  2.10x   4.27x   8.41x   22.3x
+    quiet workers 1.06x   3.18x   6.81x   19.8x
+    busy inline   0.62x   1.99x   1.03x   12.5x
+    busy workers  1.73x   3.31x   8.71x   20.7x
+    ============  ======  ======  ======  ======
+
+    On a quiet machine the caller's OpenMP team is already running (the op before leaves its threads
+    spinning for a few ms, so workers started beside them share the cores with a spinner); on a busy one
+    its statically split ops wait at every barrier for a descheduled thread, while workers take chunks
+    dynamically. Calls modelled above `INLINE_MAX_S` (128x128 window 32: workers 6.1x, inline 3.3x) always
+    go to the workers. The caller's CPU share of an inline call's wall time tells the two apart: 1.00 quiet,
+    0.42-0.63 beside two spinning processes (measured). A share below ``contended_share`` on ``strikes``
+    inline calls in a row (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of
+    a quiet 256 px run) sends the next ``hold_s`` seconds of calls to the workers; then inline calls measure
+    again.
+    """
+
+    def __init__(self, contended_share: float = 0.8, hold_s: float = 2.0, strikes: int = 2) -> None:
+        self.contended_share, self.hold_s, self.strikes = contended_share, hold_s, strikes
+        self._workers_until = 0.0
+        self._low = 0  # inline calls in a row below the share
+        self.inline_calls = self.worker_calls = self.contended = 0
+
+    def threads(self, cost_s: float, threads: int) -> int:
+        """Threads for a call modelled at ``cost_s`` single-thread seconds when ``threads`` are allowed:
+        1 (inline on the caller's threads) or ``threads`` (workers)."""
+        if threads <= 1:
+            return 1
+        if cost_s > INLINE_MAX_S or time.monotonic() < self._workers_until:
+            self.worker_calls += 1
+            return threads
+        self.inline_calls += 1
+        return 1
+
+    def record_inline(self, wall_s: float, cpu_s: float) -> None:
+        """What an inline call measured: its wall time and the caller thread's CPU time."""
+        self._low = self._low + 1 if wall_s > 0 and cpu_s < self.contended_share * wall_s else 0
+        if self._low >= self.strikes:
+            self._low = 0
+            self.contended += 1
+            self._workers_until = time.monotonic() + self.hold_s
+
+    def run(self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False) -> None:
+        """``fn(threads)`` with the threads chosen for ``cost_s`` (``forced``: exactly ``threads``), measuring
+        it when it runs inline."""
+        if forced:
+            fn(threads)
+            return
+        chosen = self.threads(cost_s, threads)
+        if chosen > 1 or threads <= 1:
+            fn(chosen)
+            return
+        wall, cpu = time.perf_counter(), time.thread_time()
+        fn(1)
+        self.record_inline(time.perf_counter() - wall, time.thread_time() - cpu)
+
+
+SCHEDULER = Scheduler()
+
+
 def split(total: int, pieces: int) -> list[tuple[int, int]]:
     """``[0, total)`` in ``pieces`` near-equal consecutive ranges (fewer if ``total`` is smaller)."""
     pieces = max(1, min(pieces, total))
@@ -411,7 +513,30 @@ def num_chunks(seconds: float, nbytes: int, units: int, threads: int) -> int:
 # --- the kernels -----------------------------------------------------------------------------------------------
 
 
-def _tiled(q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int) -> tuple[Tensor, Tensor]:
+_WORKSPACE = threading.local()
+
+
+def _gather(rows: Tensor, index: Tensor, slot: int, reuse: bool) -> Tensor:
+    """``rows [B, S, C].index_select(1, index)``, into this thread's workspace buffer ``slot`` when ``reuse``
+    (valid until this thread's next gather into the same slot).
+
+    Why: a chunk's fresh gathers (MBs) were freed at its end, and glibc handed the heap top back to the
+    kernel, so the next chunk page-faulted them in again: a 32x32 grid's call varied 4.9-7.2 ms between
+    processes, 3.2-4.2 ms with the allocator tuned not to (measured)."""
+    if not reuse:
+        return rows.index_select(1, index)
+    shape = (rows.shape[0], index.numel(), rows.shape[2])
+    numel = math.prod(shape)
+    buffers: dict = _WORKSPACE.__dict__
+    buf = buffers.get(slot)
+    if buf is None or buf.numel() < numel or buf.dtype != rows.dtype or buf.device != rows.device:
+        buf = buffers[slot] = rows.new_empty(max(numel, 0 if buf is None else buf.numel()))
+    return torch.index_select(rows, 1, index, out=buf[:numel].view(shape))
+
+
+def _tiled(
+    q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int, forced: bool
+) -> tuple[Tensor, Tensor]:
     b, s, h, d = q.shape
     tq, r = cp.q_len, cp.kv_len
     qf, kf, vf = (t.reshape(b, s, h * d) for t in (q, k, v))  # views of contiguous [B, S, H, D]
@@ -423,36 +548,46 @@ def _tiled(q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, th
     offsets = torch.arange(b)[:, None] * s
     dest = torch.where(pad, b * s, cp.dest + offsets)  # [B, T * Tq] output row of each (batch, query slot)
 
+    reuse = not _inline(q, k, v)  # out= gathers cannot record autograd
+
     def tiles(t0: int, t1: int) -> None:
         t = t1 - t0
         qi, ki = cp.q_rows[t0 * tq : t1 * tq], cp.kv_rows[t0 * r : t1 * r]
         # [B, t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
-        qt = qf.index_select(1, qi).view(b * t, tq, h, d).transpose(1, 2)
-        kt = kf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
-        vt = vf.index_select(1, ki).view(b * t, r, h, d).transpose(1, 2)
+        qt = _gather(qf, qi, 0, reuse).view(b * t, tq, h, d).transpose(1, 2)
+        kt = _gather(kf, ki, 1, reuse).view(b * t, r, h, d).transpose(1, 2)
+        vt = _gather(vf, ki, 2, reuse).view(b * t, r, h, d).transpose(1, 2)
         o, l = sdpa_with_lse(qt, kt, vt, cp.chunk_mask(t0, t1, b), scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
         rows = dest[:, t0 * tq : t1 * tq].reshape(-1)
         out_rows.index_copy_(0, rows, o.transpose(1, 2).reshape(b * t * tq, h * d))
         lse_rows.index_copy_(0, rows, l.transpose(1, 2).reshape(b * t * tq, h))
 
     per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
-    pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, threads)
-    run_parallel(tiles, split(cp.num_tiles, pieces), threads)
+
+    def run(chosen: int) -> None:
+        pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
+        run_parallel(tiles, split(cp.num_tiles, pieces), chosen)
+
+    SCHEDULER.run(run, cp.cost * b * h, threads, forced)
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
 
 def sdpa_rows(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, threads: int, cost: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    scale: float | None,
+    threads: int,
+    cost: float,
+    forced: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """SDPA of ``q [B, Sq, H, D]`` over ``k/v [B, Sk, H, D]`` with an additive ``mask`` broadcastable to
-    ``[B, H, Sq, Sk]``, its query rows cut into chunks for the workers (``cost``: modelled single-thread
-    seconds of the whole call). Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``."""
+    ``[B, H, Sq, Sk]``, its query rows cut into chunks (``cost``: modelled single-thread seconds of the whole
+    call) run where `SCHEDULER` says, or on exactly ``threads`` when ``forced``.
+    Returns ``(out [B, Sq, H, D], lse [B, Sq, H] fp32)``."""
     b, sq, h, d = q.shape
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
-    pieces = num_chunks(cost, 0, sq, threads)
-    if pieces == 1:
-        o, l = sdpa_with_lse(qh, kh, vh, mask, scale)
-        return o.transpose(1, 2), l.transpose(1, 2)
     out = q.new_empty(b, sq, h, d)
     lse = torch.empty(b, sq, h, dtype=torch.float32)
 
@@ -462,7 +597,10 @@ def sdpa_rows(
         out[:, a:c].copy_(o.transpose(1, 2))
         lse[:, a:c].copy_(l.transpose(1, 2))
 
-    run_parallel(rows, split(sq, pieces), threads)
+    def run(chosen: int) -> None:
+        run_parallel(rows, split(sq, num_chunks(cost, 0, sq, chosen)), chosen)
+
+    SCHEDULER.run(run, cost, threads, forced)
     return out, lse
 
 
@@ -485,9 +623,10 @@ def block_sparse_attention_cpu(
         q, k, v: ``[B, S, H, D]`` with ``S == plan.num_tokens`` (grid order).
         plan: the tiles and keys to attend.
         path: force ``"tiled"`` or ``"masked-sdpa"`` (default: the cheaper one by `CpuCostModel`).
-        workers: single-threaded workers to share the chunks (default ``torch.get_num_threads()``); 1 runs
-            every chunk on the calling thread, on its own intra-op threads. Autograd and torch.compile
-            tracing always run on the calling thread.
+        workers: single-threaded workers to share the chunks; 1 runs every chunk on the calling thread, on
+            its own intra-op threads. Default: `SCHEDULER` picks between the two per call, with
+            ``torch.get_num_threads()`` workers. Autograd and torch.compile tracing always run on the
+            calling thread.
     Returns:
         ``(out [B, S, H, D], lse [B, S, H] fp32)``.
     """
@@ -499,12 +638,13 @@ def block_sparse_attention_cpu(
     if b * h == 0:  # no (batch, head): nothing to attend
         return q.new_empty(b, s, h, d), torch.empty(b, s, h, dtype=torch.float32)
     threads = _threads(q, k, v) if workers is None or workers > 1 else 1
-    if workers is not None and threads > 1:
+    forced = workers is not None
+    if forced and threads > 1:
         threads = workers
     if cp.path == "masked-sdpa":
-        out, lse = sdpa_rows(q, k, v, cp.masks, scale, threads, cp.cost * b * h)
+        out, lse = sdpa_rows(q, k, v, cp.masks, scale, threads, cp.cost * b * h, forced)
     else:
-        out, lse = _tiled(q, k, v, cp, scale, threads)
+        out, lse = _tiled(q, k, v, cp, scale, threads, forced)
     if cp.dead is not None:  # the flash op gives lse 0 (not -inf) to a query with no key
         out.index_fill_(1, cp.dead, 0.0)
         lse.index_fill_(1, cp.dead, float("-inf"))

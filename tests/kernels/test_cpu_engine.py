@@ -208,11 +208,12 @@ def test_results_do_not_depend_on_threads_or_chunks(monkeypatch):
     plan = gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8))
     q, k, v = _qkv(3, 460, 2, 16)
     inline = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
+    inline_omp = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1))
     monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # as many chunks as allowed
-    chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
+    chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=2))
     monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)  # one tile per chunk
-    per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
-    for got in (chunked, per_tile):
+    per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=3))
+    for got in (inline_omp, chunked, per_tile):
         assert torch.equal(got[0], inline[0]) and torch.equal(got[1], inline[1])
     ref, ref_lse = reference_attention(q, k, v, plan.dense_mask())
     torch.testing.assert_close(inline[0], ref, atol=2e-5, rtol=2e-5)
@@ -224,7 +225,7 @@ def test_workers_leave_every_other_threads_count_alone(monkeypatch):
     q, k, v = _qkv(2, 256, 2, 8)
     monkeypatch.setattr(cpu, "WORKERS", cpu._Workers())  # a fresh pool: its workers start during this call
     before = torch.get_num_threads()
-    _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled"))
+    _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled", workers=2))
     assert torch.get_num_threads() == before
     seen = []
     thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # starts at the process default
@@ -235,6 +236,25 @@ def test_workers_leave_every_other_threads_count_alone(monkeypatch):
     assert set(counts) == {1}
     if sys.platform == "linux" and "OpenMP" in torch.__config__.parallel_info():
         assert cpu._omp_set_num_threads() is not None  # the thread-local setter, not the fallback
+
+
+def test_workers_run_one_mkl_thread_after_an_explicit_set_num_threads(monkeypatch):
+    """torch copies an explicit ``torch.set_num_threads(n)`` into each new thread's MKL-local count; workers left
+    at n oversubscribed the cores (4.8x slower chunks, measured): each worker sets its own back to 1."""
+    setter = cpu._mkl_set_num_threads_local()
+    if setter is None:
+        pytest.skip("torch has no MKL here")
+    import ctypes
+    from pathlib import Path
+
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    monkeypatch.setattr(cpu, "WORKERS", cpu._Workers())
+
+    def counts() -> set[int]:
+        pool = cpu.WORKERS.executor(2)
+        return set(pool.map(lambda _: (lib.MKL_Get_Max_Threads(), torch.get_num_threads()), range(4)))
+
+    assert _with_threads(2, counts) == {(1, 1)}
 
 
 def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
@@ -250,6 +270,61 @@ def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
     out.sum().backward()  # recorded on the calling thread
     assert qg.grad is not None and torch.isfinite(qg.grad).all()
     torch.testing.assert_close(out.detach(), want)
+
+
+def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_workers(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(cpu.time, "monotonic", lambda: clock[0])
+    sched = cpu.Scheduler(contended_share=0.8, hold_s=2.0, strikes=2)
+    small, large = 1e-3, cpu.INLINE_MAX_S * 2
+    assert sched.threads(small, 1) == 1  # one thread allowed: always inline
+    assert sched.threads(small, 2) == 1  # quiet and small: the caller's own threads
+    assert sched.threads(large, 2) == 2  # large calls: always the workers
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)  # one low share alone is not contention
+    assert sched.threads(small, 2) == 1
+    sched.record_inline(wall_s=1.0, cpu_s=0.99)  # and a quiet call resets the count
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    assert sched.threads(small, 2) == 1
+    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s
+    assert sched.contended == 1 and sched.threads(small, 2) == 2
+    clock[0] += 1.9
+    assert sched.threads(small, 2) == 2
+    clock[0] += 0.2  # the hold is over: inline again, measuring
+    assert sched.threads(small, 2) == 1
+    ran = []
+    sched.run(ran.append, small, 2, forced=True)
+    sched.run(ran.append, large, 2)
+    sched.run(ran.append, small, 2)
+    assert ran == [2, 2, 1]
+
+
+def test_scheduler_measures_inline_calls(monkeypatch):
+    """An inline call whose caller thread slept (as a descheduled one would) counts against the machine."""
+    import time as _time
+
+    sched = cpu.Scheduler(strikes=1)
+    sched.run(lambda threads: _time.sleep(0.02), 1e-3, 2)
+    assert sched.contended == 1 and sched.threads(1e-3, 2) == 2
+    busy = cpu.Scheduler(strikes=1)
+    busy.run(lambda threads: sum(range(300_000)), 1e-3, 2)  # the caller's thread busy the whole call
+    assert busy.contended == 0
+
+
+def test_gathers_reuse_the_threads_workspace():
+    rows = torch.randn(2, 50, 6)
+    index = torch.tensor([3, 3, 0, 49, 7])
+    a = cpu._gather(rows, index, 0, reuse=True)
+    assert torch.equal(a, rows.index_select(1, index))
+    ptr = a.data_ptr()
+    b = cpu._gather(rows, index[:2], 0, reuse=True)  # smaller: the same buffer
+    assert torch.equal(b, rows.index_select(1, index[:2])) and b.data_ptr() == ptr
+    other = cpu._gather(rows, index, 1, reuse=True)  # another slot: another buffer
+    assert other.data_ptr() != ptr
+    half = cpu._gather(rows.half(), index, 0, reuse=True)  # another dtype: reallocated, right values
+    assert half.dtype == torch.float16 and torch.equal(half, rows.half().index_select(1, index))
+    fresh = cpu._gather(rows, index, 0, reuse=False)
+    assert torch.equal(fresh, rows.index_select(1, index))
+    assert fresh.data_ptr() != cpu._gather(rows, index, 0, reuse=True).data_ptr()
 
 
 def test_a_query_with_no_key_gets_zero_and_minus_inf():
