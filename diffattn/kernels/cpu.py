@@ -448,14 +448,24 @@ class Scheduler:
     go to the workers. The caller's CPU share of an inline call's wall time tells the two apart: 1.00 quiet,
     0.42-0.63 beside two spinning processes (measured). A share below ``contended_share`` on ``strikes``
     inline calls in a row (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of
-    a quiet 256 px run) sends the next ``hold_s`` seconds of calls to the workers; then inline calls measure
-    again.
+    a quiet 256 px run) sends the next ``hold_s`` seconds of calls to the workers. Then one inline call
+    measures again: still contended, and the hold doubles (up to ``max_hold_s``), so that a long busy spell
+    pays for few slow probes; quiet, and calls stay inline with the hold back at ``hold_s``.
     """
 
-    def __init__(self, contended_share: float = 0.8, hold_s: float = 2.0, strikes: int = 2) -> None:
-        self.contended_share, self.hold_s, self.strikes = contended_share, hold_s, strikes
+    def __init__(
+        self, contended_share: float = 0.8, hold_s: float = 2.0, max_hold_s: float = 32.0, strikes: int = 2
+    ) -> None:
+        if not 0 < contended_share <= 1 or not 0 < hold_s <= max_hold_s or strikes < 1:
+            raise ValueError(
+                f"need 0 < contended_share <= 1, 0 < hold_s <= max_hold_s and strikes >= 1; got "
+                f"{contended_share}, {hold_s}, {max_hold_s}, {strikes}"
+            )
+        self.contended_share, self.hold_s, self.max_hold_s, self.strikes = contended_share, hold_s, max_hold_s, strikes
         self._workers_until = 0.0
+        self._hold = hold_s  # the next hold
         self._low = 0  # inline calls in a row below the share
+        self._probing = False  # the last hold ended and no inline call has measured quiet since
         self.inline_calls = self.worker_calls = self.contended = 0
 
     def threads(self, cost_s: float, threads: int) -> int:
@@ -471,11 +481,15 @@ class Scheduler:
 
     def record_inline(self, wall_s: float, cpu_s: float) -> None:
         """What an inline call measured: its wall time and the caller thread's CPU time."""
-        self._low = self._low + 1 if wall_s > 0 and cpu_s < self.contended_share * wall_s else 0
-        if self._low >= self.strikes:
-            self._low = 0
+        if not (wall_s > 0 and cpu_s < self.contended_share * wall_s):
+            self._low, self._probing, self._hold = 0, False, self.hold_s
+            return
+        self._low += 1
+        if self._low >= self.strikes or self._probing:
+            self._low, self._probing = 0, True
             self.contended += 1
-            self._workers_until = time.monotonic() + self.hold_s
+            self._workers_until = time.monotonic() + self._hold
+            self._hold = min(2 * self._hold, self.max_hold_s)
 
     def run(self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False) -> None:
         """``fn(threads)`` with the threads chosen for ``cost_s`` (``forced``: exactly ``threads``), measuring

@@ -291,6 +291,20 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_workers(monkey
     assert sched.threads(small, 2) == 2
     clock[0] += 0.2  # the hold is over: inline again, measuring
     assert sched.threads(small, 2) == 1
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)  # still contended: one probe suffices, the hold doubles
+    assert sched.contended == 2 and sched.threads(small, 2) == 2
+    clock[0] += 3.9
+    assert sched.threads(small, 2) == 2
+    clock[0] += 0.2
+    assert sched.threads(small, 2) == 1
+    sched.record_inline(wall_s=1.0, cpu_s=1.0)  # quiet again: inline, and the next hold is back at 2 s
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    assert sched.threads(small, 2) == 1
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    clock[0] += 2.1
+    assert sched.contended == 3 and sched.threads(small, 2) == 1
+    with pytest.raises(ValueError, match="contended_share"):
+        cpu.Scheduler(contended_share=0.0)
     ran = []
     sched.run(ran.append, small, 2, forced=True)
     sched.run(ran.append, large, 2)
