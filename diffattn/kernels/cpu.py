@@ -531,21 +531,25 @@ _WORKSPACE = threading.local()
 
 
 def _gather(rows: Tensor, index: Tensor, slot: int, reuse: bool) -> Tensor:
-    """``rows [B, S, C].index_select(1, index)``, into this thread's workspace buffer ``slot`` when ``reuse``
-    (valid until this thread's next gather into the same slot).
+    """``rows [B, S, C].index_select(1, index)`` as ``[B, len(index), C]``, into this thread's workspace buffer
+    ``slot`` when ``reuse`` (valid until this thread's next gather into the same slot). Gathered as rows of
+    ``[B * S, C]`` (1.6x faster than along dim 1, measured: 0.028 vs 0.044 ms for 2 x 1650 rows of 128).
 
     Why: a chunk's fresh gathers (MBs) were freed at its end, and glibc handed the heap top back to the
     kernel, so the next chunk page-faulted them in again: a 32x32 grid's call varied 4.9-7.2 ms between
     processes, 3.2-4.2 ms with the allocator tuned not to (measured)."""
+    b, s, c = rows.shape
+    shape = (b, index.numel(), c)
+    flat_index = index if b == 1 else (index + torch.arange(0, b * s, s)[:, None]).reshape(-1)
+    flat_rows = rows.reshape(b * s, c)
     if not reuse:
-        return rows.index_select(1, index)
-    shape = (rows.shape[0], index.numel(), rows.shape[2])
+        return flat_rows.index_select(0, flat_index).view(shape)
     numel = math.prod(shape)
     buffers: dict = _WORKSPACE.__dict__
     buf = buffers.get(slot)
     if buf is None or buf.numel() < numel or buf.dtype != rows.dtype or buf.device != rows.device:
         buf = buffers[slot] = rows.new_empty(max(numel, 0 if buf is None else buf.numel()))
-    return torch.index_select(rows, 1, index, out=buf[:numel].view(shape))
+    return torch.index_select(flat_rows, 0, flat_index, out=buf[:numel].view(b * index.numel(), c)).view(shape)
 
 
 def _tiled(
