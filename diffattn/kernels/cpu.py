@@ -21,8 +21,8 @@ large flash call on 2 OpenMP threads kept only 2.0x, while the same work as 8-16
 dynamically by 2 workers (one intra-op thread each) kept 9-13x: a descheduled worker simply takes fewer
 chunks. The workers inherit the caller's ``torch.get_num_threads()`` as their count (1 = run inline).
 On a quiet machine, though, the caller's own OpenMP threads win on calls of up to ~0.1 s (8.4x vs 6.8x
-dense at 64x64): `Scheduler` runs those inline and moves them to the workers while it measures the
-caller being descheduled. Results do not depend on the chunking, the thread count or the scheduler's choice
+dense at 64x64), and on a busy one the caller's thread alone does as well as the workers or better:
+`Scheduler` runs those calls inline, and on one thread while it measures the caller being descheduled. Results do not depend on the chunking, the thread count or the scheduler's choice
 (each (tile, head) is one independent flash problem), which the tests check bit for bit.
 
 Each thread gathers into its own reused workspace (a few chunks' bytes, kept between calls): fresh
@@ -36,6 +36,7 @@ NaN + -inf is NaN), as may every query of the same masked-sdpa call.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -44,7 +45,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -441,14 +442,17 @@ class Scheduler:
     busy workers  1.73x   3.31x   8.71x   20.7x
     ============  ======  ======  ======  ======
 
+    busy, one caller thread: 32x32 1.89x (workers 1.42x), 64x64 7.04x (7.2x), 128x128 43.3x (31.8x)
+
     On a quiet machine the caller's OpenMP team is already running (the op before leaves its threads
     spinning for a few ms, so workers started beside them share the cores with a spinner); on a busy one
-    its statically split ops wait at every barrier for a descheduled thread, while workers take chunks
-    dynamically. Calls modelled above `INLINE_MAX_S` (128x128 window 32: workers 6.1x, inline 3.3x) always
-    go to the workers. The caller's CPU share of an inline call's wall time tells the two apart: 1.00 quiet,
-    0.42-0.63 beside two spinning processes (measured). A share below ``contended_share`` on ``strikes``
-    inline calls in a row (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of
-    a quiet 256 px run) sends the next ``hold_s`` seconds of calls to the workers. Then one inline call
+    its statically split ops wait at every barrier for a descheduled thread, and the caller alone on one
+    thread (no barrier to wait at) does as well as the workers or better. Calls modelled above
+    `INLINE_MAX_S` (128x128 window 32: workers 6.1x, inline 3.3x) always go to the workers. The caller's
+    CPU share of an inline call's wall time tells quiet from busy: 1.00 quiet, 0.42-0.63 beside two
+    spinning processes (measured). A share below ``contended_share`` on ``strikes`` inline calls in a row
+    (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of a quiet 256 px run)
+    runs the next ``hold_s`` seconds of calls on the caller's thread alone ("single"). Then one inline call
     measures again: still contended, and the hold doubles (up to ``max_hold_s``), so that a long busy spell
     pays for few slow probes; quiet, and calls stay inline with the hold back at ``hold_s``.
     """
@@ -462,22 +466,26 @@ class Scheduler:
                 f"{contended_share}, {hold_s}, {max_hold_s}, {strikes}"
             )
         self.contended_share, self.hold_s, self.max_hold_s, self.strikes = contended_share, hold_s, max_hold_s, strikes
-        self._workers_until = 0.0
+        self._contended_until = 0.0
         self._hold = hold_s  # the next hold
         self._low = 0  # inline calls in a row below the share
         self._probing = False  # the last hold ended and no inline call has measured quiet since
-        self.inline_calls = self.worker_calls = self.contended = 0
+        self.inline_calls = self.single_calls = self.worker_calls = self.contended = 0
 
-    def threads(self, cost_s: float, threads: int) -> int:
-        """Threads for a call modelled at ``cost_s`` single-thread seconds when ``threads`` are allowed:
-        1 (inline on the caller's threads) or ``threads`` (workers)."""
+    def mode(self, cost_s: float, threads: int) -> str:
+        """Where a call modelled at ``cost_s`` single-thread seconds runs when ``threads`` are allowed:
+        ``"inline"`` (the caller's own threads), ``"single"`` (the caller's thread alone, while contended)
+        or ``"workers"``."""
         if threads <= 1:
-            return 1
-        if cost_s > INLINE_MAX_S or time.monotonic() < self._workers_until:
+            return "inline"
+        if cost_s > INLINE_MAX_S:
             self.worker_calls += 1
-            return threads
+            return "workers"
+        if time.monotonic() < self._contended_until:
+            self.single_calls += 1
+            return "single"
         self.inline_calls += 1
-        return 1
+        return "inline"
 
     def record_inline(self, wall_s: float, cpu_s: float) -> None:
         """What an inline call measured: its wall time and the caller thread's CPU time."""
@@ -488,7 +496,7 @@ class Scheduler:
         if self._low >= self.strikes or self._probing:
             self._low, self._probing = 0, True
             self.contended += 1
-            self._workers_until = time.monotonic() + self._hold
+            self._contended_until = time.monotonic() + self._hold
             self._hold = min(2 * self._hold, self.max_hold_s)
 
     def run(self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False) -> None:
@@ -497,16 +505,39 @@ class Scheduler:
         if forced:
             fn(threads)
             return
-        chosen = self.threads(cost_s, threads)
-        if chosen > 1 or threads <= 1:
-            fn(chosen)
-            return
-        wall, cpu = time.perf_counter(), time.thread_time()
-        fn(1)
-        self.record_inline(time.perf_counter() - wall, time.thread_time() - cpu)
+        mode = self.mode(cost_s, threads)
+        if mode == "workers" or threads <= 1:
+            fn(threads if mode == "workers" else 1)
+        elif mode == "single":
+            with _one_intraop_thread():
+                fn(1)
+        else:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            fn(1)
+            self.record_inline(time.perf_counter() - wall, time.thread_time() - cpu)
 
 
 SCHEDULER = Scheduler()
+
+
+@contextlib.contextmanager
+def _one_intraop_thread() -> Iterator[None]:
+    """The calling thread's own OpenMP and MKL counts at 1 for the block, then back (both are per thread:
+    no other thread sees the change). Where the thread-local OpenMP setter is missing, the block runs as
+    is (on the caller's threads): never through ``torch.set_num_threads``, which is process-wide."""
+    omp, mkl = _omp_set_num_threads(), _mkl_set_num_threads_local()
+    if omp is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    mkl_before = mkl(1) if mkl is not None else None
+    omp(1)
+    try:
+        yield
+    finally:
+        omp(before)
+        if mkl is not None and mkl_before is not None:
+            mkl(mkl_before)
 
 
 def split(total: int, pieces: int) -> list[tuple[int, int]]:

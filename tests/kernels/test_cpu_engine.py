@@ -272,37 +272,37 @@ def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
     torch.testing.assert_close(out.detach(), want)
 
 
-def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_workers(monkeypatch):
+def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_one_thread(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(cpu.time, "monotonic", lambda: clock[0])
     sched = cpu.Scheduler(contended_share=0.8, hold_s=2.0, strikes=2)
     small, large = 1e-3, cpu.INLINE_MAX_S * 2
-    assert sched.threads(small, 1) == 1  # one thread allowed: always inline
-    assert sched.threads(small, 2) == 1  # quiet and small: the caller's own threads
-    assert sched.threads(large, 2) == 2  # large calls: always the workers
+    assert sched.mode(small, 1) == "inline"  # one thread allowed: always inline
+    assert sched.mode(small, 2) == "inline"  # quiet and small: the caller's own threads
+    assert sched.mode(large, 2) == "workers"  # large calls: always the workers
     sched.record_inline(wall_s=1.0, cpu_s=0.5)  # one low share alone is not contention
-    assert sched.threads(small, 2) == 1
+    assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=0.99)  # and a quiet call resets the count
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
-    assert sched.threads(small, 2) == 1
-    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s
-    assert sched.contended == 1 and sched.threads(small, 2) == 2
+    assert sched.mode(small, 2) == "inline"
+    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s, one thread
+    assert sched.contended == 1 and sched.mode(small, 2) == "single"
     clock[0] += 1.9
-    assert sched.threads(small, 2) == 2
+    assert sched.mode(small, 2) == "single"
     clock[0] += 0.2  # the hold is over: inline again, measuring
-    assert sched.threads(small, 2) == 1
+    assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=0.5)  # still contended: one probe suffices, the hold doubles
-    assert sched.contended == 2 and sched.threads(small, 2) == 2
+    assert sched.contended == 2 and sched.mode(small, 2) == "single"
     clock[0] += 3.9
-    assert sched.threads(small, 2) == 2
+    assert sched.mode(small, 2) == "single"
     clock[0] += 0.2
-    assert sched.threads(small, 2) == 1
+    assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=1.0)  # quiet again: inline, and the next hold is back at 2 s
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
-    assert sched.threads(small, 2) == 1
+    assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
     clock[0] += 2.1
-    assert sched.contended == 3 and sched.threads(small, 2) == 1
+    assert sched.contended == 3 and sched.mode(small, 2) == "inline"
     with pytest.raises(ValueError, match="contended_share"):
         cpu.Scheduler(contended_share=0.0)
     ran = []
@@ -310,6 +310,14 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_workers(monkey
     sched.run(ran.append, large, 2)
     sched.run(ran.append, small, 2)
     assert ran == [2, 2, 1]
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    seen = []
+    before = torch.get_num_threads()
+    sched.run(lambda threads: seen.append((threads, torch.get_num_threads())), small, 2)
+    if cpu._omp_set_num_threads() is not None:
+        assert seen == [(1, 1)]  # contended: the caller's thread alone
+    assert torch.get_num_threads() == before  # and its count back afterwards
 
 
 def test_scheduler_measures_inline_calls(monkeypatch):
@@ -318,7 +326,7 @@ def test_scheduler_measures_inline_calls(monkeypatch):
 
     sched = cpu.Scheduler(strikes=1)
     sched.run(lambda threads: _time.sleep(0.02), 1e-3, 2)
-    assert sched.contended == 1 and sched.threads(1e-3, 2) == 2
+    assert sched.contended == 1 and sched.mode(1e-3, 2) == "single"
     busy = cpu.Scheduler(strikes=1)
     busy.run(lambda threads: sum(range(300_000)), 1e-3, 2)  # the caller's thread busy the whole call
     assert busy.contended == 0
