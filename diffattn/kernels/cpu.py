@@ -22,8 +22,9 @@ dynamically by 2 workers (one intra-op thread each) kept 9-13x: a descheduled wo
 chunks. The workers inherit the caller's ``torch.get_num_threads()`` as their count (1 = run inline).
 On a quiet machine, though, the caller's own OpenMP threads win on calls of up to ~0.1 s (8.4x vs 6.8x
 dense at 64x64), and on a busy one the caller's thread alone does as well as the workers or better:
-`Scheduler` runs those calls inline, and on one thread while it measures the caller being descheduled. Results do not depend on the chunking, the thread count or the scheduler's choice
-(each (tile, head) is one independent flash problem), which the tests check bit for bit.
+`Scheduler` runs those calls inline, and on one thread while it measures the caller being descheduled.
+Results do not depend on the chunking, the thread count or the scheduler's choice (each (tile, head) is
+one independent flash problem), which the tests check bit for bit.
 
 Each thread gathers into its own reused workspace (a few chunks' bytes, kept between calls): fresh
 multi-MB gathers per chunk were page-faulted in again and again (`_gather`).
