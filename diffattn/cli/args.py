@@ -38,36 +38,31 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: a decimal int in ``[lo, hi]``."""
+def _ranged(convert: Callable[[str], Any], kind: str, article: str, lo: Any, hi: Any) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)`` in ``[lo, hi]``, its errors naming ``article kind`` and the range."""
+    accepted = f"accepted: {article} {kind} in [{lo}, {hi}]"
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text.strip())
+            value = convert(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an int; accepted: an int in [{lo}, {hi}]") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: an int in [{lo}, {hi}]")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {article} {kind}; {accepted}") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{value} is out of range; {accepted}")
         return value
 
-    parse.__name__ = f"int in [{lo}, {hi}]"
+    parse.__name__ = f"{kind} in [{lo}, {hi}]"
     return parse
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a decimal int in ``[lo, hi]``."""
+    return _ranged(int, "int", "an", lo, hi)
 
 
 def float_in(lo: float, hi: float) -> Callable[[str], float]:
     """An argparse type: a finite decimal number in ``[lo, hi]``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [{lo}, {hi}]") from None
-        if not lo <= value <= hi:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: a number in [{lo}, {hi}]")
-        return value
-
-    parse.__name__ = f"number in [{lo}, {hi}]"
-    return parse
+    return _ranged(float, "number", "a", lo, hi)
 
 
 def nonempty_text(text: str) -> str:
