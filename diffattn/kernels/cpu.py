@@ -317,19 +317,25 @@ def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> Cpu
 # --- worker threads -----------------------------------------------------------------------------------------
 
 
+def _loaded_symbol(libraries: Sequence[str | Path | None], symbol: str) -> Callable | None:
+    """``symbol`` of the first of ``libraries`` that is already loaded (RTLD_NOLOAD: never a second copy of a
+    runtime), or None."""
+    for name in libraries:
+        if not name:
+            continue
+        try:
+            return getattr(ctypes.CDLL(str(name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY), symbol)
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _omp_set_num_threads() -> Callable[[int], None] | None:
     """``omp_set_num_threads`` of the OpenMP runtime torch already loaded (it sets the calling thread's
     count only), or None where there is none to find (torch built without GNU OpenMP, another platform)."""
-    candidates = [Path(torch.__file__).parent / "lib" / "libgomp.so.1", ctypes.util.find_library("gomp")]
-    for name in candidates:
-        if not name:
-            continue
-        try:  # RTLD_NOLOAD: only a runtime that is already loaded, never a second one
-            return ctypes.CDLL(str(name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY).omp_set_num_threads
-        except (OSError, AttributeError):
-            continue
-    return None
+    lib = Path(torch.__file__).parent / "lib"
+    return _loaded_symbol([lib / "libgomp.so.1", ctypes.util.find_library("gomp")], "omp_set_num_threads")
 
 
 @functools.lru_cache(maxsize=1)
@@ -339,14 +345,8 @@ def _mkl_set_num_threads_local() -> Callable[[int], int] | None:
     ``torch.set_num_threads(n)`` into each new thread's MKL-local count, which OpenMP's setter does not touch."""
     if not torch.backends.mkl.is_available():
         return None
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
-        try:
-            return ctypes.CDLL(
-                str(Path(torch.__file__).parent / "lib" / name), mode=os.RTLD_NOLOAD | os.RTLD_LAZY
-            ).MKL_Set_Num_Threads_Local
-        except (OSError, AttributeError):
-            continue
-    return None
+    lib = Path(torch.__file__).parent / "lib"
+    return _loaded_symbol([lib / "libtorch_cpu.so", lib / "libtorch_cpu.dylib"], "MKL_Set_Num_Threads_Local")
 
 
 class _Workers:
@@ -471,7 +471,7 @@ class Scheduler:
         self._hold = hold_s  # the next hold
         self._low = 0  # inline calls in a row below the share
         self._probing = False  # the last hold ended and no inline call has measured quiet since
-        self.inline_calls = self.single_calls = self.worker_calls = self.contended = 0
+        self.contended = 0  # times it found the caller contended
 
     def mode(self, cost_s: float, threads: int) -> str:
         """Where a call modelled at ``cost_s`` single-thread seconds runs when ``threads`` are allowed:
@@ -480,13 +480,8 @@ class Scheduler:
         if threads <= 1:
             return "inline"
         if cost_s > INLINE_MAX_S:
-            self.worker_calls += 1
             return "workers"
-        if time.monotonic() < self._contended_until:
-            self.single_calls += 1
-            return "single"
-        self.inline_calls += 1
-        return "inline"
+        return "single" if time.monotonic() < self._contended_until else "inline"
 
     def record_inline(self, wall_s: float, cpu_s: float) -> None:
         """What an inline call measured: its wall time and the caller thread's CPU time."""
@@ -563,25 +558,22 @@ _WORKSPACE = threading.local()
 
 
 def _gather(rows: Tensor, index: Tensor, slot: int, reuse: bool) -> Tensor:
-    """``rows [B, S, C].index_select(1, index)`` as ``[B, len(index), C]``, into this thread's workspace buffer
-    ``slot`` when ``reuse`` (valid until this thread's next gather into the same slot). Gathered as rows of
-    ``[B * S, C]`` (1.6x faster than along dim 1, measured: 0.028 vs 0.044 ms for 2 x 1650 rows of 128).
+    """``rows [B * S, C].index_select(0, index)``, into this thread's workspace buffer ``slot`` when ``reuse``
+    (valid until this thread's next gather into the same slot). Rows of ``[B * S, C]``, not dim 1 of
+    ``[B, S, C]``: 1.6x faster (measured: 0.028 vs 0.044 ms for 2 x 1650 rows of 128).
 
-    Why: a chunk's fresh gathers (MBs) were freed at its end, and glibc handed the heap top back to the
-    kernel, so the next chunk page-faulted them in again: a 32x32 grid's call varied 4.9-7.2 ms between
-    processes, 3.2-4.2 ms with the allocator tuned not to (measured)."""
-    b, s, c = rows.shape
-    shape = (b, index.numel(), c)
-    flat_index = index if b == 1 else (index + torch.arange(0, b * s, s)[:, None]).reshape(-1)
-    flat_rows = rows.reshape(b * s, c)
+    Why the workspace: a chunk's fresh gathers (MBs) were freed at its end, and glibc handed the heap top
+    back to the kernel, so the next chunk page-faulted them in again: a 32x32 grid's call varied 4.9-7.2 ms
+    between processes, 3.2-4.2 ms with the allocator tuned not to (measured)."""
     if not reuse:
-        return flat_rows.index_select(0, flat_index).view(shape)
+        return rows.index_select(0, index)
+    shape = (index.numel(), rows.shape[1])
     numel = math.prod(shape)
     buffers: dict = _WORKSPACE.__dict__
     buf = buffers.get(slot)
     if buf is None or buf.numel() < numel or buf.dtype != rows.dtype or buf.device != rows.device:
         buf = buffers[slot] = rows.new_empty(max(numel, 0 if buf is None else buf.numel()))
-    return torch.index_select(flat_rows, 0, flat_index, out=buf[:numel].view(b * index.numel(), c)).view(shape)
+    return torch.index_select(rows, 0, index, out=buf[:numel].view(shape))
 
 
 def _tiled(
@@ -589,21 +581,23 @@ def _tiled(
 ) -> tuple[Tensor, Tensor]:
     b, s, h, d = q.shape
     tq, r = cp.q_len, cp.kv_len
-    qf, kf, vf = (t.reshape(b, s, h * d) for t in (q, k, v))  # views of contiguous [B, S, H, D]
+    qf, kf, vf = (t.reshape(b * s, h * d) for t in (q, k, v))  # rows of contiguous [B, S, H, D]
     # outputs as rows [B * S + 1, ...]: row B * S is the scratch row of every padded query slot, so that the
     # results [B, S, H, D] and [B, S, H] are contiguous views of the rest
     out_rows = q.new_empty(b * s + 1, h * d)
     lse_rows = torch.empty(b * s + 1, h, dtype=torch.float32)
-    pad = cp.dest == s
     offsets = torch.arange(b)[:, None] * s
-    dest = torch.where(pad, b * s, cp.dest + offsets)  # [B, T * Tq] output row of each (batch, query slot)
+    # row of each (batch item, slot) in those [B * S, ...] rows: [B, T * Tq] and [B, T * R]
+    q_index, kv_index = cp.q_rows + offsets, cp.kv_rows + offsets
+    dest = torch.where(cp.dest == s, b * s, cp.dest + offsets)  # output row (padding: the scratch row)
 
     reuse = not _inline(q, k, v)  # out= gathers cannot record autograd
 
     def tiles(t0: int, t1: int) -> None:
         t = t1 - t0
-        qi, ki = cp.q_rows[t0 * tq : t1 * tq], cp.kv_rows[t0 * r : t1 * r]
-        # [B, t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
+        qi = q_index[:, t0 * tq : t1 * tq].reshape(-1)
+        ki = kv_index[:, t0 * r : t1 * r].reshape(-1)
+        # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
         qt = _gather(qf, qi, 0, reuse).view(b * t, tq, h, d).transpose(1, 2)
         kt = _gather(kf, ki, 1, reuse).view(b * t, r, h, d).transpose(1, 2)
         vt = _gather(vf, ki, 2, reuse).view(b * t, r, h, d).transpose(1, 2)

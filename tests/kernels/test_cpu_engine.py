@@ -333,19 +333,19 @@ def test_scheduler_measures_inline_calls(monkeypatch):
 
 
 def test_gathers_reuse_the_threads_workspace():
-    rows = torch.randn(2, 50, 6)
-    index = torch.tensor([3, 3, 0, 49, 7])
+    rows = torch.randn(100, 6)  # [B * S, C]
+    index = torch.tensor([3, 3, 0, 99, 57])
     a = cpu._gather(rows, index, 0, reuse=True)
-    assert torch.equal(a, rows.index_select(1, index))
+    assert torch.equal(a, rows.index_select(0, index))
     ptr = a.data_ptr()
     b = cpu._gather(rows, index[:2], 0, reuse=True)  # smaller: the same buffer
-    assert torch.equal(b, rows.index_select(1, index[:2])) and b.data_ptr() == ptr
+    assert torch.equal(b, rows.index_select(0, index[:2])) and b.data_ptr() == ptr
     other = cpu._gather(rows, index, 1, reuse=True)  # another slot: another buffer
     assert other.data_ptr() != ptr
     half = cpu._gather(rows.half(), index, 0, reuse=True)  # another dtype: reallocated, right values
-    assert half.dtype == torch.float16 and torch.equal(half, rows.half().index_select(1, index))
+    assert half.dtype == torch.float16 and torch.equal(half, rows.half().index_select(0, index))
     fresh = cpu._gather(rows, index, 0, reuse=False)
-    assert torch.equal(fresh, rows.index_select(1, index))
+    assert torch.equal(fresh, rows.index_select(0, index))
     assert fresh.data_ptr() != cpu._gather(rows, index, 0, reuse=True).data_ptr()
 
 
