@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -220,11 +221,21 @@ class Plan:
         """Modules that run a sparse method in at least one bucket (the ones `apply_attention` patches)."""
         return list(dict.fromkeys(e.module for e in self.entries if e.sparse))
 
+    @functools.cached_property
+    def _by_key(self) -> dict[tuple[str, int], PlanEntry]:
+        return {(e.module, e.bucket): e for e in self.entries}
+
+    @functools.cached_property
+    def _negated_edges(self) -> list[float]:
+        # descending timesteps: edges[i] separates bucket i (above) from bucket i + 1 (below); negated for bisect
+        return [-(a.timesteps[1] + b.timesteps[0]) / 2 for a, b in zip(self.buckets, self.buckets[1:])]
+
     def entry(self, module: str, bucket: int) -> PlanEntry:
-        for e in self.entries:
-            if e.module == module and e.bucket == bucket:
-                return e
-        raise KeyError(f"the plan has no entry for module {module!r}, bucket {bucket}")
+        """The entry of ``module`` in ``bucket`` (read on every attention call: a dict lookup)."""
+        try:
+            return self._by_key[module, bucket]
+        except KeyError:
+            raise KeyError(f"the plan has no entry for module {module!r}, bucket {bucket}") from None
 
     def bucket_of(self, timestep: float | None) -> int:
         """The bucket of a call at ``timestep`` (edges halfway between the buckets' calibration timesteps)."""
@@ -235,9 +246,7 @@ class Plan:
                 "this plan varies with the denoising step but the denoiser call has no readable timestep; "
                 "apply a single-bucket plan (calibrate with step_buckets=1)"
             )
-        # descending timesteps: edges[i] separates bucket i (above) from bucket i + 1 (below)
-        edges = [(a.timesteps[1] + b.timesteps[0]) / 2 for a, b in zip(self.buckets, self.buckets[1:])]
-        return bisect.bisect_left([-e for e in edges], -float(timestep))
+        return bisect.bisect_left(self._negated_edges, -float(timestep))
 
     # --- JSON -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -462,7 +471,7 @@ class PlanMethod(AttentionMethod):
     def describe_plan(self) -> str:
         return self.config.describe()
 
-    def _weighted(self, pairs: Iterable[tuple[float, float]], grid: tuple[int, ...], formula: str) -> FlopBound:
+    def _weighted(self, pairs: Iterable[tuple[float, float]], formula: str) -> FlopBound:
         """Harmonic mean of bounds weighted by dense cost (the attention time they apply to)."""
         pairs = list(pairs)
         total = sum(w for w, _ in pairs)
@@ -478,7 +487,7 @@ class PlanMethod(AttentionMethod):
         for i, b in enumerate(self.config.buckets):
             sub = self.routes[module, i]
             pairs.append((b.steps[1] - b.steps[0], sub.flop_bound(grid, extra_tokens).value))
-        return self._weighted(pairs, grid, f"plan: {len(pairs)} bucket(s) of {module}")
+        return self._weighted(pairs, f"plan: {len(pairs)} bucket(s) of {module}")
 
     def flop_bound(self, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
         """FLOP bound of the plan's patched modules as if they all attended ``grid``: their entries' bounds
@@ -489,7 +498,7 @@ class PlanMethod(AttentionMethod):
             for e in self.config.entries
             if e.module in sparse
         ]
-        return self._weighted(pairs, grid, f"plan: {len(pairs)} (module, bucket) entries")
+        return self._weighted(pairs, f"plan: {len(pairs)} (module, bucket) entries")
 
 
 def _owner(module: str, model: tuple[ModelSignature, ...]) -> str:
