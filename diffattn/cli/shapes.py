@@ -87,15 +87,8 @@ class _Row:
     step_s: list[float] = dataclasses.field(default_factory=list)  # per round: median step at the row's size
     steps_total_s: float = 0.0
     attention_s: dict[str, float] = dataclasses.field(default_factory=dict)
-    stats: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-
-def _add_stats(total: dict[str, dict[str, Any]], stats: dict[str, dict[str, Any]]) -> None:
-    for name, s in stats.items():
-        t = total.setdefault(name, {**s, "sparse": 0, "fallback": 0, "dense": 0})
-        for key in ("sparse", "fallback", "dense"):
-            t[key] += s[key]
-        t["grid"] = t.get("grid") or s.get("grid")
+    stats: dict[str, SimpleNamespace] = dataclasses.field(default_factory=dict)  # summed calls per module
+    grids: dict[str, tuple[tuple[int, ...], int]] = dataclasses.field(default_factory=dict)  # (grid, text)
 
 
 class _Job:
@@ -137,6 +130,8 @@ class _Job:
         return per_image
 
     def recipe(self) -> float:
+        from ..report.runner import add_call_counts
+
         start, stop = next(self._recipe)
         steps, attention = self._timers()
         t0 = time.perf_counter()
@@ -145,7 +140,7 @@ class _Job:
                                              self.steps, self.method, self.knobs, **self.where)
         finally:
             refine = steps.step_times((self.size, self.size))
-            base = [t for t, s in zip(steps.close(), steps.sizes) if s == (tm.RESOLUTION, tm.RESOLUTION)]
+            base = steps.step_times((tm.RESOLUTION, tm.RESOLUTION))
             attention.close()
         per_image = (time.perf_counter() - t0) / (stop - start)
         n = stop - start
@@ -157,7 +152,10 @@ class _Job:
         row.per_image_s.append(per_image)
         row.step_s.append(_median(refine))
         row.steps_total_s += sum(refine)
-        _add_stats(row.stats, record.stages[1].stats)
+        add_call_counts(row.stats, {m: SimpleNamespace(**st) for m, st in record.stages[1].stats.items()})
+        for m, st in record.stages[1].stats.items():
+            if st.get("grid"):
+                row.grids.setdefault(m, (tuple(st["grid"]), int(st.get("text") or 0)))
         ctl.images.append(control)
         ctl.per_image_s.append((record.stages[0].seconds + upscale_s) / n)
         ctl.step_s.append(_median(base))
@@ -341,9 +339,7 @@ def generate_tiny(args: Any) -> int:
     speed: dict[str, Any] = {}
     if not args.no_dense:
         dense, recipe = job.rows["dense"], job.rows["recipe"]
-        stats = {m: SimpleNamespace(**s) for m, s in recipe.stats.items()}
-        grids = {m: (tuple(s["grid"]), int(s.get("text") or 0)) for m, s in recipe.stats.items() if s.get("grid")}
-        bounds = end_to_end_bounds(trial.method, stats, grids, dense.attention_s, dense.steps_total_s,
+        bounds = end_to_end_bounds(trial.method, recipe.stats, recipe.grids, dense.attention_s, dense.steps_total_s,
                                    list(trial.modules))
         engine = Speedup.paired(dense.step_s, recipe.step_s, bounds["end_to_end_bound"], bounds["attention_bound"],
                                 rounds.load_before, rounds.load_after)

@@ -99,10 +99,7 @@ def sample(pipe: Any, captions: list[str], size: int, seed: int, steps: int = ST
     the batching, so runs of different methods see the same noise."""
     out, start = [], time.perf_counter()
     for i in range(0, len(captions), batch):
-        caps = captions[i : i + batch]
-        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(caps))]
-        out.append(pipe(caps, height=size, width=size, num_inference_steps=steps, guidance_scale=GUIDANCE,
-                        generator=gens, output_type="pt").images)
+        out.append(dense_batch(pipe, captions[i : i + batch], size, seed, i, steps))
     return torch.cat(out), time.perf_counter() - start
 
 
