@@ -68,16 +68,17 @@ class TokenSplit:
     def dense(self) -> tuple[slice, ...]:
         """The ranges outside ``image`` (dense keys of its queries: text, references, registers), in sequence
         order (empty for an image-only call)."""
-        return _complement((self.image,), self.seq_len)
+        return self.outside(self.image)
 
     @property
     def dense_queries(self) -> tuple[slice, ...]:
         """The ranges outside ``image`` and every reference grid: tokens whose queries attend every key."""
-        return _complement((self.image, *(rows for rows, _ in self.refs)), self.seq_len)
+        return self.outside(self.image, *(rows for rows, _ in self.refs))
 
-    def outside(self, rows: slice) -> tuple[slice, ...]:
-        """The ranges outside ``rows`` (the dense keys of a reference grid's queries), in sequence order."""
-        return _complement((rows,), self.seq_len)
+    def outside(self, *rows: slice) -> tuple[slice, ...]:
+        """The ranges outside the disjoint ``rows`` (e.g. the dense keys of a reference grid's queries), in
+        sequence order."""
+        return _complement(rows, self.seq_len)
 
     @property
     def dense_len(self) -> int:

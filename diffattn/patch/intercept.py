@@ -31,20 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("diffattn")
 
 
-def _without(ranges: tuple[slice, ...], holes: Sequence[slice]) -> tuple[slice, ...]:
-    """``ranges`` with the rows of ``holes`` (each inside one of them) cut out, in order."""
-    out = []
-    for r in ranges:
-        at = r.start
-        for h in sorted((h for h in holes if r.start <= h.start < r.stop), key=lambda h: h.start):
-            if h.start > at:
-                out.append(slice(at, h.start))
-            at = h.stop
-        if at < r.stop:
-            out.append(slice(at, r.stop))
-    return tuple(out)
-
-
 class _Interceptor(TorchFunctionMode):
     """Routes the one SDPA call of a wrapped processor to the method."""
 
@@ -313,7 +299,7 @@ class _PatchedAttention:
             pieces.append((rows.start, out_ref.transpose(1, 2)))
             sparse_refs.append(rows)
         # dense queries (text, registers, references without a grid) attend every key, with the model's own mask
-        queries = _without(split.dense, [*sparse_refs, *([keys_only] if keys_only is not None else [])])
+        queries = split.outside(split.image, *sparse_refs, *([keys_only] if keys_only is not None else []))
         if queries:
             mask = p.get("attn_mask")
             if mask is not None and mask.dim() >= 2 and mask.shape[-2] == seq:  # per-query rows: keep the dense ones
