@@ -117,7 +117,6 @@ def _scorer(pipe: Any) -> Any:
 
     if not isinstance(pipe, TinyShapesPipeline):
         return None
-    from ..pipelines.tiny_shapes.scorer import labels_of, load_scorer, predict
+    from ..pipelines.tiny_shapes.scorer import caption_scorer
 
-    scorer = load_scorer()
-    return lambda images, prompts: (predict(images, scorer) == labels_of(list(prompts))).float()
+    return caption_scorer()

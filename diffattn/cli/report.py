@@ -89,14 +89,6 @@ def _configs(args: argparse.Namespace) -> list[Any]:
     return read_configs(args.config, args.configs)
 
 
-def _embedded_scorer() -> Any:
-    """Per-sample correctness of the embedded model's images by its scorer (the class named in the caption)."""
-    from ..pipelines.tiny_shapes.scorer import labels_of, load_scorer, predict
-
-    scorer = load_scorer()
-    return lambda images, prompts: predict(images, scorer) == labels_of(prompts)
-
-
 def _pipeline(args: argparse.Namespace, device: Any) -> tuple[Any, dict[str, Any]]:
     load_args = argparse.Namespace(**vars(args), prompt=None)
     pipe, kw = load(load_args)  # checks the memory the request needs on --device
@@ -130,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
         lpips = load_lpips(args.lpips)
         pipe, kw = _pipeline(args, args.device)
         seeds = [args.seed + i for i in range(len(prompts))]
-        scorer = _embedded_scorer() if args.model == EMBEDDED else None
+        from ..pipelines.tiny_shapes.scorer import caption_scorer
+
+        scorer = caption_scorer() if args.model == EMBEDDED else None
         report = compare(
             pipe, configs, prompts, seeds, call_kwargs=kw, backend=args.backend, device=args.device, lpips=lpips,
             clip=clip, feature_extractor=extractor, out_dir=args.out, warmup=not args.no_warmup,

@@ -10,6 +10,7 @@ Images are ``[N, 3, H, W]`` floats in ``[0, 1]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -85,6 +86,13 @@ def predict(images: torch.Tensor, scorer: ShapeScorer | None = None) -> torch.Te
     """Predicted class ``[N]``."""
     scorer = scorer or load_scorer()
     return scorer(images).argmax(-1)
+
+
+def caption_scorer() -> Callable[[torch.Tensor, Sequence[str]], torch.Tensor]:
+    """``(images [N, 3, H, W], captions) -> [N] bool``: whether the scorer sees the class each caption names
+    (the ``scorer`` of `diffattn.report.compare`); loads the scorer once."""
+    scorer = load_scorer()
+    return lambda images, captions: predict(images, scorer) == labels_of(list(captions))
 
 
 def score(images: torch.Tensor, captions: list[str], scorer: ShapeScorer | None = None) -> float:
