@@ -95,7 +95,7 @@ def measure_call(
         sq[which] = (out - dense).square().sum(dim=(1, 3, 4))
         masses[which] = (zc / z).mean(dim=(1, 3))
 
-    masked = [i for i, c in enumerate(candidates) if c.method != "proxy"]
+    masked = [i for i, c in enumerate(candidates) if c.has_mass]
     if masked:
         rows_all = stacked_rows([candidates[i] for i in masked], grid, positions, call)  # [c, n, N]
         per = e.numel() * 4  # bytes of one candidate's masked scores; chunks of ~64 MB
@@ -104,7 +104,7 @@ def measure_call(
             ec = e * rows_all[a : a + step, None, None]  # [c, b, H, n, N]
             record(masked[a : a + step], ec.sum(-1), ec @ vv)
     for i, cand in enumerate(candidates):
-        if cand.method != "proxy":
+        if cand.has_mass:
             continue
         own, ids, counts = proxy_parts(cand, grid, positions)
         ec = e * own
