@@ -26,6 +26,21 @@ from .select import StepFraction
 logger = logging.getLogger("diffattn")
 
 
+class NearestTimestep:
+    """``lookup(timesteps, t)``: index of the entry of a scheduler's ``timesteps`` nearest to ``t``, read once
+    per denoiser call. Keeps a float CPU copy per ``timesteps`` object, so a GPU schedule is not copied (a
+    device sync) on every call."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[Any, torch.Tensor] | None = None  # (scheduler.timesteps, its float CPU copy)
+
+    def __call__(self, timesteps: Any, t: float) -> int:
+        cached = self._cached
+        if cached is None or cached[0] is not timesteps:
+            cached = self._cached = (timesteps, torch.as_tensor(timesteps).float().cpu())
+        return int(torch.argmin((cached[1] - t).abs()))
+
+
 @dataclass
 class CallStats:
     """Per-module counts of intercepted attention calls."""
@@ -77,7 +92,7 @@ class _Runtime:
     #: the first denoiser call was checked for patched modules that made no attention call (`post_hook`)
     checked: bool = False
     _check_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _timesteps: tuple[Any, torch.Tensor] | None = None  # (scheduler.timesteps, its float CPU copy)
+    _nearest: NearestTimestep = field(default_factory=NearestTimestep, repr=False)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         call = self.adapter.bind(module, args, kwargs)
@@ -124,10 +139,7 @@ class _Runtime:
         timesteps = getattr(self.scheduler, "timesteps", None)
         if timestep is None or timesteps is None or len(timesteps) == 0:
             return None
-        cached = self._timesteps
-        if cached is None or cached[0] is not timesteps:
-            cached = self._timesteps = (timesteps, torch.as_tensor(timesteps).float().cpu())
-        return int(torch.argmin((cached[1] - timestep).abs()))
+        return self._nearest(timesteps, timestep)
 
     def _in_steps(self, step: int | None) -> bool:
         if step is None:

@@ -43,11 +43,11 @@ import threading
 import weakref
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..patch import AttentionHandle, ForwardPreHook, SetAttr, SwapSubmodule, UndoRecord, apply_attention
+from ..patch.runtime import NearestTimestep
 
 #: HiDiffusion's aggressive schedule for SDXL below 4x: the conv switch ends at step 8 of 50
 AGGRESSIVE_STEP = 8 / 50
@@ -163,6 +163,7 @@ class _State:
         # weak: the UNet's hook must not keep the pipeline alive (pipe -> unet -> hook -> state -> pipe)
         self.pipe = weakref.ref(pipe) if pipe is not None else None
         self.local = threading.local()
+        self.nearest = NearestTimestep()
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         sample = kwargs.get("sample", args[0] if args else None)  # [B, C, H, W]
@@ -181,7 +182,7 @@ class _State:
         if timestep is None or timesteps is None or len(timesteps) == 0:
             return None
         t = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
-        index = int((torch.as_tensor(timesteps).float().cpu() - t).abs().argmin())
+        index = self.nearest(timesteps, t)
         local = self.local
         if getattr(local, "timesteps", None) is not timesteps or index < local.last:  # a new generation
             local.timesteps, local.start = timesteps, index
