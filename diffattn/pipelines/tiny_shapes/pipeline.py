@@ -98,6 +98,14 @@ def build_components(seed: int = 0, **transformer_overrides: Any) -> dict[str, A
     return dict(transformer=transformer, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler)
 
 
+def _check_vocabulary(captions: Any) -> None:
+    """ValueError (from `tiny_data.parse_caption`) on the first non-empty caption with a word outside the
+    training vocabulary; the empty caption is the unconditional one."""
+    for caption in captions:
+        if caption:
+            tiny_data.parse_caption(caption)
+
+
 class TinyShapesPipeline(DiffusionPipeline):
     """Text-to-image pipeline of the embedded tiny model (components: transformer, text_encoder, tokenizer,
     scheduler). ``pipe(prompt, height, width)`` returns ``ImagePipelineOutput``; sizes must be positive multiples
@@ -145,18 +153,14 @@ class TinyShapesPipeline(DiffusionPipeline):
         device = device or self._execution_device
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            for p in prompts:
-                if p:
-                    tiny_data.parse_caption(p)
+            _check_vocabulary(prompts)
             prompt_embeds = self._embed(prompts, device)
         b = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative = [negative_prompt or ""] * b if not isinstance(negative_prompt, list) else negative_prompt
             if len(negative) != b:
                 raise ValueError(f"negative_prompt has {len(negative)} entries for {b} prompts; give one per prompt")
-            for p in negative:
-                if p:
-                    tiny_data.parse_caption(p)
+            _check_vocabulary(negative)
             negative_prompt_embeds = self._embed(negative, device)
         if not do_classifier_free_guidance:
             negative_prompt_embeds = None
@@ -193,9 +197,7 @@ class TinyShapesPipeline(DiffusionPipeline):
             prompts = [prompt] if isinstance(prompt, str) else prompt
             if not isinstance(prompts, list | tuple) or not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ValueError(f"prompt must be a caption or a non-empty list of captions, got {prompt!r}")
-            for p in prompts:
-                if p:
-                    tiny_data.parse_caption(p)
+            _check_vocabulary(prompts)
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("give at most one of negative_prompt and negative_prompt_embeds")
         for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
