@@ -134,17 +134,11 @@ class Rounds:
     load_before: tuple[float, float, float] | None
     load_after: tuple[float, float, float] | None
 
-    def spread(self, key: str) -> Spread:
-        return Spread.of(self.times[key])
-
     def speedup(self, reference: str, key: str, amdahl_bound: float | None = None,
                 attention_bound: float | None = None) -> Speedup:
         """``reference`` time / ``key`` time per round, beside the bounds (see `Speedup`)."""
         return Speedup.paired(self.times[reference], self.times[key], amdahl_bound, attention_bound,
                               self.load_before, self.load_after)
-
-    def load_text(self) -> str:
-        return load_text(self.load_before, self.load_after)
 
     def to_dict(self) -> dict[str, Any]:
         return {"times": {k: list(v) for k, v in self.times.items()},
@@ -291,10 +285,6 @@ class TimingSummary:
         if not times:
             raise ValueError("no timings to summarize")
         return cls(min(times), statistics.median(times), tuple(times))
-
-    @property
-    def max_s(self) -> float:
-        return max(self.times_s)
 
 
 def speedup_fields(dense: list[float], sparse: list[float], bound: float | None = None) -> dict:
