@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .significance import accuracy_text
+
 
 def write_outputs(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write every file of ``report`` under ``out``; returns their paths by kind."""
@@ -46,8 +48,7 @@ def _words(r: dict[str, Any]) -> str:
 def _accuracy_cell(r: dict[str, Any]) -> str:
     if r.get("accuracy") is None:
         return "-"
-    ci = r.get("accuracy_wilson95")
-    return f"{r['accuracy']:.0%}" + (f" [{ci[0] * 100:.0f}-{ci[1] * 100:.0f}]" if ci else "")
+    return accuracy_text(r["accuracy"], r.get("accuracy_wilson95"))
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:

@@ -12,6 +12,11 @@ ALPHA = 0.05
 """Significance level the reports use."""
 
 
+def accuracy_text(accuracy: float, interval: Sequence[float] | None = None) -> str:
+    """``"77% [68-84]"`` (``"77%"`` without an interval): an accuracy and its 95% interval, in percent."""
+    return f"{accuracy:.0%}" + (f" [{interval[0] * 100:.0f}-{interval[1] * 100:.0f}]" if interval else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class Proportion:
     """``k`` successes of ``n`` with its Wilson score interval at 95% (z = 1.96)."""
@@ -27,7 +32,7 @@ class Proportion:
 
     def text(self) -> str:
         """``"77% [68-84]"``."""
-        return f"{self.value:.0%} [{self.low * 100:.0f}-{self.high * 100:.0f}]"
+        return accuracy_text(self.value, (self.low, self.high))
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.value, "correct": self.k, "samples": self.n, "wilson95": [self.low, self.high]}

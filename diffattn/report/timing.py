@@ -94,6 +94,11 @@ def time_round_robin(
     return times
 
 
+def range_text(bounds: Sequence[float] | None, fmt: str = ".2f") -> str:
+    """``"[1.10-1.40]"``: a ``(min, max)`` (or an interval), rounded for people; ``""`` for None."""
+    return f"[{bounds[0]:{fmt}}-{bounds[1]:{fmt}}]" if bounds else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Spread:
     """Median and min-max of repeated measurements; the raw values are kept."""
@@ -119,7 +124,7 @@ class Spread:
 
     def text(self, fmt: str = ".2f", unit: str = "") -> str:
         """``"1.23 s [1.10-1.40]"``: the median and the min-max, rounded for people."""
-        return f"{self.median:{fmt}}{unit} [{self.low:{fmt}}-{self.high:{fmt}}]"
+        return f"{self.median:{fmt}}{unit} {range_text((self.low, self.high), fmt)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"median": self.median, "min": self.low, "max": self.high, "values": list(self.values)}
@@ -248,7 +253,7 @@ class Speedup:
 
     def text(self, bound_name: str | None = None) -> str:
         """``"1.42x [1.30-1.50], Amdahl bound 1.67x (0.85 of it), attention-only bound 16.00x: faster"``."""
-        parts = [f"{self.value:.2f}x [{self.spread.low:.2f}-{self.spread.high:.2f}]"]
+        parts = [f"{self.value:.2f}x {range_text((self.spread.low, self.spread.high))}"]
         if self.amdahl_bound is not None:
             parts.append(f"{bound_name or 'Amdahl bound'} {self.amdahl_bound:.2f}x "
                          f"({self.value / self.amdahl_bound:.2f} of it)")

@@ -43,7 +43,16 @@ from ...patch import AttentionHandle, apply_attention
 from ...patch.presets import preset_for
 from ..bounds import end_to_end_bounds
 from ..runner import AttentionTimer, GridRecorder, MemoryMeter, RunConfig, check_device
-from ..timing import Speedup, TimingSummary, labels, load_average, load_text, synchronizer, time_round_robin
+from ..timing import (
+    Speedup,
+    TimingSummary,
+    labels,
+    load_average,
+    load_text,
+    range_text,
+    synchronizer,
+    time_round_robin,
+)
 from .common import log, run_meta, write_result
 from .workloads import Workload, build_flux, build_sdxl, build_wan, seeded_randn
 
@@ -146,11 +155,6 @@ def _probe(forward: Callable[[], object], modules: dict[str, nn.Module], handle:
         attention = timer.close()
         grids = recorder.close() if recorder is not None else {}
     return _Probe(step, attention, grids, mem.peak_bytes, mem.kind)
-
-
-def _spread(row: dict[str, Any]) -> str:
-    spread = row.get("speedup_spread")
-    return f"[{spread[0]:.2f}-{spread[1]:.2f}]" if spread else ""
 
 
 def _why(row: dict[str, Any], dense: dict[str, Any]) -> str:
@@ -407,7 +411,8 @@ def report_markdown(payload: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['config']} | {r['backend']} | {r['layers'] or 'all'} "
                 f"| {r['step_min_s']:.3f} / {r['step_median_s']:.3f} "
-                f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} {_spread(r)} | {'; '.join(r.get('labels', []))} "
+                f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} {range_text(r.get('speedup_spread'))} "
+                f"| {'; '.join(r.get('labels', []))} "
                 f"| {r['dense_attention_share']:.2f} | {r['attention_speedup']:.2f} / {b['attention_bound']:.2f} "
                 f"| {r['amdahl_bound']:.2f} | **{r['fraction_of_amdahl']:.2f}** | {_mib(r['peak_memory_bytes'])} "
                 f"| {r['sparse_calls']}/{r['fallback_calls']} |"

@@ -30,7 +30,7 @@ import torch
 
 from ...patch import apply_attention, attention
 from ..bounds import freeswim_step_bounds
-from ..timing import Speedup, labels, load_average, load_text, time_round_robin
+from ..timing import Speedup, labels, load_average, load_text, range_text, time_round_robin
 from .common import log
 from .workloads import WAN_FFN, WAN_HEAD_DIM, WAN_HEADS, wan_pipeline
 
@@ -140,11 +140,6 @@ def _paired(times: dict[str, list[float]], bound: float) -> Speedup:
     return Speedup.paired(times["dense"], times["freeswim"], bound)
 
 
-def _spread_text(row: dict) -> str:
-    spread = row.get("speedup_spread")
-    return f"[{spread[0]:.2f}-{spread[1]:.2f}]" if spread else ""
-
-
 def report_markdown(row: dict, video: dict, meta: dict) -> str:
     """The Markdown report of one `run_and_write` row, with the analytic 21-frame bounds ``video``."""
     grid = row["grid"]
@@ -157,7 +152,7 @@ def report_markdown(row: dict, video: dict, meta: dict) -> str:
         "| of bound | tile bound | of tile bound |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {grid[0]}x{grid[1]} | {row['tokens_ratio']:.2f} | {row['steps']} | {row['cache_steps']} | {dense:.2f} | "
-        f"{fs:.2f} | {row['speedup']:.2f}x {_spread_text(row)} | {row['flop_bound']:.2f}x "
+        f"{fs:.2f} | {row['speedup']:.2f}x {range_text(row.get('speedup_spread'))} | {row['flop_bound']:.2f}x "
         f"| {row['achieved_of_flop_bound']:.2f} | "
         f"{row['tile_bound']:.2f}x | {row['achieved_of_tile_bound']:.2f} |",
         "",

@@ -19,7 +19,7 @@ from ...pipelines.tiny_shapes import data as tiny_data
 from ...pipelines.tiny_shapes import pipeline as tm
 from ...pipelines.tiny_shapes.job import class_captions, method_knobs, sample, save_grid, two_stage_batch, upscale_only
 from ...pipelines.tiny_shapes.scorer import labels_of, load_scorer, pattern_fid, per_class_accuracy, predict
-from ..significance import ALPHA, PairedTest, mcnemar, proportion
+from ..significance import ALPHA, PairedTest, accuracy_text, mcnemar, proportion
 from ..timing import load_average
 
 METHODS = ("dense", "gna", "msw", "proxy", "agent", "freeswim")
@@ -206,8 +206,7 @@ def write(result: dict, out: Path) -> None:
 
 
 def _acc(c: dict[str, Any]) -> str:
-    ci = c.get("wilson95")
-    return f"{c['accuracy']:.0%}" + (f" [{ci[0] * 100:.0f}-{ci[1] * 100:.0f}]" if ci else "")
+    return accuracy_text(c["accuracy"], c.get("wilson95"))
 
 
 def markdown(result: dict) -> str:
