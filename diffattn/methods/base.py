@@ -241,6 +241,15 @@ class AttentionMethod:
         also attends: the most a kernel doing only the method's score FLOPs can gain over dense."""
         raise NotImplementedError(f"method {self.name!r} does not state its FLOP bound")
 
+    def module_flop_bound(self, layer: str, grid: tuple[int, ...], extra_tokens: int = 0) -> FlopBound:
+        """FLOP bound on the module ``layer``: `flop_bound` here; a calibrated plan (`methods.routed`) weighs the
+        choices it makes for that module."""
+        return self.flop_bound(grid, extra_tokens)
+
+    def describe_module(self, layer: str) -> str:
+        """What runs on the module ``layer`` (``handle.summary()``'s method column): the method's name here."""
+        return self.name
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
         """Attention of image queries ``q [B, S, H, D]`` over image keys + ``call.extra_k``."""
         raise NotImplementedError

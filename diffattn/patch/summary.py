@@ -42,15 +42,12 @@ def summary(handle: AttentionHandle) -> str:
     for name, s in handle.stats().items():
         runs = handle.temporal_method if s.kind == "temporal" and handle.temporal_method else method
         bound = "-"
-        # a calibrated plan (`methods.routed.PlanMethod`) runs a choice per module and bucket of steps
-        per_module = getattr(runs, "module_flop_bound", None)
         if s.grid is not None:
             try:
-                flop = per_module(name, s.grid, s.extra) if per_module else runs.flop_bound(s.grid, s.extra)
-                bound = f"{flop.value:.2f}x"
+                bound = f"{runs.module_flop_bound(name, s.grid, s.extra).value:.2f}x"
             except (NotImplementedError, ValueError) as e:
                 bound = f"n/a ({e})"
-        label = runs.describe_module(name) if hasattr(runs, "describe_module") else runs.name
+        label = runs.describe_module(name)
         kind = s.kind if s.kind == "cross" or not s.extra else "joint"
         grid = "x".join(map(str, s.grid)) if s.grid is not None else "-"
         counts = (str(s.sparse), str(s.fallback), str(s.dense))

@@ -103,11 +103,9 @@ def method_bounds(
 
 
 def module_flop_bound(method: AttentionMethod, module: str, grid: tuple[int, ...], extra_tokens: int = 0) -> float:
-    """FLOP bound of ``method`` on one module: a calibrated plan's bound for that module (its buckets' choices,
-    `methods.routed.PlanMethod.module_flop_bound`), else the method's own ``flop_bound``."""
-    per_module = getattr(method, "module_flop_bound", None)
-    bound = per_module(module, grid, extra_tokens) if per_module else method.flop_bound(grid, extra_tokens)
-    return bound.value
+    """FLOP bound of ``method`` on one module (`AttentionMethod.module_flop_bound`: a calibrated plan's bound for
+    that module, else the method's own)."""
+    return method.module_flop_bound(module, grid, extra_tokens).value
 
 
 def parts_bounds(parts: Sequence[tuple[float, float]], share: float) -> tuple[float, float]:
