@@ -249,13 +249,12 @@ def grid_from_ids(ids: torch.Tensor, spatial: tuple[int, ...]) -> tuple[tuple[in
     same = (ids[:, others] == ids[:1, others]).all(dim=1) if others else torch.ones(len(ids), dtype=torch.bool)
     run = int(same.long().cumprod(0).sum())
     lead = ids[:run][:, list(spatial)].long()
-    lo, hi = lead.min(0).values, lead.max(0).values
-    grid = tuple(int(x) for x in hi - lo + 1)
-    mesh = torch.stack(torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij"), -1).reshape(-1, len(grid))
-    if math.prod(grid) != run or not torch.equal(lead - lo, mesh):
+    grid = _mesh(lead)
+    if grid is None:
+        span = tuple(int(x) for x in lead.max(0).values - lead.min(0).values + 1)
         raise LayoutError(
             f"position ids of the first {run} tokens do not form a row-major grid of consecutive integers "
-            f"(span {grid}, {math.prod(grid)} cells)"
+            f"(span {span}, {math.prod(span)} cells)"
         )
     return grid, run
 
