@@ -186,11 +186,6 @@ def proxy_parts(candidate: Candidate, grid: tuple[int, ...], positions: Tensor) 
     return ids[positions][:, None] == ids[None, :], ids, counts
 
 
-def _coords(positions: Tensor, grid: tuple[int, ...]) -> list[Tensor]:
+def _coords(positions: Tensor, grid: tuple[int, ...]) -> tuple[Tensor, ...]:
     """Per-axis coordinates of flat (frames, rows, columns order) grid positions."""
-    out = []
-    rest = positions
-    for length in reversed(grid):
-        out.append(rest % length)
-        rest = rest // length
-    return out[::-1]
+    return torch.unravel_index(positions, grid)
