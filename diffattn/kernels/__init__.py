@@ -90,7 +90,8 @@ def block_sparse_attention(
     Returns ``out [B, S, H, D]`` (and ``lse [B, S, H]`` fp32 if ``return_lse``).
     ``extra_mask`` is bool ``[B, T]`` (True = valid); a float one (an SDPA-style additive mask) is refused
     with a TypeError. NaN or Inf in q, k or v is never removed: every query that attends it gets NaN
-    (so may the other queries its backend computes with it: the same tile on cpu and triton).
+    (so may the other queries its backend computes with it: the same tile on cpu and triton, and
+    on cpu's strips path every tile whose key box holds it).
     """
     check_bool_mask("extra_mask", extra_mask)
     if extra_k is not None and extra_v is None:

@@ -131,8 +131,8 @@ class BlockPlan:
         ends = torch.cumsum(sizes, 0).tolist()
         starts = [0] + ends[:-1]
         groups = tuple((s, e, int(v) == 0) for s, e, v in zip(starts, ends, values.tolist()))
-        q_index = _product_index([a.q_pos for a in axes], tile_axes, grid)
-        kv_index = _product_index([a.kv_pos for a in axes], tile_axes, grid)
+        q_index = product_index([a.q_pos for a in axes], tile_axes, grid)
+        kv_index = product_index([a.kv_pos for a in axes], tile_axes, grid)
         return BlockPlan(grid, axes, q_index, kv_index, tile_axes, groups, gna, key_blocks(axes))
 
     @property
@@ -209,7 +209,7 @@ def key_blocks(axes: tuple[AxisTiling, ...]) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def _product_index(per_axis: list[Tensor], tile_axes: Tensor, grid: tuple[int, ...]) -> Tensor:
+def product_index(per_axis: list[Tensor], tile_axes: Tensor, grid: tuple[int, ...]) -> Tensor:
     """Flattened token index of the Cartesian product of per-axis positions, PAD -> N."""
     n = math.prod(grid)
     idx = torch.zeros((tile_axes.shape[0], 1), dtype=torch.long)

@@ -1,4 +1,4 @@
-"""The CPU engine: its two exact paths (tiled, masked sdpa) agree where the cost model switches, the query tile
+"""The CPU engine: its exact paths (tiled, strips, masked sdpa) agree where the engine switches, the query tile
 follows the window, prepared plans are cached within bounds, the worker threads leave the caller's thread
 count alone and give bit-identical results, and the no-silent-wrong-result cases of issue 23 section 4
 (all-False text masks, NaN inputs, float masks, batch 0) on every backend."""
@@ -23,6 +23,7 @@ from diffattn.kernels import (
     record_paths,
     reference_attention,
 )
+from diffattn.kernels.strips import strip_layout
 from diffattn.methods.gna import GNAConfig, default_q_tile, gna_plan, gna_q_tile
 from diffattn.methods.naive import gna_mask
 
@@ -48,6 +49,9 @@ def _sparse(backend: str, q, k, v, plan, **kw):
     if backend == "triton":
         ek, ev, em = kw.get("extra_k"), kw.get("extra_v"), kw.get("extra_mask")
         return triton_bsa.block_sparse_attention_triton(q, k, v, plan, extra_k=ek, extra_v=ev, extra_mask=em)
+    if backend == "cpu-strips":
+        assert not kw, kw
+        return cpu.block_sparse_attention_cpu(q, k, v, plan, path="strips")
     return block_sparse_attention(q, k, v, plan, backend=backend, return_lse=True, **kw)
 
 
@@ -125,8 +129,92 @@ def test_masked_sdpa_path_is_refused_on_large_grids():
     plan = gna_plan((64, 64), (3, 3), (1, 1), (1, 1))
     with pytest.raises(ValueError, match=r"at most 2048 tokens; the grid \(64, 64\) has 4096"):
         cpu.prepare(plan, torch.float32, "masked-sdpa")
-    with pytest.raises(ValueError, match=r"path='fast' is not one of \('tiled', 'masked-sdpa'\)"):
+    with pytest.raises(ValueError, match=r"path='fast' is not one of \('tiled', 'strips', 'masked-sdpa'\)"):
         cpu.prepare(plan, torch.float32, "fast")
+
+
+# --- strips ------------------------------------------------------------------------------------------------
+
+STRIP_CASES = [  # (grid, window, stride, query tile): 1-, 2- and 3-D, edges, grids off the tile, strides > 1
+    ((37,), (7,), (1,), (8,)),
+    ((20, 23), (5, 7), (1, 2), (4, 8)),
+    ((32, 32), (8, 8), (1, 1), (4, 8)),
+    ((15, 13), (6, 4), (3, 1), (2, 16)),
+    ((16, 16), (4, 4), (4, 4), (4, 4)),
+    ((16, 16), (4, 4), (4, 4), (1, 16)),
+    ((4, 9, 11), (2, 3, 5), (1, 1, 2), (1, 4, 4)),
+    ((6, 10, 10), (3, 5, 5), (1, 1, 1), (2, 2, 8)),
+]
+
+
+def _strip_id(case) -> str:
+    return "g{}-w{}-s{}-t{}".format(*("x".join(map(str, t)) for t in case))
+
+
+@pytest.mark.parametrize("case", STRIP_CASES, ids=_strip_id)
+def test_strips_attend_exactly_the_plans_pairs(case):
+    """Rebuilt from the strips alone (each tile's box of strip rows and its mask), the attended (query, key)
+    pairs are the plan's, every one of them, and no other."""
+    grid, window, stride, tile = case
+    plan = gna_plan(grid, window, stride, (1,) * len(grid), tile)
+    layout = strip_layout(plan)
+    n = plan.num_tokens
+    got = torch.zeros(n + 1, n, dtype=torch.bool)
+    box = layout.box_rows * layout.row_tokens
+    for t in range(layout.num_tiles):
+        first = int(layout.tile_start[t]) * layout.row_tokens
+        keys = layout.strip_tokens[layout.strip_of(t), first : first + box]
+        live = torch.ones(layout.q_index.shape[1], box, dtype=torch.bool)
+        if layout.masks is not None:
+            live = layout.masks[layout.tile_group[t]]
+        got[layout.q_index[t][:, None], keys[None, :]] |= live
+    assert torch.equal(got[:n], plan.dense_mask())
+    assert sorted(layout.q_index[layout.q_index < n].tolist()) == list(range(n))  # every query once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", STRIP_CASES, ids=_strip_id)
+def test_strips_and_tiled_paths_agree(case, dtype):
+    grid, window, stride, tile = case
+    plan = gna_plan(grid, window, stride, (1,) * len(grid), tile)
+    q, k, v = _qkv(2, plan.num_tokens, 3, 16, dtype, seed=plan.num_tokens)
+    with record_paths() as seen:
+        strips = cpu.block_sparse_attention_cpu(q, k, v, plan, path="strips")
+    assert seen == [cpu.prepare(plan, dtype, "tiled").label.replace("tiled", "strips")]
+    tiled = cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
+    tol = TOL[dtype]
+    torch.testing.assert_close(strips[0].float(), tiled[0].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(strips[1], tiled[1], atol=tol, rtol=tol)
+
+
+def test_strips_need_consecutive_keys():
+    plan = gna_plan((12, 12), (3, 3), (1, 1), (2, 2), (4, 4))  # dilation 2: every other position
+    assert strip_layout(plan) is None and cpu.prepare(plan, torch.float32).strip_share is None
+    with pytest.raises(ValueError, match=r"path='strips' needs .* consecutive positions .* grid \(12, 12\)"):
+        cpu.prepare(plan, torch.float32, "strips")
+
+
+def test_large_keys_run_as_strips_and_small_ones_as_tiles(monkeypatch):
+    """A call runs as strips when one batch item's keys pass `STRIPS_MIN_BYTES` and the strips gather at most
+    `STRIPS_MAX_SHARE` of the tiles' key slots; else tiled."""
+    plan = gna_plan((64, 64), (8, 8), (1, 1), (1, 1), (4, 8))
+    share = cpu.prepare(plan, torch.float32).strip_share
+    assert share is not None and 0 < share <= cpu.STRIPS_MAX_SHARE
+    q, k, v = _qkv(1, 4096, 2, 8)  # 256 KB of keys per batch item
+    want = cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
+    seen_at = {}
+    for min_bytes in (256 * 1024, 256 * 1024 + 1):
+        monkeypatch.setattr(cpu, "STRIPS_MIN_BYTES", min_bytes)
+        with record_paths() as seen:
+            got = cpu.block_sparse_attention_cpu(q, k, v, plan)
+        seen_at[min_bytes] = seen
+        torch.testing.assert_close(got[0], want[0], atol=2e-5, rtol=2e-5)
+    assert seen_at == {256 * 1024: ["strips(4x8)"], 256 * 1024 + 1: ["tiled(4x8)"]}
+    monkeypatch.setattr(cpu, "STRIPS_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "STRIPS_MAX_SHARE", share * 0.99)
+    with record_paths() as seen:
+        cpu.block_sparse_attention_cpu(q, k, v, plan)
+    assert seen == ["tiled(4x8)"]
 
 
 # --- the query tile -------------------------------------------------------------------------------------------
@@ -203,16 +291,17 @@ def _with_threads(n: int, fn):
         torch.set_num_threads(old)
 
 
-def test_results_do_not_depend_on_threads_or_chunks(monkeypatch):
+@pytest.mark.parametrize("path", ["tiled", "strips"])
+def test_results_do_not_depend_on_threads_or_chunks(monkeypatch, path):
     grid = (20, 23)
     plan = gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8))
     q, k, v = _qkv(3, 460, 2, 16)
-    inline = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan))
-    inline_omp = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1))
+    inline = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path))
+    inline_omp = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path, workers=1))
     monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # as many chunks as allowed
-    chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=2))
+    chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path, workers=2))
     monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)  # one tile per chunk
-    per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=3))
+    per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path, workers=3))
     for got in (inline_omp, chunked, per_tile):
         assert torch.equal(got[0], inline[0]) and torch.equal(got[1], inline[1])
     ref, ref_lse = reference_attention(q, k, v, plan.dense_mask())
@@ -397,11 +486,12 @@ def _attends(mask: torch.Tensor, token: int, where: str) -> torch.Tensor:
     return torch.arange(mask.shape[0]) == token if where == "q" else mask[:, token]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "cpu-strips"])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 def test_nan_inputs_are_never_removed_and_the_backends_agree(backend, where):
     """Every query that attends a NaN token gets NaN, on every backend; every query that does not and is
-    finite equals the clean result (rows of the same tile may turn NaN too: allowed, never a wrong number)."""
+    finite equals the clean result (rows of the same tile, or of a tile whose strip key box holds the token,
+    may turn NaN too: allowed, never a wrong number)."""
     grid = (8, 8)
     plan = gna_plan(grid, (3, 3), (1, 1), (1, 1))
     mask = plan.dense_mask()

@@ -208,6 +208,7 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
     after_plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
     before_plan = gna_plan(case.grid, *GNAConfig(window=case.window, stride=case.stride).resolve(case.grid))
     dense = _spread(times["dense"])
+    q_shape = torch.empty(case.batch, n, case.heads, case.head_dim, dtype=DTYPES[case.dtype], device="meta")
     rows = []
     for engine, ts in times.items():
         if engine == "dense":
@@ -230,7 +231,7 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
             "head_dim": case.head_dim,
             "dtype": case.dtype,
             "tokens": n,
-            "path": "tiled(16x16 fixed)" if engine == "before" else cpu.prepare(plan, DTYPES[case.dtype]).label,
+            "path": "tiled(16x16 fixed)" if engine == "before" else cpu.prepare_call(plan, q_shape).label,
             "dense_median_s": dense["median"],
             "dense_min_s": dense["min"],
             "dense_max_s": dense["max"],

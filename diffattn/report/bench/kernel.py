@@ -130,7 +130,8 @@ def natten_fn(q: Tensor, k: Tensor, v: Tensor, case: Case, heads_per_call: int) 
 def _cpu_path(case: Case) -> str:
     """The CPU engine's path for the case's plan (what ``gna(..., backend="cpu")`` runs)."""
     plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
-    return cpu.prepare(plan, DTYPES[case.dtype]).label
+    q = torch.empty(BATCH, math.prod(case.grid), HEADS, HEAD_DIM, dtype=DTYPES[case.dtype], device="meta")
+    return cpu.prepare_call(plan, q).label
 
 
 def timing_fields(dense: list[float], sparse: list[float], repeats: int) -> dict:
