@@ -30,6 +30,16 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
 
 
+def test_a_case_run_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
+    (case,) = [c for c in engine.build_cases(True) if c.name == "tiny-64x64-s1"]
+    assert "after-tiled" not in engine.engines(case, None, False)  # 2 MB of keys per batch item: tiled
+    monkeypatch.setattr(engine.cpu, "STRIPS_MIN_BYTES", 0)
+    fns = engine.engines(case, None, False)
+    assert list(fns) == ["dense", "after", "after-tiled"]
+    rows = engine.case_rows(case, "quiet", {name: [1.0] for name in fns})
+    assert [(r["engine"], r["path"]) for r in rows] == [("after", "strips(4x8)"), ("after-tiled", "tiled(4x8)")]
+
+
 def _row(case: str, engine_: str, condition: str, speedup: float) -> dict:
     return {"case": case, "engine": engine_, "condition": condition, "speedup_median": speedup,
             "achieved_over_token_bound": speedup / 64, "achieved_over_tile_bound": speedup / 24.8}  # fmt: skip

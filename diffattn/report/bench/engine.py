@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ...functional import gna
-from ...kernels import cpu, get_backend
+from ...kernels import BlockPlan, cpu, get_backend
 from ...methods.gna import GNA, GNAConfig, gna_plan
 from ..bounds import gna_bounds
 from ..targets import Target, check_targets, target_lines
@@ -175,7 +175,8 @@ def _with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: bool) -> dict[str, Callable]:
-    """The functions timed for ``case``: dense, after, before (with a baseline) and the threads study."""
+    """The functions timed for ``case``: dense, after, before (with a baseline), the threads study and, where
+    the engine runs the case as strips, the same plan forced tiled (``after-tiled``)."""
     q, k, v = _qkv(case)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     fns: dict[str, Callable[[], object]] = {
@@ -190,8 +191,10 @@ def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: 
             return baseline.block_sparse_attention_cpu(q, k, v, old_plan)
 
         fns["before"] = before
+    plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
+    if cpu.prepare_call(plan, q).path == "strips":  # what the strips win over the tiles, side by side
+        fns["after-tiled"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
     if threads_study:
-        plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
         fns["after-omp"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1)
         fns["after-1thread"] = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1))
     return fns
@@ -199,6 +202,12 @@ def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: 
 
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _path_label(engine: str, plan: BlockPlan, q: Tensor) -> str:
+    if engine == "before":
+        return "tiled(16x16 fixed)"
+    return cpu.prepare(plan, q.dtype, "tiled").label if engine == "after-tiled" else cpu.prepare_call(plan, q).label
 
 
 def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -> list[dict]:
@@ -231,7 +240,7 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
             "head_dim": case.head_dim,
             "dtype": case.dtype,
             "tokens": n,
-            "path": "tiled(16x16 fixed)" if engine == "before" else cpu.prepare_call(plan, q_shape).label,
+            "path": _path_label(engine, plan, q_shape),
             "dense_median_s": dense["median"],
             "dense_min_s": dense["min"],
             "dense_max_s": dense["max"],
@@ -362,7 +371,8 @@ def markdown(payload: dict) -> str:
     lines += [
         "",
         "Engines: `after` = `gna(..., backend=\"cpu\")` today; `after-omp` = the same plan without worker threads "
-        "(the caller's OpenMP threads); `after-1thread` = the same on one thread; `before` = the engine of "
+        "(the caller's OpenMP threads); `after-1thread` = the same on one thread; `after-tiled` = a case the engine "
+        "runs as strips, forced tiled; `before` = the engine of "
         f"{payload['baseline']['ref']}. Cost model: {payload['cost_model']}.",
     ]
     return "\n".join(lines) + "\n"
