@@ -28,10 +28,10 @@ cores busy, every op of a few milliseconds waits for whichever of its threads wa
 spinning processes beside it, the old engine (many small ops) fell from 4.6x dense to 1.3x, and even one
 large flash call on 2 OpenMP threads kept only 2.0x, while the same work as 8-16 chunks taken
 dynamically by 2 workers (one intra-op thread each) kept 9-13x: a descheduled worker simply takes fewer
-chunks. The workers inherit the caller's ``torch.get_num_threads()`` as their count (1 = run inline).
-On a quiet machine, though, the caller's own OpenMP threads win on calls of up to ~0.1 s (8.4x vs 6.8x
-dense at 64x64), and on a busy one the caller's thread alone does as well as the workers or better:
-`Scheduler` runs those calls inline, and on one thread while it measures the caller being descheduled.
+chunks. The calling thread takes chunks too, beside ``torch.get_num_threads() - 1`` workers (1 = run
+inline). On a quiet machine, though, the caller's own OpenMP threads win on calls of up to ~0.1 s (8.9x
+vs 6.8x dense at 64x64): `Scheduler` runs those calls inline, and on the workers while it measures the
+caller being descheduled.
 Results do not depend on the chunking, the thread count or the scheduler's choice (each (tile, head) is
 one independent flash problem), which the tests check bit for bit.
 
@@ -469,21 +469,44 @@ def _inline(*tensors: Tensor) -> bool:
 
 def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]], threads: int) -> None:
     """``fn(start, end)`` for every range: on the calling thread when ``threads`` is 1 or there is one
-    range, else taken dynamically by ``threads`` single-threaded workers (under the caller's grad and
-    inference modes). Returns when every range is done; re-raises the first error."""
+    range, else taken dynamically from one queue by the calling thread (on one intra-op thread) and
+    ``threads - 1`` single-threaded workers (under the caller's grad and inference modes). Returns when
+    every range is done; re-raises the first error.
+
+    Why the caller takes ranges too, rather than wait: a sleeping worker woke 0.4-4 ms late (its core held
+    by the spinning OpenMP thread of the op before), while the caller is already running. Measured at
+    64x64 tokens (window 8x8, B 2, 4 heads, d 32, a linear layer before each call): quiet 22.2 ms against
+    24.7 ms with two workers and the caller waiting, beside two spinning processes 34.9 ms against 37.8 ms
+    (and 46.7 ms on the caller's thread alone); at 128x128, 54 vs 59 ms quiet, 122 vs 150 ms busy."""
     if threads <= 1 or len(ranges) <= 1:
         for a, b in ranges:
             fn(a, b)
         return
+    todo = collections.deque(ranges)  # popleft is atomic: each range runs once
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
-    def task(a: int, b: int) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+    def drain() -> None:
+        while True:
+            try:
+                a, b = todo.popleft()
+            except IndexError:
+                return
             fn(a, b)
 
-    pool = WORKERS.executor(threads)
-    futures: list[Future] = [pool.submit(task, a, b) for a, b in ranges]
-    errors = [f.exception() for f in futures]  # wait for all: none may still write when we return
+    def task() -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            drain()
+
+    pool = WORKERS.executor(threads - 1)
+    futures: list[Future] = [pool.submit(task) for _ in range(min(threads, len(ranges)) - 1)]
+    errors: list[BaseException | None] = []
+    try:
+        with _one_intraop_thread():
+            drain()
+    except BaseException as error:  # the workers still finish what they took: none may write after we return
+        todo.clear()
+        errors.append(error)
+    errors += [f.exception() for f in futures]
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise first
@@ -494,29 +517,30 @@ class Scheduler:
     what it measures of the caller's calls. Only speed depends on it: both give the same bits.
 
     Why (measured on this 2-core machine, a linear layer before each call as in a model, GNA window 8x8,
-    B 2, 4 heads, d 32; speedup over dense SDPA):
+    B 2, 4 heads, d 32; speedup over dense SDPA; "workers" = the caller and one worker taking chunks,
+    `run_parallel`; busy = two processes spinning on the cores):
 
-    ============  ======  ======  ======  ======
-    grid          32x32   48x48   64x64   96x96
-    quiet inline  2.10x   4.27x   8.41x   22.3x
-    quiet workers 1.06x   3.18x   6.81x   19.8x
-    busy inline   0.62x   1.99x   1.03x   12.5x
-    busy workers  1.73x   3.31x   8.71x   20.7x
-    ============  ======  ======  ======  ======
-
-    busy, one caller thread: 32x32 1.89x (workers 1.42x), 64x64 7.04x (7.2x), 128x128 43.3x (31.8x)
+    ============  ======  ======  ======
+    grid          32x32   64x64   128x128
+    quiet inline  2.62x   8.94x   46.2x
+    quiet workers 1.33x   6.75x   39.9x
+    busy inline   0.12x   2.38x   12.5x
+    busy workers  2.11x   7.86x   37.5x
+    busy single   2.13x   5.88x   25.9x
+    ============  ======  ======  ======
 
     On a quiet machine the caller's OpenMP team is already running (the op before leaves its threads
-    spinning for a few ms, so workers started beside them share the cores with a spinner); on a busy one
-    its statically split ops wait at every barrier for a descheduled thread, and the caller alone on one
-    thread (no barrier to wait at) does as well as the workers or better. Calls modelled above
-    `INLINE_MAX_S` (128x128 window 32: workers 6.1x, inline 3.3x) always go to the workers. The caller's
-    CPU share of an inline call's wall time tells quiet from busy: 1.00 quiet, 0.42-0.63 beside two
-    spinning processes (measured). A share below ``contended_share`` on ``strikes`` inline calls in a row
-    (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of a quiet 256 px run)
-    runs the next ``hold_s`` seconds of calls on the caller's thread alone ("single"). Then one inline call
-    measures again: still contended, and the hold doubles (up to ``max_hold_s``), so that a long busy spell
-    pays for few slow probes; quiet, and calls stay inline with the hold back at ``hold_s``.
+    spinning for a few ms, so a worker woken beside them waits for a core); on a busy one its statically
+    split ops wait at every barrier for a descheduled thread (medians hide tails of 0.2 s for a 3 ms call),
+    while chunks taken dynamically go to whichever thread runs. Calls modelled above `INLINE_MAX_S`
+    (128x128 window 32: workers 6.1x, inline 3.3x) always go to the workers. The caller's CPU share of an
+    inline call's wall time tells quiet from busy: 1.00 quiet, 0.42-0.63 beside two spinning processes
+    (measured). A share below ``contended_share`` on ``strikes`` inline calls in a row (one alone can be a
+    page fault or a slow thread wake-up: seen once in 36 calls of a quiet 256 px run) sends the next
+    ``hold_s`` seconds of calls to the workers. Then one inline call measures again: still contended, and
+    the hold doubles (up to ``max_hold_s``), so that a long busy spell pays for few slow probes; quiet, and
+    calls stay inline with the hold back at ``hold_s``. (Before the caller took chunks itself, the contended
+    calls ran on its thread alone, "busy single" above: as fast at 32x32, slower on every larger grid.)
     """
 
     def __init__(
@@ -536,13 +560,12 @@ class Scheduler:
 
     def mode(self, cost_s: float, threads: int) -> str:
         """Where a call modelled at ``cost_s`` single-thread seconds runs when ``threads`` are allowed:
-        ``"inline"`` (the caller's own threads), ``"single"`` (the caller's thread alone, while contended)
-        or ``"workers"``."""
+        ``"inline"`` (the caller's own threads) or ``"workers"`` (large calls, and every call while contended)."""
         if threads <= 1:
             return "inline"
-        if cost_s > INLINE_MAX_S:
+        if cost_s > INLINE_MAX_S or time.monotonic() < self._contended_until:
             return "workers"
-        return "single" if time.monotonic() < self._contended_until else "inline"
+        return "inline"
 
     def record_inline(self, wall_s: float, cpu_s: float) -> None:
         """What an inline call measured: its wall time and the caller thread's CPU time."""
@@ -562,12 +585,8 @@ class Scheduler:
         if forced:
             fn(threads)
             return
-        mode = self.mode(cost_s, threads)
-        if mode == "workers" or threads <= 1:
-            fn(threads if mode == "workers" else 1)
-        elif mode == "single":
-            with _one_intraop_thread():
-                fn(1)
+        if threads <= 1 or self.mode(cost_s, threads) == "workers":
+            fn(threads)
         else:
             wall, cpu = time.perf_counter(), time.thread_time()
             fn(1)
@@ -797,11 +816,11 @@ def block_sparse_attention_cpu(
     Args:
         q, k, v: ``[B, S, H, D]`` with ``S == plan.num_tokens`` (grid order).
         plan: the tiles and keys to attend.
-        path: force one of `PATHS` (default: the cheapest by `CpuCostModel`).
-        workers: single-threaded workers to share the chunks; 1 runs every chunk on the calling thread, on
-            its own intra-op threads. Default: `SCHEDULER` picks between the two per call, with
-            ``torch.get_num_threads()`` workers. Autograd and torch.compile tracing always run on the
-            calling thread.
+        path: force one of `PATHS` (default: `prepare_call`'s choice).
+        workers: threads to share the chunks (the calling thread and ``workers - 1`` single-threaded workers,
+            `run_parallel`); 1 runs every chunk on the calling thread, on its own intra-op threads. Default:
+            `SCHEDULER` picks between the two per call, with ``torch.get_num_threads()`` threads. Autograd
+            and torch.compile tracing always run on the calling thread.
     Returns:
         ``(out [B, S, H, D], lse [B, S, H] fp32)``.
     """

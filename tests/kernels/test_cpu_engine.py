@@ -361,7 +361,7 @@ def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
     torch.testing.assert_close(out.detach(), want)
 
 
-def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_one_thread(monkeypatch):
+def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_the_workers(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(cpu.time, "monotonic", lambda: clock[0])
     sched = cpu.Scheduler(contended_share=0.8, hold_s=2.0, strikes=2)
@@ -374,16 +374,16 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_one_thread(mon
     sched.record_inline(wall_s=1.0, cpu_s=0.99)  # and a quiet call resets the count
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
     assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s, one thread
-    assert sched.contended == 1 and sched.mode(small, 2) == "single"
+    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s, the workers
+    assert sched.contended == 1 and sched.mode(small, 2) == "workers"
     clock[0] += 1.9
-    assert sched.mode(small, 2) == "single"
+    assert sched.mode(small, 2) == "workers"
     clock[0] += 0.2  # the hold is over: inline again, measuring
     assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=0.5)  # still contended: one probe suffices, the hold doubles
-    assert sched.contended == 2 and sched.mode(small, 2) == "single"
+    assert sched.contended == 2 and sched.mode(small, 2) == "workers"
     clock[0] += 3.9
-    assert sched.mode(small, 2) == "single"
+    assert sched.mode(small, 2) == "workers"
     clock[0] += 0.2
     assert sched.mode(small, 2) == "inline"
     sched.record_inline(wall_s=1.0, cpu_s=1.0)  # quiet again: inline, and the next hold is back at 2 s
@@ -401,12 +401,31 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_one_thread(mon
     assert ran == [2, 2, 1]
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
     sched.record_inline(wall_s=1.0, cpu_s=0.5)
-    seen = []
+    sched.run(ran.append, small, 2)
+    assert ran == [2, 2, 1, 2]  # contended: the workers
+
+
+def test_the_caller_takes_chunks_beside_the_workers_on_one_intraop_thread():
+    """`run_parallel` runs ranges on the calling thread too (on one intra-op thread, its count back after)
+    and on the workers; every range exactly once."""
     before = torch.get_num_threads()
-    sched.run(lambda threads: seen.append((threads, torch.get_num_threads())), small, 2)
+    caller = threading.get_ident()
+    seen: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+
+    def fn(a: int, b: int) -> None:
+        with lock:
+            seen.append((a, threading.get_ident(), torch.get_num_threads()))
+        barrier.wait(timeout=10)  # the first two ranges run at the same time, on two threads
+
+    barrier = threading.Barrier(2)
+    _with_threads(2, lambda: cpu.run_parallel(fn, [(i, i + 1) for i in range(6)], 2))
+    assert sorted(a for a, _, _ in seen) == list(range(6))
+    threads = {t for _, t, _ in seen}
+    assert caller in threads and len(threads) == 2
     if cpu._omp_set_num_threads() is not None:
-        assert seen == [(1, 1)]  # contended: the caller's thread alone
-    assert torch.get_num_threads() == before  # and its count back afterwards
+        assert {n for _, _, n in seen} == {1}
+    assert torch.get_num_threads() == before
 
 
 def test_scheduler_measures_inline_calls(monkeypatch):
@@ -415,7 +434,7 @@ def test_scheduler_measures_inline_calls(monkeypatch):
 
     sched = cpu.Scheduler(strikes=1)
     sched.run(lambda threads: _time.sleep(0.02), 1e-3, 2)
-    assert sched.contended == 1 and sched.mode(1e-3, 2) == "single"
+    assert sched.contended == 1 and sched.mode(1e-3, 2) == "workers"
     busy = cpu.Scheduler(strikes=1)
     busy.run(lambda threads: sum(range(300_000)), 1e-3, 2)  # the caller's thread busy the whole call
     assert busy.contended == 0
