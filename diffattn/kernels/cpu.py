@@ -656,21 +656,31 @@ def _gather(rows: Tensor, index: Tensor, slot: int, reuse: bool) -> Tensor:
     return torch.index_select(rows, 0, index, out=buf[:numel].view(shape))
 
 
+def _rows(
+    q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor, Tensor, Tensor, Tensor]:
+    """What the tiled and strips paths share: q, k, v as rows ``[B * S, H*D]`` of contiguous ``[B, S, H, D]``;
+    the outputs as rows ``[B * S + 1, H*D]`` and ``[B * S + 1, H]`` fp32 (row ``B * S`` is the scratch row of
+    every padded query slot, so that the results are contiguous views of the rest); and per (batch item,
+    query slot) ``[B, T * Tq]`` its input row and its output row (padding: the scratch row)."""
+    b, s, h, d = q.shape
+    offsets = torch.arange(b)[:, None] * s
+    return (
+        tuple(t.reshape(b * s, h * d) for t in (q, k, v)),  # type: ignore[return-value]
+        q.new_empty(b * s + 1, h * d),
+        torch.empty(b * s + 1, h, dtype=torch.float32),
+        cp.q_rows + offsets,
+        torch.where(cp.dest == s, b * s, cp.dest + offsets),
+    )
+
+
 def _tiled(
     q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int, forced: bool
 ) -> tuple[Tensor, Tensor]:
     b, s, h, d = q.shape
     tq, r = cp.q_len, cp.kv_len
-    qf, kf, vf = (t.reshape(b * s, h * d) for t in (q, k, v))  # rows of contiguous [B, S, H, D]
-    # outputs as rows [B * S + 1, ...]: row B * S is the scratch row of every padded query slot, so that the
-    # results [B, S, H, D] and [B, S, H] are contiguous views of the rest
-    out_rows = q.new_empty(b * s + 1, h * d)
-    lse_rows = torch.empty(b * s + 1, h, dtype=torch.float32)
-    offsets = torch.arange(b)[:, None] * s
-    # row of each (batch item, slot) in those [B * S, ...] rows: [B, T * Tq] and [B, T * R]
-    q_index, kv_index = cp.q_rows + offsets, cp.kv_rows + offsets
-    dest = torch.where(cp.dest == s, b * s, cp.dest + offsets)  # output row (padding: the scratch row)
-
+    (qf, kf, vf), out_rows, lse_rows, q_index, dest = _rows(q, k, v, cp)
+    kv_index = cp.kv_rows + torch.arange(b)[:, None] * s  # [B, T * R]
     reuse = not _inline(q, k, v)  # out= gathers cannot record autograd
 
     def tiles(t0: int, t1: int) -> None:
@@ -705,12 +715,8 @@ def _stripped(
     assert layout is not None
     b, s, h, d = q.shape
     hd, tq, box, p = h * d, cp.q_len, cp.kv_len, layout.row_tokens
-    qf, kf, vf = (t.reshape(b * s, hd) for t in (q, k, v))  # rows of contiguous [B, S, H, D]
-    out_rows = q.new_empty(b * s + 1, hd)  # row B * S: scratch of padded query slots (as in `_tiled`)
-    lse_rows = torch.empty(b * s + 1, h, dtype=torch.float32)
+    (qf, kf, vf), out_rows, lse_rows, q_index, dest = _rows(q, k, v, cp)
     offsets = torch.arange(b)[:, None] * s
-    q_index = cp.q_rows + offsets  # [B, T * Tq]
-    dest = torch.where(cp.dest == s, b * s, cp.dest + offsets)
     starts = layout.tile_start.tolist()
     reuse = not _inline(q, k, v)
 
