@@ -57,7 +57,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
     head = (
         "| config | step med [min-max] (ms) | speedup [min-max] | in words | end-to-end bound | of bound "
-        "| attention share (dense / this) | attention bound | FLOP bound | token / tile bound | peak mem (MiB) "
+        "| attention share (dense / this) | attention bound | FLOP bound | token / H100-tile / CPU-plan bound "
+        "| peak mem (MiB) "
         "| sparse / fallback / dense calls | PSNR (dB) | SSIM | LPIPS | CLIP | accuracy [95%] | FID vs dense |"
     )
     rounds = meta.get("rounds")
@@ -79,7 +80,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for r in rows:
         b = r["bounds"]
         mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**20
-        token_tile = f"{_f(b.get('token_bound'))} / {_f(b.get('tile_bound'))}"
+        # the tile bound of diffattn.sim's H100 FNA tiles, and that of the CPU plan that ran (its own tiles)
+        token_tile = f"{_f(b.get('token_bound'))} / {_f(b.get('tile_bound'))} / {_f(b.get('plan_bound'))}"
         calls = f"{r.get('sparse_calls', '-')} / {r.get('fallback_calls', '-')} / {r.get('dense_calls', '-')}"
         steps = r.get("step_rounds_s")
         step = (f"{steps['median'] * 1e3:.1f} [{steps['min'] * 1e3:.1f}-{steps['max'] * 1e3:.1f}]" if steps
