@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -95,26 +94,18 @@ class _Runs:
         self.handle: Any = None
 
     def _call(self, key: str, steps: int | None = None) -> tuple[Any, list[float], dict[str, float]]:
-        from ..report.runner import AttentionTimer, StepTimer
-        from ..report.timing import synchronizer
+        from ..report.runner import TimedCall
 
-        sync = synchronizer(getattr(self.pipe, "device", "cpu"))
         kw = dict(self.kw, generator=torch.Generator("cpu").manual_seed(self.seed))
         if steps is not None:
             kw["num_inference_steps"] = steps
-        timer = StepTimer(self.pipe, sync)
-        attention = AttentionTimer(self.modules, sync) if key == "dense" else None
-        t0 = time.perf_counter()
-        try:
+        modules = self.modules if key == "dense" else None
+        with TimedCall(self.pipe, getattr(self.pipe, "device", "cpu"), modules) as timed:
             out = self.pipe(**kw)
-            sync()
-        finally:
-            times = timer.close()
-            spent = attention.close() if attention is not None else {}
         if steps is None:
-            self.wall[key].append(time.perf_counter() - t0)
+            self.wall[key].append(timed.wall_s)
             self.outputs.setdefault(key, out)
-        return out, times, spent
+        return out, timed.step_s, timed.attention_s
 
     def dense(self, steps: int | None = None) -> float:
         _, times, spent = self._call("dense", steps)

@@ -104,22 +104,14 @@ class _Job:
         self.rows = {k: _Row(attention_s=dict.fromkeys(modules, 0.0)) for k in ROWS}
         self._dense, self._recipe = iter(batches), iter(batches)
 
-    def _timers(self) -> tuple[Any, Any]:
-        from ..report.runner import AttentionTimer, StepTimer
-
-        sync = lambda: None  # noqa: E731 - CPU
-        return StepTimer(self.pipe, sync), AttentionTimer(self.modules, sync)
-
     def dense(self) -> float:
+        from ..report.runner import TimedCall
+
         start, stop = next(self._dense)
-        steps, attention = self._timers()
-        t0 = time.perf_counter()
-        try:
+        with TimedCall(self.pipe, "cpu", self.modules) as timed:
             images = dense_batch(self.pipe, self.captions[start:stop], self.size, self.seed, start, self.steps)
-        finally:
-            times = steps.step_times()
-            spent = attention.close()
-        per_image = (time.perf_counter() - t0) / (stop - start)
+        times, spent = timed.step_s, timed.attention_s
+        per_image = timed.wall_s / (stop - start)
         row = self.rows["dense"]
         row.images.append(images)
         row.per_image_s.append(per_image)
@@ -130,19 +122,15 @@ class _Job:
         return per_image
 
     def recipe(self) -> float:
-        from ..report.runner import add_call_counts
+        from ..report.runner import TimedCall, add_call_counts
 
         start, stop = next(self._recipe)
-        steps, attention = self._timers()
-        t0 = time.perf_counter()
-        try:
+        with TimedCall(self.pipe) as timed:
             images, record = two_stage_batch(self.pipe, self.captions[start:stop], self.size, self.seed, start,
                                              self.steps, self.method, self.knobs, **self.where)
-        finally:
-            refine = steps.step_times((self.size, self.size))
-            base = steps.step_times((tm.RESOLUTION, tm.RESOLUTION))
-            attention.close()
-        per_image = (time.perf_counter() - t0) / (stop - start)
+        refine = timed.steps.step_times((self.size, self.size))
+        base = timed.steps.step_times((tm.RESOLUTION, tm.RESOLUTION))
+        per_image = timed.wall_s / (stop - start)
         n = stop - start
         t1 = time.perf_counter()
         control = upscale_only(record.base, self.size)

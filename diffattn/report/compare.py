@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,11 +43,10 @@ from .quality import (
     quality_vs_reference,
 )
 from .runner import (
-    AttentionTimer,
     GridRecorder,
     MemoryMeter,
     RunConfig,
-    StepTimer,
+    TimedCall,
     add_call_counts,
     apply_config,
     check_device,
@@ -56,7 +54,7 @@ from .runner import (
     resolve_module,
 )
 from .significance import wilson
-from .timing import MIN_ROUNDS, Speedup, Spread, interleaved_rounds, synchronizer
+from .timing import MIN_ROUNDS, Speedup, Spread, interleaved_rounds
 
 REFERENCE = "dense (unpatched)"
 """Label of the reference row: the pipeline as loaded, no diffattn installed."""
@@ -84,19 +82,11 @@ def _render_timed(
     device: torch.device, keep: bool,
 ) -> float:
     """One timed render into ``run`` (its image kept when ``keep``); returns its median step time."""
-    sync = synchronizer(device)
-    steps = StepTimer(pipe, sync)
-    attention = AttentionTimer(modules, sync)
-    try:
-        with MemoryMeter(device) as mem:
-            t0 = time.perf_counter()
-            image = render(pipe, kw, prompt, seed)
-            sync()
-            total = time.perf_counter() - t0
-    finally:
-        times = steps.close()
-        for name, sec in attention.close().items():
-            run.attention_s[name] = run.attention_s.get(name, 0.0) + sec
+    with MemoryMeter(device) as mem, TimedCall(pipe, device, modules) as timed:
+        image = render(pipe, kw, prompt, seed)
+    for name, sec in timed.attention_s.items():
+        run.attention_s[name] = run.attention_s.get(name, 0.0) + sec
+    times, total = timed.step_s, timed.wall_s
     run.steps_s += times
     run.round_step_s.append(statistics.median(times) if times else total)
     run.memory_kind = mem.kind

@@ -224,6 +224,35 @@ class AttentionTimer:
         return self.seconds
 
 
+class TimedCall:
+    """Times one pipeline call, as a ``with`` block around it: ``wall_s`` (the device synced at the end),
+    ``step_s`` (every denoiser step, `StepTimer`; ``steps.step_times(size)`` picks a two-stage call's stage)
+    and ``attention_s`` (the attention seconds of ``modules``, `AttentionTimer`; empty without modules). The
+    hooks are removed when the block exits, on an error too."""
+
+    def __init__(self, pipe: Any, device: str | torch.device = "cpu", modules: dict[str, nn.Module] | None = None):
+        from .timing import synchronizer
+
+        self.sync = synchronizer(device)
+        self.steps = StepTimer(pipe, self.sync)
+        self._attention = AttentionTimer(modules or {}, self.sync)
+        self.wall_s, self.step_s, self.attention_s = 0.0, [], {}
+        self._start = 0.0
+
+    def __enter__(self) -> TimedCall:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type | None, *_: Any) -> None:
+        try:
+            if kind is None:
+                self.sync()
+            self.wall_s = time.perf_counter() - self._start
+        finally:
+            self.step_s = self.steps.close()
+            self.attention_s = self._attention.close()
+
+
 def add_call_counts(total: dict[str, SimpleNamespace], stats: Mapping[str, Any]) -> None:
     """Add each module's sparse / fallback / dense calls of ``stats`` (a handle's ``stats()``) to ``total``, the
     counts of every run so far (`report.bounds.end_to_end_bounds` reads them)."""

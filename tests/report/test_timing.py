@@ -104,3 +104,22 @@ def test_load_average_is_recorded():
     assert load is None or (len(load) == 3 and all(x >= 0 for x in load))
     rounds = interleaved_rounds({"a": lambda: None}, 3)
     assert rounds.to_dict()["load_average_before"] == rounds.load_before
+
+
+def test_timed_call_times_steps_and_attention_and_removes_its_hooks(pipelines):
+    """`TimedCall` around a pipeline call: one time per denoiser step, the attention seconds of the given
+    modules, the wall time; every hook gone afterwards, also when the call fails (the cache checks it)."""
+    from diffattn.report.runner import TimedCall, resolve_module
+    from diffattn.tiny.specs import tiny_call_kwargs
+
+    pipe = pipelines.pipe("tiny-sd")
+    name = next(n for n, m in pipe.unet.named_modules() if type(m).__name__ == "Attention")
+    modules = {f"unet.{name}": resolve_module(pipe, f"unet.{name}")}
+    kw = tiny_call_kwargs("tiny-sd")
+    with TimedCall(pipe, "cpu", modules) as timed:
+        pipe(**kw)
+    assert len(timed.step_s) == kw["num_inference_steps"] and all(t > 0 for t in timed.step_s)
+    assert timed.wall_s >= sum(timed.step_s) > 0 and timed.attention_s[f"unet.{name}"] > 0
+    with pytest.raises(RuntimeError, match="stop"), TimedCall(pipe, "cpu", modules) as failed:
+        raise RuntimeError("stop")
+    assert failed.step_s == [] and failed.attention_s == {f"unet.{name}": 0.0}
