@@ -267,6 +267,16 @@ def _prepare_masked(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     )  # fmt: skip
 
 
+def _dead_queries(masks: Tensor, tile_group: Tensor, q_index: Tensor, num_tokens: int) -> Tensor | None:
+    """Tokens of the real query slots whose mask row is empty (never for GNA; a generic plan may have them),
+    from bool ``masks [G, Tq, R]``, each tile's group ``[T]`` and query tokens ``[T, Tq]``; None if none."""
+    empty_rows = ~masks.any(-1)  # [G, Tq]
+    if not bool(empty_rows.any()):
+        return None
+    slots = empty_rows[tile_group] & (q_index < num_tokens)
+    return q_index[slots].unique()
+
+
 def _prepare_tiled(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     n, tiles = plan.num_tokens, plan.num_tiles
     tq, r = plan.q_index.shape[1], plan.kv_index.shape[1]
@@ -277,11 +287,7 @@ def _prepare_tiled(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
         masks = additive_mask(bool_masks, dtype)[:, None]  # [G, 1, Tq, R]
         sizes = torch.tensor([g1 - g0 for g0, g1, _ in plan.groups])
         tile_group = torch.repeat_interleave(torch.arange(len(plan.groups)), sizes)
-        # real query slots whose mask row is empty (never for GNA; a generic plan may have them)
-        empty_rows = ~bool_masks.any(-1)  # [G, Tq]
-        if bool(empty_rows.any()):
-            slots = empty_rows[tile_group] & (plan.q_index < n)
-            dead = plan.q_index[slots].unique()
+        dead = _dead_queries(bool_masks, tile_group, plan.q_index, n)
     cost = COST.tiled(tiles, tq, r, n)
     strip_slots = strip_key_slots(plan)
     return CpuPlan(
@@ -301,11 +307,8 @@ def _prepare_strips(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     masks = dead = None
     if layout.masks is not None:
         masks = additive_mask(layout.masks, dtype)[:, None]  # [G, 1, Tq, R]
-        empty_rows = ~layout.masks.any(-1)  # [G, Tq]: never for GNA
-        if bool(empty_rows.any()):
-            assert layout.tile_group is not None
-            slots = empty_rows[layout.tile_group] & (layout.q_index < n)
-            dead = layout.q_index[slots].unique()
+        assert layout.tile_group is not None
+        dead = _dead_queries(layout.masks, layout.tile_group, layout.q_index, n)
     r = layout.box_rows * layout.row_tokens
     return CpuPlan(
         "strips", _tile_label(plan, "strips"), n, tiles, tq, r, layout.q_index.clamp(max=n - 1).reshape(-1),
