@@ -159,19 +159,12 @@ class BlockPlan:
         if not self.has_mask:
             return None
         sel = self.tile_axes if tiles is None else self.tile_axes[tiles]
-        nd = len(self.axes)
-        out: Tensor | None = None
+        per_axis = []
         for a, axis in enumerate(self.axes):
             qa, ra = axis.q_pos.shape[1], axis.kv_pos.shape[1]
-            m = axis.mask if axis.mask is not None else torch.ones((1, qa, ra), dtype=torch.bool)
-            m = m[sel[:, a]] if axis.mask is not None else m.expand(sel.shape[0], qa, ra)
-            # place this axis' q dim at position 1+a and kv dim at 1+nd+a of [t, q0..qn, r0..rn]
-            shape = [sel.shape[0]] + [1] * (2 * nd)
-            shape[1 + a], shape[1 + nd + a] = qa, ra
-            m = m.reshape(shape)
-            out = m if out is None else out & m
-        assert out is not None
-        return out.reshape(sel.shape[0], self.q_index.shape[1], self.kv_index.shape[1])
+            full = torch.ones((1, qa, ra), dtype=torch.bool).expand(sel.shape[0], qa, ra)
+            per_axis.append(full if axis.mask is None else axis.mask[sel[:, a]])
+        return outer_and(per_axis)
 
     def dense_mask(self) -> Tensor:
         """``[N, N]`` bool mask of (query, key) pairs the plan attends. For tests and small grids."""
@@ -192,6 +185,21 @@ class BlockPlan:
     def density(self) -> float:
         """Work of the plan relative to dense attention (partial tiles count as full work)."""
         return self.computed_pairs() / float(self.num_tokens) ** 2
+
+
+def outer_and(masks: list[Tensor], key_order: list[int] | None = None) -> Tensor:
+    """``[t, Q, R]`` bool: per tile, the AND of per-axis masks ``[t, q_a, r_a]`` over the product of the axes, query
+    slots in axis order (axis 0 outermost) and key slots in ``key_order`` (default: axis order)."""
+    nd = len(masks)
+    key_order = list(range(nd)) if key_order is None else key_order
+    out: Tensor | None = None
+    for a, m in enumerate(masks):
+        # this axis' q dim at position 1 + a and its kv dim at 1 + nd + (its place in key_order)
+        shape = [m.shape[0]] + [1] * (2 * nd)
+        shape[1 + a], shape[1 + nd + key_order.index(a)] = m.shape[1:]
+        out = m.reshape(shape) if out is None else out & m.reshape(shape)
+    assert out is not None
+    return out.reshape(out.shape[0], math.prod(m.shape[1] for m in masks), math.prod(m.shape[2] for m in masks))
 
 
 def key_blocks(axes: tuple[AxisTiling, ...]) -> tuple[int, ...] | None:

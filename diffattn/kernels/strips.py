@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .plan import AxisTiling, BlockPlan, product_index
+from .plan import AxisTiling, BlockPlan, outer_and, product_index
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,7 +57,7 @@ class StripLayout:
     @property
     def gathered_rows(self) -> int:
         """Strip rows the runs read, over all strips: each run gathers the rows from its first box to its last."""
-        return sum((t1 - t0 - 1) * step + self.box_rows for t0, t1, step in self.runs)
+        return _run_rows(self.runs, self.box_rows)
 
     def strip_of(self, tile: int) -> int:
         """The strip of tile ``tile`` (strip order)."""
@@ -86,6 +87,11 @@ def _axis_boxes(axis: AxisTiling) -> tuple[Tensor, Tensor] | None:
     return start, moved & inside[:, None, :]
 
 
+def _run_rows(runs: Sequence[tuple[int, int, int]], box_rows: int) -> int:
+    """Strip rows that ``runs`` read: each run from its first box to the end of its last."""
+    return sum((t1 - t0 - 1) * step + box_rows for t0, t1, step in runs)
+
+
 def _runs(starts: list[int]) -> list[tuple[int, int, int]]:
     """Greedy maximal runs ``(i0, i1, step)`` of consecutive boxes starting ``step`` apart."""
     runs, i = [], 0
@@ -99,19 +105,6 @@ def _runs(starts: list[int]) -> list[tuple[int, int, int]]:
         runs.append((i, j, step))
         i = j
     return runs
-
-
-def _outer_and(masks: list[Tensor], key_order: list[int]) -> Tensor:
-    """``[Q, R]`` bool AND of per-axis ``[q_a, r_a]`` masks: query dims in axis order, key dims in ``key_order``."""
-    nd = len(masks)
-    out: Tensor | None = None
-    for a, m in enumerate(masks):
-        shape = [1] * (2 * nd)
-        shape[a], shape[nd + key_order.index(a)] = m.shape
-        out = m.reshape(shape) if out is None else out & m.reshape(shape)
-    assert out is not None
-    q = math.prod(m.shape[0] for m in masks)
-    return out.reshape(q, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +135,7 @@ def strip_key_slots(plan: BlockPlan) -> int | None:
         return None
     axes, run = plan.axes, boxes.run
     others = [a for i, a in enumerate(axes) if i != run]
-    rows = sum((i1 - i0 - 1) * step + axes[run].kv_pos.shape[1] for i0, i1, step in boxes.runs)
+    rows = _run_rows(boxes.runs, axes[run].kv_pos.shape[1])
     return math.prod(a.num_tiles for a in others) * rows * math.prod(a.kv_pos.shape[1] for a in others)
 
 
@@ -188,8 +181,7 @@ def strip_layout(plan: BlockPlan) -> StripLayout | None:
         for u in reversed(uniques):  # undo the mixed-radix key, last axis first
             per_axis.insert(0, keys % len(u))
             keys = keys // len(u)
-        combos = torch.stack(per_axis, 1).tolist()
-        masks = torch.stack([_outer_and([uniques[a][c[a]] for a in range(nd)], key_order) for c in combos])
+        masks = outer_and([u[which] for u, which in zip(uniques, per_axis)], key_order)  # [G, Tq, R]
     runs = tuple(
         (s * counts[run] + i0, s * counts[run] + i1, step)
         for s in range(len(strip_tokens))
