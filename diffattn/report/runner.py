@@ -22,6 +22,7 @@ from ..methods import get_method
 from ..methods.knobs import format_knobs, parse_knobs, split_assignment
 from ..models.denoisers import denoisers_of
 from ..patch import AttentionHandle, apply_attention
+from .timing import synchronizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +232,6 @@ class TimedCall:
     hooks are removed when the block exits, on an error too."""
 
     def __init__(self, pipe: Any, device: str | torch.device = "cpu", modules: dict[str, nn.Module] | None = None):
-        from .timing import synchronizer
-
         self.sync = synchronizer(device)
         self.steps = StepTimer(pipe, self.sync)
         self._attention = AttentionTimer(modules or {}, self.sync)
