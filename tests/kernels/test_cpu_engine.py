@@ -58,6 +58,11 @@ def _sparse(backend: str, q, k, v, plan, **kw):
 # --- the two paths --------------------------------------------------------------------------------------------
 
 
+def _case_id(case: tuple[tuple[int, ...], ...]) -> str:
+    """``g20x23-w5x7-s1x2`` (grid, window, stride and, when given, ``-t`` query tile)."""
+    return "-".join(key + "x".join(map(str, t)) for key, t in zip("gwst", case))
+
+
 def _switch_cases() -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(grid, window, stride) on both sides of every place where the cost model switches path, as the grid
     grows, for a few windows and strides in 1-D, 2-D and 3-D."""
@@ -98,7 +103,7 @@ def test_the_cost_model_switches_path_as_grids_grow():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(
-    "case", SWITCH_CASES, ids=lambda c: "g{}-w{}-s{}".format(*("x".join(map(str, t)) for t in c))
+    "case", SWITCH_CASES, ids=_case_id
 )
 def test_tiled_and_masked_sdpa_paths_agree_where_the_model_switches(case, dtype):
     grid, window, stride = case
@@ -147,11 +152,9 @@ STRIP_CASES = [  # (grid, window, stride, query tile): 1-, 2- and 3-D, edges, gr
 ]
 
 
-def _strip_id(case) -> str:
-    return "g{}-w{}-s{}-t{}".format(*("x".join(map(str, t)) for t in case))
 
 
-@pytest.mark.parametrize("case", STRIP_CASES, ids=_strip_id)
+@pytest.mark.parametrize("case", STRIP_CASES, ids=_case_id)
 def test_strips_attend_exactly_the_plans_pairs(case):
     """Rebuilt from the strips alone (each tile's box of strip rows and its mask), the attended (query, key)
     pairs are the plan's, every one of them, and no other."""
@@ -173,7 +176,7 @@ def test_strips_attend_exactly_the_plans_pairs(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", STRIP_CASES, ids=_strip_id)
+@pytest.mark.parametrize("case", STRIP_CASES, ids=_case_id)
 def test_strips_and_tiled_paths_agree(case, dtype):
     grid, window, stride, tile = case
     plan = gna_plan(grid, window, stride, (1,) * len(grid), tile)
