@@ -75,6 +75,11 @@ _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 # 47 MB of a 64x64 grid's tiles), and a chunk that stays in cache is reused by the flash op right after
 # (32x32 grid on the caller's threads, measured: 2.10x dense in 4 MB chunks, 0.83x as one 13 MB chunk).
 CHUNK_BYTES = 4 * 2**20
+#: The strips path's bound on the gathered bytes of one piece of a run. Larger than `CHUNK_BYTES` because a cut
+#: costs a second gather of the rows two pieces' boxes share (a piece of ``t`` tiles ``step`` rows apart reads
+#: ``(t - 1) * step + box_rows`` rows): speedup.py's 128x128 window 32 ran 1.08-1.11x faster in pieces of up
+#: to 32 MB than of 4 MB (whole runs of 20 MB; 5 interleaved rounds), and its gathers reuse per-thread buffers.
+STRIP_PIECE_BYTES = 32 * 2**20
 #: The masked-sdpa path materializes an ``N x N`` mask: never above this many tokens (16 MB in fp32).
 MASKED_SDPA_MAX_TOKENS = 2048
 #: A tiled call runs as strips (`_strips_pay`) from this many bytes of one batch item's keys ...
@@ -626,11 +631,12 @@ def split(total: int, pieces: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def num_chunks(seconds: float, nbytes: int, units: int, threads: int) -> int:
+def num_chunks(seconds: float, nbytes: int, units: int, threads: int, chunk_bytes: int | None = None) -> int:
     """How many chunks to cut ``units`` of work into: modelled ``seconds`` (single thread) of at least
-    `MIN_CHUNK_S` each, at most `CHUNKS_PER_WORKER` per thread, and at most `CHUNK_BYTES` of temporaries."""
+    `MIN_CHUNK_S` each, at most `CHUNKS_PER_WORKER` per thread, and at most ``chunk_bytes`` (default
+    `CHUNK_BYTES`) of temporaries."""
     by_time = min(CHUNKS_PER_WORKER * threads, int(seconds / MIN_CHUNK_S)) if threads > 1 else 1
-    by_bytes = math.ceil(nbytes / CHUNK_BYTES)
+    by_bytes = math.ceil(nbytes / (CHUNK_BYTES if chunk_bytes is None else chunk_bytes))
     return max(1, min(units, max(by_time, by_bytes)))
 
 
@@ -744,7 +750,7 @@ def _stripped(
 
     def run(chosen: int) -> None:
         # cut long runs so that there are about as many pieces as `num_chunks` asks for
-        wanted = num_chunks(cp.cost * b * h, gathered_bytes, cp.num_tiles, chosen)
+        wanted = num_chunks(cp.cost * b * h, gathered_bytes, cp.num_tiles, chosen, STRIP_PIECE_BYTES)
         most = max(1, math.ceil(cp.num_tiles / wanted))
         pieces = [
             (t0 + a, t0 + c, step)

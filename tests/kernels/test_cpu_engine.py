@@ -304,6 +304,7 @@ def test_results_do_not_depend_on_threads_or_chunks(monkeypatch, path):
     monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # as many chunks as allowed
     chunked = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path, workers=2))
     monkeypatch.setattr(cpu, "CHUNK_BYTES", 1)  # one tile per chunk
+    monkeypatch.setattr(cpu, "STRIP_PIECE_BYTES", 1)  # one tile per piece of a run
     per_tile = _with_threads(3, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path=path, workers=3))
     for got in (inline_omp, chunked, per_tile):
         assert torch.equal(got[0], inline[0]) and torch.equal(got[1], inline[1])
