@@ -521,8 +521,9 @@ def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int
 
 
 class Scheduler:
-    """Chooses, per call, between the caller's own OpenMP threads ("inline") and the worker threads, from
-    what it measures of the caller's calls. Only speed depends on it: both give the same bits.
+    """Chooses, per call, between the caller's own OpenMP threads ("inline"), the worker threads ("workers")
+    and, while other processes hold the cores, twice as many worker threads ("contended"), from what it
+    measures of the caller's calls. Only speed depends on it: all three give the same bits.
 
     Why (measured on this 2-core machine, a linear layer before each call as in a model, GNA window 8x8,
     B 2, 4 heads, d 32; speedup over dense SDPA; "workers" = the caller and one worker taking chunks,
@@ -541,42 +542,58 @@ class Scheduler:
     spinning for a few ms, so a worker woken beside them waits for a core); on a busy one its statically
     split ops wait at every barrier for a descheduled thread (medians hide tails of 0.2 s for a 3 ms call),
     while chunks taken dynamically go to whichever thread runs. Calls modelled above `INLINE_MAX_S`
-    (128x128 window 32: workers 6.1x, inline 3.3x) always go to the workers. The caller's CPU share of an
-    inline call's wall time tells quiet from busy: 1.00 quiet, 0.42-0.63 beside two spinning processes
-    (measured). A share below ``contended_share`` on ``strikes`` inline calls in a row (one alone can be a
-    page fault or a slow thread wake-up: seen once in 36 calls of a quiet 256 px run) sends the next
-    ``hold_s`` seconds of calls to the workers. Then one inline call measures again: still contended, and
-    the hold doubles (up to ``max_hold_s``), so that a long busy spell pays for few slow probes; quiet, and
-    calls stay inline with the hold back at ``hold_s``. (Before the caller took chunks itself, the contended
-    calls ran on its thread alone, "busy single" above: as fast at 32x32, slower on every larger grid.)
+    (128x128 window 32: workers 6.1x, inline 3.3x) go to the workers.
+
+    Contended calls run on ``oversubscribe`` times the allowed threads. The kernel shares the cores
+    thread by thread with the other processes, and a chunk held by a descheduled thread stalls the call
+    until it runs again; with more threads than cores, the others keep taking chunks meanwhile, and the
+    call gets a larger share of the cores. Measured beside two spinning processes (no layer between calls;
+    25 interleaved rounds, medians; quiet inline 2.30x and 9.39x): at 32x32, 2 threads 1.74x, 3 threads
+    2.53x, 4 threads 2.80x; at 64x64, 7.43x, 8.30x, 9.08x. On a quiet machine 4 threads are slower than 2
+    (64x64: 6.06x against 7.85x), hence only while contended.
+
+    The caller's CPU share of a call's wall time tells quiet from busy: 1.00 inline on a quiet machine,
+    0.42-0.63 beside two spinning processes (measured); a workers call measures it too (quiet, the caller
+    takes chunks until the last). A share below ``contended_share`` on ``strikes`` measured calls in a row
+    (one alone can be a page fault or a slow thread wake-up: seen once in 36 calls of a quiet 256 px run)
+    makes the next ``hold_s`` seconds of calls contended, unmeasured. Then one call measures again in its
+    quiet mode: still contended, and the hold doubles (up to ``max_hold_s``), so that a long busy spell pays
+    for few slow probes; quiet, and the hold is back at ``hold_s``.
     """
 
     def __init__(
-        self, contended_share: float = 0.8, hold_s: float = 2.0, max_hold_s: float = 32.0, strikes: int = 2
+        self,
+        contended_share: float = 0.8,
+        hold_s: float = 2.0,
+        max_hold_s: float = 32.0,
+        strikes: int = 2,
+        oversubscribe: int = 2,
     ) -> None:
-        if not 0 < contended_share <= 1 or not 0 < hold_s <= max_hold_s or strikes < 1:
+        if not 0 < contended_share <= 1 or not 0 < hold_s <= max_hold_s or strikes < 1 or oversubscribe < 1:
             raise ValueError(
-                f"need 0 < contended_share <= 1, 0 < hold_s <= max_hold_s and strikes >= 1; got "
-                f"{contended_share}, {hold_s}, {max_hold_s}, {strikes}"
+                f"need 0 < contended_share <= 1, 0 < hold_s <= max_hold_s, strikes >= 1 and oversubscribe >= 1; "
+                f"got {contended_share}, {hold_s}, {max_hold_s}, {strikes}, {oversubscribe}"
             )
         self.contended_share, self.hold_s, self.max_hold_s, self.strikes = contended_share, hold_s, max_hold_s, strikes
+        self.oversubscribe = oversubscribe
         self._contended_until = 0.0
         self._hold = hold_s  # the next hold
-        self._low = 0  # inline calls in a row below the share
-        self._probing = False  # the last hold ended and no inline call has measured quiet since
+        self._low = 0  # measured calls in a row below the share
+        self._probing = False  # the last hold ended and no call has measured quiet since
         self.contended = 0  # times it found the caller contended
 
     def mode(self, cost_s: float, threads: int) -> str:
         """Where a call modelled at ``cost_s`` single-thread seconds runs when ``threads`` are allowed:
-        ``"inline"`` (the caller's own threads) or ``"workers"`` (large calls, and every call while contended)."""
+        ``"inline"`` (the caller's own threads), ``"workers"`` (large calls) or ``"contended"`` (every call
+        while contended: ``oversubscribe * threads`` threads)."""
         if threads <= 1:
             return "inline"
-        if cost_s > INLINE_MAX_S or time.monotonic() < self._contended_until:
-            return "workers"
-        return "inline"
+        if time.monotonic() < self._contended_until:
+            return "contended"
+        return "workers" if cost_s > INLINE_MAX_S else "inline"
 
-    def record_inline(self, wall_s: float, cpu_s: float) -> None:
-        """What an inline call measured: its wall time and the caller thread's CPU time."""
+    def record(self, wall_s: float, cpu_s: float) -> None:
+        """What a measured call saw: its wall time and the caller thread's CPU time."""
         if not (wall_s > 0 and cpu_s < self.contended_share * wall_s):
             self._low, self._probing, self._hold = 0, False, self.hold_s
             return
@@ -589,16 +606,17 @@ class Scheduler:
 
     def run(self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False) -> None:
         """``fn(threads)`` with the threads chosen for ``cost_s`` (``forced``: exactly ``threads``), measuring
-        it when it runs inline."""
-        if forced:
+        the calls that run in a quiet mode."""
+        if forced or threads <= 1:
             fn(threads)
             return
-        if threads <= 1 or self.mode(cost_s, threads) == "workers":
-            fn(threads)
-        else:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            fn(1)
-            self.record_inline(time.perf_counter() - wall, time.thread_time() - cpu)
+        mode = self.mode(cost_s, threads)
+        if mode == "contended":
+            fn(threads * self.oversubscribe)
+            return
+        wall, cpu = time.perf_counter(), time.thread_time()
+        fn(1 if mode == "inline" else threads)
+        self.record(time.perf_counter() - wall, time.thread_time() - cpu)
 
 
 SCHEDULER = Scheduler()

@@ -365,7 +365,7 @@ def test_workers_follow_inference_mode_and_autograd_runs_inline(monkeypatch):
     torch.testing.assert_close(out.detach(), want)
 
 
-def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_the_workers(monkeypatch):
+def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_more_workers(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(cpu.time, "monotonic", lambda: clock[0])
     sched = cpu.Scheduler(contended_share=0.8, hold_s=2.0, strikes=2)
@@ -373,40 +373,45 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_the_workers(mo
     assert sched.mode(small, 1) == "inline"  # one thread allowed: always inline
     assert sched.mode(small, 2) == "inline"  # quiet and small: the caller's own threads
     assert sched.mode(large, 2) == "workers"  # large calls: always the workers
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)  # one low share alone is not contention
+    sched.record(wall_s=1.0, cpu_s=0.5)  # one low share alone is not contention
     assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=0.99)  # and a quiet call resets the count
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    sched.record(wall_s=1.0, cpu_s=0.99)  # and a quiet call resets the count
+    sched.record(wall_s=1.0, cpu_s=0.5)
     assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s, the workers
-    assert sched.contended == 1 and sched.mode(small, 2) == "workers"
+    sched.record(wall_s=1.0, cpu_s=0.45)  # two in a row: contended for hold_s, large calls too
+    assert sched.contended == 1 and sched.mode(small, 2) == sched.mode(large, 2) == "contended"
     clock[0] += 1.9
-    assert sched.mode(small, 2) == "workers"
-    clock[0] += 0.2  # the hold is over: inline again, measuring
-    assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)  # still contended: one probe suffices, the hold doubles
-    assert sched.contended == 2 and sched.mode(small, 2) == "workers"
+    assert sched.mode(small, 2) == "contended"
+    clock[0] += 0.2  # the hold is over: each call in its quiet mode again, measuring
+    assert sched.mode(small, 2) == "inline" and sched.mode(large, 2) == "workers"
+    sched.record(wall_s=1.0, cpu_s=0.5)  # still contended: one probe suffices, the hold doubles
+    assert sched.contended == 2 and sched.mode(small, 2) == "contended"
     clock[0] += 3.9
-    assert sched.mode(small, 2) == "workers"
+    assert sched.mode(small, 2) == "contended"
     clock[0] += 0.2
     assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=1.0)  # quiet again: inline, and the next hold is back at 2 s
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    sched.record(wall_s=1.0, cpu_s=1.0)  # quiet again: inline, and the next hold is back at 2 s
+    sched.record(wall_s=1.0, cpu_s=0.5)
     assert sched.mode(small, 2) == "inline"
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    sched.record(wall_s=1.0, cpu_s=0.5)
     clock[0] += 2.1
     assert sched.contended == 3 and sched.mode(small, 2) == "inline"
     with pytest.raises(ValueError, match="contended_share"):
         cpu.Scheduler(contended_share=0.0)
-    ran = []
+    with pytest.raises(ValueError, match=r"oversubscribe >= 1; got .* 0"):
+        cpu.Scheduler(oversubscribe=0)
+    ran: list[int] = []
+    sched = cpu.Scheduler(strikes=2)  # fresh: these calls' own (tiny) measurements give at most one strike
     sched.run(ran.append, small, 2, forced=True)
     sched.run(ran.append, large, 2)
     sched.run(ran.append, small, 2)
     assert ran == [2, 2, 1]
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)
-    sched.record_inline(wall_s=1.0, cpu_s=0.5)
+    sched.record(wall_s=1.0, cpu_s=0.5)
+    sched.record(wall_s=1.0, cpu_s=0.5)
     sched.run(ran.append, small, 2)
-    assert ran == [2, 2, 1, 2]  # contended: the workers
+    sched.run(ran.append, large, 2)
+    sched.run(ran.append, small, 2, forced=True)
+    assert ran == [2, 2, 1, 4, 4, 2]  # contended: twice the threads, except when forced
 
 
 def test_the_caller_takes_chunks_beside_the_workers_on_one_intraop_thread():
@@ -432,15 +437,17 @@ def test_the_caller_takes_chunks_beside_the_workers_on_one_intraop_thread():
     assert torch.get_num_threads() == before
 
 
-def test_scheduler_measures_inline_calls(monkeypatch):
-    """An inline call whose caller thread slept (as a descheduled one would) counts against the machine."""
+@pytest.mark.parametrize("cost", [1e-3, cpu.INLINE_MAX_S * 2], ids=["inline", "workers"])
+def test_scheduler_measures_calls_in_their_quiet_modes(cost):
+    """A call whose caller thread slept (as a descheduled one would) counts against the machine, inline or
+    on the workers."""
     import time as _time
 
     sched = cpu.Scheduler(strikes=1)
-    sched.run(lambda threads: _time.sleep(0.02), 1e-3, 2)
-    assert sched.contended == 1 and sched.mode(1e-3, 2) == "workers"
+    sched.run(lambda threads: _time.sleep(0.02), cost, 2)
+    assert sched.contended == 1 and sched.mode(cost, 2) == "contended"
     busy = cpu.Scheduler(strikes=1)
-    busy.run(lambda threads: sum(range(300_000)), 1e-3, 2)  # the caller's thread busy the whole call
+    busy.run(lambda threads: sum(range(300_000)), cost, 2)  # the caller's thread busy the whole call
     assert busy.contended == 0
 
 
