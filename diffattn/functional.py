@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .kernels import choose_backend
+from .kernels import batch_item_bytes, choose_backend
 from .methods.base import AttendCall
 from .methods.gna import GNA, GNAConfig
 
@@ -109,7 +109,8 @@ def gna(
     method = GNA(cfg)
     chosen = choose_backend(q, backend)  # once per call: the kernels do not check again
     call = AttendCall(grid=grid, extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, scale=scale, backend=chosen)
-    return method.plan_attention(q, k, v, method.plan(grid, chosen), call, return_lse=return_lse)
+    plan = method.plan(grid, chosen, batch_item_bytes(q))
+    return method.plan_attention(q, k, v, plan, call, return_lse=return_lse)
 
 
 def _check_finite(**tensors: Tensor | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .backends import BACKENDS, Backend, choose_backend, get_backend
+from .cpu import batch_item_bytes
 from .merge import merge_attention
 from .paths import note_path, record_paths
 from .plan import AxisTiling, BlockPlan, check_bool_mask
@@ -21,6 +22,7 @@ __all__ = [
     "Backend",
     "BlockPlan",
     "attend_extra",
+    "batch_item_bytes",
     "block_sparse_attention",
     "choose_backend",
     "dense_attention",

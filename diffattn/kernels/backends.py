@@ -19,6 +19,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+from collections.abc import Sequence
 from types import ModuleType
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ from torch import Tensor
 from .cpu import block_sparse_attention_cpu, dense_attention_cpu, extra_attention_cpu, tiling_cost
 from .merge import merge_attention
 from .paths import note_path
-from .plan import BlockPlan
+from .plan import AxisTiling, BlockPlan
 from .reference import reference_attention, reference_plan_attention
 
 logger = logging.getLogger("diffattn.kernels")
@@ -80,10 +81,10 @@ class Backend:
     def _plan_keys(self, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None) -> OutLse:
         raise NotImplementedError
 
-    def tiling_cost(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float | None:
-        """Modelled cost of a plan of ``tiles`` query tiles of ``q_len`` query slots over ``kv_len`` key slots
-        each on a grid of ``num_tokens``, which methods minimise to choose their query tile; None when the
-        backend has no model (methods then keep their default tile)."""
+    def tiling_cost(self, axes: Sequence[AxisTiling], item_bytes: int = 0) -> float | None:
+        """Modelled cost of a plan of query tiles ``axes`` (one `AxisTiling` per axis) for calls whose q holds
+        ``item_bytes`` per batch item (`batch_item_bytes`), which methods minimise to choose their query tile;
+        None when the backend has no model (methods then keep their default tile)."""
         return None
 
     def __repr__(self) -> str:
@@ -183,8 +184,8 @@ class CpuBackend(Backend):
     def _plan_keys(self, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, scale: float | None) -> OutLse:
         return block_sparse_attention_cpu(q, k, v, plan, scale)
 
-    def tiling_cost(self, tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float | None:
-        return tiling_cost(tiles, q_len, kv_len, num_tokens)
+    def tiling_cost(self, axes: Sequence[AxisTiling], item_bytes: int = 0) -> float | None:
+        return tiling_cost(axes, item_bytes)
 
     def dense(
         self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, scale: float | None = None

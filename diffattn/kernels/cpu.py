@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from .paths import note_path
-from .plan import BlockPlan, check_bool_mask
+from .plan import AxisTiling, BlockPlan, check_bool_mask
 from .strips import StripLayout, strip_key_slots, strip_layout
 
 _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -86,6 +86,9 @@ MASKED_SDPA_MAX_TOKENS = 2048
 STRIPS_MIN_BYTES = 16 * 2**20
 #: ... when the strips gather at most this share of the tiles' key slots.
 STRIPS_MAX_SHARE = 0.5
+#: Below 192 queries the CPU flash op works in query blocks of 32, and a smaller block runs at a worse rate
+#: (measured 1.5x the time per pair at 16 queries, head dim 64): the strips' cost counts a smaller tile as 32.
+FLASH_Q_BLOCK = 32
 #: Modelled single-thread seconds below which a chunk is not worth a hand-off to a worker (a hand-off
 #: plus the chunk's ~8 op dispatches cost ~0.1 ms).
 MIN_CHUNK_S = 0.5e-3
@@ -152,6 +155,13 @@ class CpuCostModel:
         per_tile = self.tile_s + q_len * kv_len * self.pair_s + kv_len * self.key_s + q_len * self.query_s
         return tiles * per_tile + num_tokens * self.token_s
 
+    def strips(self, tiles: int, q_len: int, kv_len: int, strip_slots: int, num_tokens: int) -> float:
+        """The strips path: the tiles' flash work with ``strip_slots`` gathered key slots in place of the tiles'
+        own, a tile of fewer than `FLASH_Q_BLOCK` query slots costing as one of that many."""
+        flash = max(q_len, FLASH_Q_BLOCK) * kv_len * self.pair_s
+        per_tile = self.tile_s + flash + q_len * self.query_s
+        return tiles * per_tile + strip_slots * self.key_s + num_tokens * self.token_s
+
     def masked_sdpa(self, num_tokens: int) -> float:
         """One masked flash call over all ``num_tokens`` queries and keys."""
         return num_tokens * num_tokens * self.pair_s + self.tile_s
@@ -164,9 +174,16 @@ class CpuCostModel:
 COST = CpuCostModel()
 
 
-def tiling_cost(tiles: int, q_len: int, kv_len: int, num_tokens: int) -> float:
-    """`CpuCostModel.tiled` of the default model (what methods minimise when they choose a query tile)."""
-    return COST.tiled(tiles, q_len, kv_len, num_tokens)
+def tiling_cost(axes: Sequence[AxisTiling], item_bytes: int = 0) -> float:
+    """Modelled cost of a plan of query tiles ``axes`` (one `AxisTiling` per axis), run by calls whose keys
+    hold ``item_bytes`` per batch item: as strips where a call would run them (`_strips_pay`), else tiled.
+    What methods minimise when they choose a query tile."""
+    tiles, n = math.prod(a.num_tiles for a in axes), math.prod(a.length for a in axes)
+    q_len, kv_len = math.prod(a.q_pos.shape[1] for a in axes), math.prod(a.kv_pos.shape[1] for a in axes)
+    slots = strip_key_slots(axes) if item_bytes >= STRIPS_MIN_BYTES else None
+    if slots is not None and _strips_pay(slots / (tiles * kv_len), item_bytes):
+        return COST.strips(tiles, q_len, kv_len, slots, n)
+    return COST.tiled(tiles, q_len, kv_len, n)
 
 
 # --- prepared plans -----------------------------------------------------------------------------------------
@@ -294,7 +311,7 @@ def _prepare_tiled(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
         tile_group = torch.repeat_interleave(torch.arange(len(plan.groups)), sizes)
         dead = _dead_queries(bool_masks, tile_group, plan.q_index, n)
     cost = COST.tiled(tiles, tq, r, n)
-    strip_slots = strip_key_slots(plan)
+    strip_slots = strip_key_slots(plan.axes)
     return CpuPlan(
         "tiled", _tile_label(plan), n, tiles, tq, r, q_rows, kv_rows, plan.q_index.reshape(-1).contiguous(),
         masks, tile_group, dead, cost, strip_share=None if strip_slots is None else strip_slots / (tiles * r),
@@ -318,7 +335,7 @@ def _prepare_strips(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     return CpuPlan(
         "strips", _tile_label(plan, "strips"), n, tiles, tq, r, layout.q_index.clamp(max=n - 1).reshape(-1),
         layout.strip_tokens.reshape(-1), layout.q_index.reshape(-1), masks, layout.tile_group, dead,
-        COST.tiled(tiles, tq, r, n), layout,
+        COST.strips(tiles, tq, r, layout.gathered_rows * layout.row_tokens, n), layout,
     )  # fmt: skip
 
 
@@ -817,18 +834,23 @@ def prepare_call(plan: BlockPlan, q: Tensor, path: str | None = None) -> CpuPlan
     """The `CpuPlan` a call of ``plan`` with queries ``q [B, S, H, D]`` runs (``path`` forces one): `prepare`'s,
     or its strips where they pay for keys of q's size (`_strips_pay`)."""
     cp = prepare(plan, q.dtype, path)
-    if path is None and _strips_pay(cp, math.prod(q.shape[1:]) * q.element_size()):
+    if path is None and cp.strip_share is not None and _strips_pay(cp.strip_share, batch_item_bytes(q)):
         cp = prepare(plan, q.dtype, "strips")
     return cp
 
 
-def _strips_pay(cp: CpuPlan, item_bytes: int) -> bool:
-    """Whether a call of a tiled plan, whose K of one batch item has ``item_bytes``, runs faster as strips: when K
-    no longer fits the cache (the tiles' gathers then run at memory speed) and the strips copy at most
-    `STRIPS_MAX_SHARE` of the tiles' key slots. Else the tiles win: their gathers hit the cache, and strips pay
-    one flash call per run and batch item where a chunk of tiles makes one."""
-    share = cp.strip_share
-    return share is not None and share <= STRIPS_MAX_SHARE and item_bytes >= STRIPS_MIN_BYTES
+def batch_item_bytes(q: Tensor) -> int:
+    """Bytes of one batch item of ``q [B, S, H, D]`` (and of K: what decides whether a call runs as strips)."""
+    return math.prod(q.shape[1:]) * q.element_size()
+
+
+def _strips_pay(share: float, item_bytes: int) -> bool:
+    """Whether a call of a tiled plan, whose strips gather ``share`` of its tiles' key slots and whose K of one
+    batch item has ``item_bytes``, runs faster as strips: when K no longer fits the cache (the tiles' gathers
+    then run at memory speed) and the strips copy at most `STRIPS_MAX_SHARE` of the tiles' key slots. Else the
+    tiles win: their gathers hit the cache, and strips pay one flash call per run and batch item where a
+    chunk of tiles makes one."""
+    return share <= STRIPS_MAX_SHARE and item_bytes >= STRIPS_MIN_BYTES
 
 
 def _threads(*tensors: Tensor) -> int:

@@ -117,23 +117,23 @@ class _Boxes:
     runs: list[tuple[int, int, int]]
 
 
-def _boxes(plan: BlockPlan) -> _Boxes | None:
-    boxes = [_axis_boxes(axis) for axis in plan.axes]
+def _boxes(axes: Sequence[AxisTiling]) -> _Boxes | None:
+    boxes = [_axis_boxes(axis) for axis in axes]
     if any(b is None for b in boxes):
         return None
-    nd = len(plan.axes)
-    run = max(range(nd), key=lambda a: (plan.axes[a].num_tiles * plan.axes[a].kv_pos.shape[1] / plan.grid[a], -a))
+    nd = len(axes)
+    run = max(range(nd), key=lambda a: (axes[a].num_tiles * axes[a].kv_pos.shape[1] / axes[a].length, -a))
     starts = [b[0] for b in boxes]  # type: ignore[index]
     return _Boxes(starts, [b[1] for b in boxes], run, _runs(starts[run].tolist()))  # type: ignore[index]
 
 
-def strip_key_slots(plan: BlockPlan) -> int | None:
-    """Key slots (per batch item and head) that ``plan``'s strips gather, over all runs of all strips, or None
-    when the plan has no strips: to weigh against the ``num_tiles * kv_len`` that the tiles gather."""
-    boxes = _boxes(plan)
+def strip_key_slots(axes: Sequence[AxisTiling]) -> int | None:
+    """Key slots (per batch item and head) that the strips of a plan of ``axes`` gather, over all runs of all
+    strips, or None when it has no strips: to weigh against the ``num_tiles * kv_len`` that the tiles gather."""
+    boxes = _boxes(axes)
     if boxes is None:
         return None
-    axes, run = plan.axes, boxes.run
+    run = boxes.run
     others = [a for i, a in enumerate(axes) if i != run]
     rows = _run_rows(boxes.runs, axes[run].kv_pos.shape[1])
     return math.prod(a.num_tiles for a in others) * rows * math.prod(a.kv_pos.shape[1] for a in others)
@@ -141,7 +141,7 @@ def strip_key_slots(plan: BlockPlan) -> int | None:
 
 def strip_layout(plan: BlockPlan) -> StripLayout | None:
     """The strips of ``plan``, or None when some axis' tile keys are not consecutive positions (dilation)."""
-    boxes = _boxes(plan)
+    boxes = _boxes(plan.axes)
     if boxes is None:
         return None
     starts, run = boxes.starts, boxes.run

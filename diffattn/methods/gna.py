@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..kernels import AxisTiling, Backend, BlockPlan
+from ..kernels import AxisTiling, Backend, BlockPlan, batch_item_bytes
 from .base import AttendCall, AttentionMethod, FlopBound, axis_ints, pairs_bound, per_axis
 from .naive import gna_mask, masked_attention
 from .registry import register_method
@@ -153,31 +153,29 @@ def gna_q_tile(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     backend: Backend | None = None,
+    item_bytes: int = 0,
 ) -> tuple[int, ...]:
-    """The query tile per axis for resolved GNA parameters on ``backend``: among powers of two up to each
-    axis (and the whole axis), the combination whose plan ``backend.tiling_cost`` models cheapest. Small
-    windows get small tiles: a tile's keys are its queries widened by the window, so every query computes
-    ``prod(tile + window - 1)`` scores while the per-tile costs favour fewer, larger tiles. Backends
-    without a model (triton, reference) and ``backend=None`` get `default_q_tile`. Cached per shape."""
-    n = math.prod(grid)
-    if backend is None or backend.tiling_cost(1, 1, 1, n) is None:
+    """The query tile per axis for resolved GNA parameters on ``backend``, for calls whose q holds ``item_bytes``
+    per batch item (`batch_item_bytes`; 0: unknown): among powers of two up to each axis (and the whole axis),
+    the combination whose plan ``backend.tiling_cost`` models cheapest. Small windows get small tiles: a tile's
+    keys are its queries widened by the window, so every query computes ``prod(tile + window - 1)`` scores
+    while the per-tile costs favour fewer, larger tiles. Backends without a model (triton, reference) and
+    ``backend=None`` get `default_q_tile`. Cached per shape."""
+    if backend is None:
         return default_q_tile(len(grid))
     per_axis = []
     for length, w, s, d in zip(grid, window, stride, dilation):
-        options: dict[tuple[int, int, int], int] = {}  # (tiles, query slots, key slots) -> first tile giving it
+        options: dict[tuple[int, int, int], tuple[int, AxisTiling]] = {}  # (tiles, query slots, key slots) -> first
         for side in _tile_sides(length):
             axis = gna_axis_tiling(length, w, s, d, side)
-            options.setdefault((axis.num_tiles, axis.q_pos.shape[1], axis.kv_pos.shape[1]), side)
-        per_axis.append(list(options.items()))
-
-    def cost(combo: tuple[tuple[tuple[int, int, int], int], ...]) -> float:
-        tiles, q_len, kv_len = (math.prod(shape[i] for shape, _ in combo) for i in range(3))
-        value = backend.tiling_cost(tiles, q_len, kv_len, n)
-        assert value is not None
-        return value
-
-    best = min(itertools.product(*per_axis), key=cost)
-    return tuple(side for _, side in best)
+            options.setdefault((axis.num_tiles, axis.q_pos.shape[1], axis.kv_pos.shape[1]), (side, axis))
+        per_axis.append(list(options.values()))
+    combos = list(itertools.product(*per_axis))
+    costs = [backend.tiling_cost([axis for _, axis in combo], item_bytes) for combo in combos]
+    if costs[0] is None:
+        return default_q_tile(len(grid))
+    best = min(range(len(combos)), key=lambda i: costs[i])  # type: ignore[arg-type,return-value]
+    return tuple(side for side, _ in combos[best])
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,15 +214,15 @@ class GNA(AttentionMethod):
         ({"window": 3, "dilation": 0}, ValueError, r"dilation=0 must be >= 1"),
     )
 
-    def plan(self, grid: tuple[int, ...], backend: Backend | None = None) -> BlockPlan:
-        """The plan of this config on ``grid``, with the query tile ``backend`` runs fastest (`gna_q_tile`;
-        None: the default tile)."""
+    def plan(self, grid: tuple[int, ...], backend: Backend | None = None, item_bytes: int = 0) -> BlockPlan:
+        """The plan of this config on ``grid``, with the query tile ``backend`` runs fastest for q of
+        ``item_bytes`` per batch item (`gna_q_tile`; None: the default tile)."""
         grid = tuple(grid)
         resolved = self.config.resolve(grid)
-        return gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, backend))
+        return gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, backend, item_bytes))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, call: AttendCall) -> Tensor:
-        out = self.plan_attention(q, k, v, self.plan(call.grid, call.backend), call)
+        out = self.plan_attention(q, k, v, self.plan(call.grid, call.backend, batch_item_bytes(q)), call)
         assert isinstance(out, Tensor)
         return out
 

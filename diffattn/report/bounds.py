@@ -43,12 +43,17 @@ class GNABounds:
 
 
 def gna_bounds(
-    grid: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...] | int = 1
+    grid: tuple[int, ...],
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...] | int = 1,
+    item_bytes: int = 0,
 ) -> GNABounds:
-    """`GNABounds` of GNA ``window/stride/dilation`` (ints or per-axis tuples) on ``grid``."""
+    """`GNABounds` of GNA ``window/stride/dilation`` (ints or per-axis tuples) on ``grid``, the plan's for calls
+    whose q holds ``item_bytes`` per batch item (`batch_item_bytes`; the tile depends on it)."""
     sim = simulate(tuple(grid), window, stride, dilation)
     resolved = (sim.grid, sim.window, sim.stride, sim.dilation)
-    plan = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu")))  # what `gna(..., backend="cpu")` runs
+    plan = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu"), item_bytes))  # what gna(backend="cpu") runs
     return GNABounds(sim.token_bound, sim.tile_bound, plan_bound(plan), plan.has_mask)
 
 

@@ -5,6 +5,7 @@ count alone and give bit-identical results, and the no-silent-wrong-result cases
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import threading
@@ -23,7 +24,7 @@ from diffattn.kernels import (
     record_paths,
     reference_attention,
 )
-from diffattn.kernels.strips import strip_layout
+from diffattn.kernels.strips import strip_key_slots, strip_layout
 from diffattn.methods.gna import GNAConfig, default_q_tile, gna_plan, gna_q_tile
 from diffattn.methods.naive import gna_mask
 
@@ -239,15 +240,43 @@ def test_small_windows_get_small_tiles():
 def test_tile_is_the_cheapest_by_the_model_and_backends_without_a_model_keep_the_default():
     grid, window, stride, dilation = (32, 32), (6, 6), (1, 1), (1, 1)
     chosen = gna_q_tile(grid, window, stride, dilation, CPU)
-    n = math.prod(grid)
 
     def cost(tile):
         p = gna_plan(grid, window, stride, dilation, tile)
-        return cpu.tiling_cost(p.num_tiles, p.q_index.shape[1], p.kv_index.shape[1], n)
+        return cpu.tiling_cost(p.axes)
 
+    assert cost(chosen) == cpu.COST.tiled(*_tiling(gna_plan(grid, window, stride, dilation, chosen)))
     assert all(cost(chosen) <= cost((a, b)) for a in (1, 2, 4, 8, 16, 32) for b in (1, 2, 4, 8, 16, 32))
     for backend in (None, get_backend("reference"), get_backend("triton")):
         assert gna_q_tile(grid, window, stride, dilation, backend) == default_q_tile(2)
+
+
+def _tiling(plan):
+    return plan.num_tiles, plan.q_index.shape[1], plan.kv_index.shape[1], plan.num_tokens
+
+
+def test_calls_that_run_as_strips_get_the_tile_cheapest_as_strips(monkeypatch):
+    """Where a call's keys are large enough for strips, the tile is chosen by the strips' cost (their gathers do
+    not grow with the tile count), and the call runs as strips with that tile."""
+    grid, window, stride, dilation = (36, 44), (12, 12), (1, 1), (1, 1)  # a grid no other test caches
+    monkeypatch.setattr(cpu, "STRIPS_MIN_BYTES", 36 * 44 * 2 * 8 * 4)  # q [1, 1584, 2, 8] fp32 reaches it
+    q, k, v = _qkv(1, 36 * 44, 2, 8)
+    item = cpu.batch_item_bytes(q)
+    tiled = gna_q_tile(grid, window, stride, dilation, CPU)
+    chosen = gna_q_tile(grid, window, stride, dilation, CPU, item)
+    sides = itertools.product((1, 2, 4, 8, 16, 36), (1, 2, 4, 8, 16, 44))
+    plans = {tile: gna_plan(grid, window, stride, dilation, tile) for tile in sides}
+    plan = plans[chosen]
+    slots = strip_key_slots(plan.axes)
+    assert cpu.tiling_cost(plan.axes, item) == cpu.COST.strips(*_tiling(plan)[:3], slots, plan.num_tokens)
+    assert all(cpu.tiling_cost(plan.axes, item) <= cpu.tiling_cost(p.axes, item) for p in plans.values())
+    assert chosen != tiled  # here the strips' choice differs from the tiles' (the test would not test it else)
+    with record_paths() as seen:
+        gna(q, k, v, grid, window, backend="cpu")
+    assert seen == [cpu.prepare(plan, torch.float32, "strips").label]
+    # a tile below the flash op's query block costs as one of that block
+    a = cpu.COST.strips(1, 16, 100, 0, 0) - 16 * cpu.COST.query_s
+    assert a == pytest.approx(cpu.COST.strips(1, cpu.FLASH_Q_BLOCK, 100, 0, 0) - cpu.FLASH_Q_BLOCK * cpu.COST.query_s)
 
 
 def test_gna_runs_the_plan_tiled_for_its_backend():

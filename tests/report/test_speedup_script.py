@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from diffattn.kernels import get_backend
+import torch
+
+from diffattn.kernels import batch_item_bytes, get_backend
 from diffattn.methods.gna import gna_plan, gna_q_tile
+from diffattn.report.bench.kernel import DTYPES
 from diffattn.sim import plan_bound, simulate
 
 from ..helpers import run_script
@@ -39,7 +43,9 @@ def test_speedup_quick(tmp_path: Path) -> None:
         sim = simulate(tuple(r["grid"]), tuple(r["window"]), tuple(r["stride"]))  # bounds come from diffattn.sim
         assert r["token_bound"] == sim.token_bound, r["case"]
         resolved = (sim.grid, sim.window, sim.stride, sim.dilation)
-        runs = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu")))  # the plan the cpu backend runs
+        shape = (r["batch"], math.prod(sim.grid), r["heads"], r["head_dim"])
+        q = torch.empty(shape, dtype=DTYPES[r["dtype"]], device="meta")
+        runs = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu"), batch_item_bytes(q)))  # what cpu runs
         assert r["tile_bound"] == plan_bound(runs), r["case"]
         assert r["repeats"] == 2 and r["threads"] >= 1
     meta = data["meta"]

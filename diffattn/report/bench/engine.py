@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ...functional import gna
-from ...kernels import BlockPlan, cpu, get_backend
+from ...kernels import BlockPlan, batch_item_bytes, cpu, get_backend
 from ...methods.gna import GNA, GNAConfig, gna_plan
 from ..bounds import gna_bounds
 from ..targets import Target, check_targets, target_lines
@@ -191,7 +191,8 @@ def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: 
             return baseline.block_sparse_attention_cpu(q, k, v, old_plan)
 
         fns["before"] = before
-    plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
+    method = GNA(GNAConfig(window=case.window, stride=case.stride))
+    plan = method.plan(case.grid, get_backend("cpu"), batch_item_bytes(q))
     if cpu.prepare_call(plan, q).path == "strips":  # what the strips win over the tiles, side by side
         fns["after-tiled"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
     if threads_study:
@@ -213,11 +214,12 @@ def _path_label(engine: str, plan: BlockPlan, q: Tensor) -> str:
 def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -> list[dict]:
     """One row per engine of ``case`` under ``condition`` (dense is each row's reference)."""
     n = math.prod(case.grid)
-    bounds = gna_bounds(case.grid, case.window, case.stride)
-    after_plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
+    q_shape = torch.empty(case.batch, n, case.heads, case.head_dim, dtype=DTYPES[case.dtype], device="meta")
+    item = batch_item_bytes(q_shape)
+    bounds = gna_bounds(case.grid, case.window, case.stride, item_bytes=item)
+    after_plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"), item)
     before_plan = gna_plan(case.grid, *GNAConfig(window=case.window, stride=case.stride).resolve(case.grid))
     dense = _spread(times["dense"])
-    q_shape = torch.empty(case.batch, n, case.heads, case.head_dim, dtype=DTYPES[case.dtype], device="meta")
     rows = []
     for engine, ts in times.items():
         if engine == "dense":

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ...functional import gna
-from ...kernels import cpu, get_backend
+from ...kernels import batch_item_bytes, cpu, get_backend
 from ...methods import AttendCall, get_method
 from ...methods.gna import GNA, GNAConfig
 from ..bounds import gna_bounds, method_bounds
@@ -129,8 +129,9 @@ def natten_fn(q: Tensor, k: Tensor, v: Tensor, case: Case, heads_per_call: int) 
 
 def _cpu_path(case: Case) -> str:
     """The CPU engine's path for the case's plan (what ``gna(..., backend="cpu")`` runs)."""
-    plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"))
     q = torch.empty(BATCH, math.prod(case.grid), HEADS, HEAD_DIM, dtype=DTYPES[case.dtype], device="meta")
+    method = GNA(GNAConfig(window=case.window, stride=case.stride))
+    plan = method.plan(case.grid, get_backend("cpu"), batch_item_bytes(q))
     return cpu.prepare_call(plan, q).label
 
 
@@ -150,7 +151,7 @@ def timing_fields(dense: list[float], sparse: list[float], repeats: int) -> dict
 def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -> dict:
     """Time one case against dense SDPA; return its row."""
     q, k, v = make_qkv(case.grid, DTYPES[case.dtype])
-    b = gna_bounds(case.grid, case.window, case.stride)
+    b = gna_bounds(case.grid, case.window, case.stride, item_bytes=batch_item_bytes(q))
     token_bound, tile_bound, masked = b.token_bound, b.plan_bound, b.plan_has_mask
     fns = {"dense": dense_fn(q, k, v)}
     if case.natten:
