@@ -792,6 +792,9 @@ def _stripped(
             for t0, t1, step in layout.runs
             for a, c in split(t1 - t0, math.ceil((t1 - t0) / most))
         ]
+        # longest first: runs differ in length (clamped edge runs are short), and a long piece taken last
+        # leaves the other threads idle (measured 1.03x [0.99-1.07], 15 rounds, speedup.py's stride-1 row)
+        pieces.sort(key=lambda p: p[0] - p[1])
         run_parallel(lambda i, _: piece(*pieces[i]), [(i, i + 1) for i in range(len(pieces))], chosen)
 
     SCHEDULER.run(run, cp.cost * b * h, threads, forced)
