@@ -155,22 +155,20 @@ def end_to_end_bounds(
     step time, summed over the same steps) gives the dense attention share for Amdahl. Token and tile
     bounds (`method_bounds`) are added at the finest grid.
     """
-    dense_attn = sum(dense_attention_s[m] for m in modules)
-    predicted = 0.0
+    parts = []
     for m in modules:
         s = stats[m]
         calls = s.sparse + s.fallback + s.dense
         frac = s.sparse / calls if calls else 0.0
         bound = module_flop_bound(method, m, *grids[m]) if m in grids else 1.0
-        predicted += dense_attention_s[m] * ((1 - frac) + frac / bound)
-    share = dense_attn / dense_step_s
-    share = min(max(share, 0.0), 1.0)
-    attention_bound = dense_attn / predicted if predicted > 0 else 1.0
+        parts.append((dense_attention_s[m], 1 / ((1 - frac) + frac / bound)))  # its dense calls at 1x
+    share = min(max(sum(s for s, _ in parts) / dense_step_s, 0.0), 1.0)
+    attention_bound, end_to_end = parts_bounds(parts, share)
     finest = max(grids.values(), key=lambda g: math.prod(g[0])) if grids else None
     out: dict[str, Any] = {
         "dense_attention_share": share,
         "attention_bound": attention_bound,
-        "end_to_end_bound": amdahl(share, attention_bound),
+        "end_to_end_bound": end_to_end,
         "finest_grid": list(finest[0]) if finest else None,
         "text_tokens": finest[1] if finest else 0,
     }
