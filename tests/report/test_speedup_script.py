@@ -11,6 +11,7 @@ import torch
 from diffattn.kernels import batch_item_bytes, get_backend
 from diffattn.methods.gna import gna_plan, gna_q_tile
 from diffattn.report.bench.kernel import DTYPES
+from diffattn.report.timing import Spread, labels
 from diffattn.sim import plan_bound, simulate
 
 from ..helpers import run_script
@@ -48,6 +49,11 @@ def test_speedup_quick(tmp_path: Path) -> None:
         runs = gna_plan(*resolved, gna_q_tile(*resolved, get_backend("cpu"), batch_item_bytes(q)))  # what cpu runs
         assert r["tile_bound"] == plan_bound(runs), r["case"]
         assert r["repeats"] == 2 and r["threads"] >= 1
+        # the protocol's words, against the bound of what was timed (ours: its plan's tiles)
+        bound = r["token_bound"] if r["kind"] == "natten" else r["tile_bound"]
+        assert r["labels"] == labels(r["speedup_median"], Spread.of(ratios(r)), bound), r["case"]
+    for r in method_rows:
+        assert r["labels"] == labels(r["speedup_median"], Spread.of(ratios(r)), r["flop_bound"]), r["case"]
     meta = data["meta"]
     assert meta["quick"] and meta["nproc"] >= 1 and meta["torch"]
     targets = data["targets"] + data["method_targets"]
@@ -60,4 +66,10 @@ def test_speedup_quick(tmp_path: Path) -> None:
     assert [len(t["rows"]) for t in targets] == [8, 2, 4, 0, 6]
     md = (tmp_path / "speedup.md").read_text()
     assert md.count("\n| ") >= 20 and all(n in md for n in names + [r["case"] for r in method_rows])
+    assert all(f"| {'; '.join(r['labels'])} |" in md for r in rows + method_rows)
     assert "Targets" in stdout
+
+
+def ratios(row: dict) -> list[float]:
+    """The per-round speedups of a row (its rounds ran dense and sparse back to back)."""
+    return [d / s for d, s in zip(row["dense_times_s"], row["sparse_times_s"])]

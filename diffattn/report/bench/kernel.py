@@ -135,14 +135,15 @@ def _cpu_path(case: Case) -> str:
     return cpu.prepare_call(plan, q).label
 
 
-def timing_fields(dense: list[float], sparse: list[float], repeats: int) -> dict:
-    """The row fields every benchmark row shares: shape, timings (min/median) and speedups."""
+def timing_fields(dense: list[float], sparse: list[float], repeats: int, bound: float) -> dict:
+    """The row fields every benchmark row shares: shape, timings (min/median), speedups and their words
+    against ``bound`` (`timing.labels`)."""
     return {
         "batch": BATCH,
         "heads": HEADS,
         "head_dim": HEAD_DIM,
         "repeats": repeats,
-        **speedup_fields(dense, sparse),
+        **speedup_fields(dense, sparse, bound),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -160,7 +161,9 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
         repeats = natten_repeats
     fns["ours"] = ours_fn(q, k, v, case)
     times = time_round_robin(fns, repeats, log=log, label=case.name)
-    timing = timing_fields(times["dense"], times["natten" if case.natten else "ours"], repeats)
+    # NATTEN computes exactly the neighbourhoods (the token bound); ours, its plan's tiles
+    bound = token_bound if case.natten else tile_bound
+    timing = timing_fields(times["dense"], times["natten" if case.natten else "ours"], repeats, bound)
     speedup = timing["speedup_min"]
     row = {
         "case": case.name,
@@ -206,7 +209,7 @@ def run_case(case: Case, repeats: int, natten_repeats: int, natten_heads: int) -
 def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
     head = (
         "| case | dtype | window | stride | dense min / med (s) | sparse min / med (s) | speedup min / med "
-        "| token bound | tile bound | achieved / tile | achieved / token | path | threads | torch | note |"
+        "| token bound | tile bound | achieved / tile | achieved / token | words | path | threads | torch | note |"
     )
     lines = [
         "# diffattn GNA CPU speedup vs dense SDPA",
@@ -227,7 +230,8 @@ def markdown(rows: list[dict], meta: dict, targets: list[dict]) -> str:
             f"| {r['sparse_min_s']:.3f} / {r['sparse_median_s']:.3f} "
             f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} "
             f"| {r['token_bound']:.2f} | {r['tile_bound']:.2f} "
-            f"| {r['achieved_over_tile_bound']:.2f} | {r['achieved_over_token_bound']:.2f} | {r.get('path', '')} "
+            f"| {r['achieved_over_tile_bound']:.2f} | {r['achieved_over_token_bound']:.2f} "
+            f"| {'; '.join(r.get('labels', []))} | {r.get('path', '')} "
             f"| {r['threads']} "
             f"| {r['torch']} | {r['note']} |"
         )
@@ -283,7 +287,7 @@ def run_method_case(case: MethodCase, repeats: int) -> dict:
     bound = method_bounds(method, case.grid)
     fns = {"dense": dense_fn(q, k, v), "ours": lambda: method.attend(q, k, v, call)}
     times = time_round_robin(fns, repeats, log=log, label=case.name)
-    timing = timing_fields(times["dense"], times["ours"], repeats)
+    timing = timing_fields(times["dense"], times["ours"], repeats, bound.flop_bound)
     return {
         "case": case.name,
         "kind": case.method,
@@ -300,7 +304,7 @@ def run_method_case(case: MethodCase, repeats: int) -> dict:
 def method_markdown(rows: list[dict], targets: list[dict]) -> str:
     head = (
         "| case | dtype | knobs | dense min / med (s) | sparse min / med (s) | speedup min / med "
-        "| FLOP bound | achieved / bound |"
+        "| FLOP bound | achieved / bound | words |"
     )
     lines = ["", "## msw, proxy and agent vs dense SDPA", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -309,7 +313,8 @@ def method_markdown(rows: list[dict], targets: list[dict]) -> str:
             f"| {r['case']} | {r['dtype']} | {knobs} | {r['dense_min_s']:.3f} / {r['dense_median_s']:.3f} "
             f"| {r['sparse_min_s']:.3f} / {r['sparse_median_s']:.3f} "
             f"| {r['speedup_min']:.2f} / {r['speedup_median']:.2f} "
-            f"| {r['flop_bound']:.2f} ({r['bound_formula']}) | {r['achieved_over_bound']:.2f} |"
+            f"| {r['flop_bound']:.2f} ({r['bound_formula']}) | {r['achieved_over_bound']:.2f} "
+            f"| {'; '.join(r.get('labels', []))} |"
         )
     lines += [""] + [f"- {line}" for line in target_lines(targets)]
     return "\n".join(lines) + "\n"
