@@ -136,12 +136,16 @@ def sampled_rows(candidate: Candidate, grid: tuple[int, ...], positions: Tensor,
     else:
         raise ValueError(f"{candidate.method} has no per-key pattern (use proxy_parts)")
     coords = _coords(positions, grid)
-    rows = None
-    for axis, length in enumerate(grid):
-        mask = _axis_mask(candidate.method, length, window[axis], stride[axis], shift[axis]).to(positions.device)
-        part = mask[coords[axis]]  # [n, L_axis]
-        rows = part if rows is None else (rows[:, :, None] & part[:, None, :]).reshape(len(positions), -1)
-    assert rows is not None
+    masks = [_axis_mask(candidate.method, n, window[a], stride[a], shift[a]) for a, n in enumerate(grid)]
+    return _keys_on_every_axis([m.to(positions.device)[coords[a]] for a, m in enumerate(masks)])
+
+
+def _keys_on_every_axis(parts: Sequence[Tensor]) -> Tensor:
+    """Per axis ``[..., n, L_axis]`` bool (the positions each query attends on that axis) -> ``[..., n, N]``: the
+    grid keys it attends, those attended on every axis (patterns separable by axis)."""
+    rows = parts[0]
+    for part in parts[1:]:
+        rows = (rows[..., :, None] & part[..., None, :]).flatten(-2)
     return rows
 
 
@@ -162,11 +166,8 @@ def stacked_rows(candidates: Sequence[Candidate], grid: tuple[int, ...], positio
     gna = [i for i, c in enumerate(candidates) if c.method == "gna"]
     if gna:
         coords = _coords(positions, grid)
-        rows = None
-        for axis, stack in enumerate(_gna_axis_stacks(grid, tuple(candidates[i] for i in gna), str(positions.device))):
-            part = stack[:, coords[axis]]  # [C, n, L_axis]
-            rows = part if rows is None else (rows[..., None] & part[:, :, None, :]).flatten(2)
-        out[gna] = rows
+        stacks = _gna_axis_stacks(grid, tuple(candidates[i] for i in gna), str(positions.device))
+        out[gna] = _keys_on_every_axis([stack[:, coords[axis]] for axis, stack in enumerate(stacks)])  # [C, n, N]
     for i, c in enumerate(candidates):
         if c.method != "gna":
             out[i] = sampled_rows(c, grid, positions, call)

@@ -14,6 +14,7 @@ per size (``calibrate_<size>px.png``: dense, plan and uniform rows).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -78,16 +79,13 @@ def run_scale(
 
     def generate(name: str, caps: list[str], first: int) -> tuple[torch.Tensor, float]:
         cfg = configs[name]
-        handle = None
-        if isinstance(cfg, dict):
-            handle = apply_attention(pipe, "gna", **cfg)
-        elif cfg is not None:
-            handle = apply_attention(pipe, cfg)
-        try:
+        installed = (
+            contextlib.nullcontext() if cfg is None
+            else apply_attention(pipe, "gna", **cfg) if isinstance(cfg, dict)
+            else apply_attention(pipe, cfg)
+        )  # fmt: skip
+        with installed:  # a handle removes itself on exit
             return sample(pipe, caps, size, eval_seed + first, steps, batch=len(caps))
-        finally:
-            if handle is not None:
-                handle.remove()
 
     for name in configs:  # warm-up: plan caches, allocations
         generate(name, held[:2], 0)
