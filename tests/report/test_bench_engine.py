@@ -26,6 +26,7 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert row["case"] == "tiny-32x32-s1" and row["engine"] == "after" and row["condition"] == "quiet"
     assert row["path"].startswith("tiled(") and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
     assert row["speedup_median"] > 0 and row["speedup_round_min"] <= row["speedup_round_max"]
+    assert row["rounds"] == len(row["times_s"]) == 3  # --quick: the rounds asked for (3), no more
     assert len(data["load_average"]["quiet"]["before"]) == 3 and data["baseline"]["loaded"] is False
     assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
 
@@ -86,3 +87,11 @@ def test_the_baseline_is_the_engine_before_issue_22() -> None:
     torch.testing.assert_close(old, new, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(old_lse, new_lse, atol=2e-5, rtol=2e-5)
     assert engine.load_baseline("no-such-ref-xyz")[0] is None
+
+
+def test_cheap_cases_get_more_rounds_up_to_a_cap() -> None:
+    assert engine.case_rounds(3.0, 7, budget_s=5.0) == 7  # slow rounds: the rounds asked for
+    assert engine.case_rounds(0.3, 7, budget_s=5.0) == 16  # 5 s of 0.3 s rounds
+    assert engine.case_rounds(0.01, 7, budget_s=5.0) == engine.MAX_ROUNDS
+    assert engine.case_rounds(0.01, 7, budget_s=0.0) == 7
+    assert engine.case_rounds(0.01, 30, budget_s=5.0) == 30  # never fewer than asked

@@ -47,6 +47,9 @@ from .common import log, run_meta, write_result
 #: The commit of main before issue 22's engine (what ``before`` runs by default).
 BASELINE_REF = "6656e32"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Seconds of timed rounds a case gets at least (cheap cases: more rounds than asked, up to `MAX_ROUNDS`).
+CASE_BUDGET_S = 5.0
+MAX_ROUNDS = 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +255,7 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
             "speedup_median": speedup,
             "speedup_round_min": min(ratios),
             "speedup_round_max": max(ratios),
+            "rounds": len(ts),
             "token_bound": bounds.token_bound,
             "tile_bound": tile_bound,
             "achieved_over_token_bound": speedup / bounds.token_bound,
@@ -263,17 +267,28 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
 
 
 def run_condition(
-    condition: str, cases: list[EngineCase], rounds: int, baseline: types.ModuleType | None, threads_study: bool
+    condition: str, cases: list[EngineCase], rounds: int, baseline: types.ModuleType | None, threads_study: bool,
+    budget_s: float = CASE_BUDGET_S,
 ) -> tuple[list[dict], dict]:
-    """Every case under one condition; its rows and the load averages seen before and after."""
+    """Every case under one condition (`case_rounds` each); its rows and the load averages seen before and after."""
     load_before = os.getloadavg()
     rows = []
     for i, case in enumerate(cases, 1):
         study = threads_study and case.name == "tiny-64x64-s1"
         log(f"[{condition} {i}/{len(cases)}] {case.name} ({torch.get_num_threads()} threads)")
-        times = time_round_robin(engines(case, baseline, study), rounds, warmup=1, log=log, label=case.name)
-        rows += case_rows(case, condition, times)
+        fns = engines(case, baseline, study)
+        first = time_round_robin(fns, 1, warmup=1, log=log, label=case.name)
+        more = case_rounds(sum(t[0] for t in first.values()), rounds, budget_s) - 1
+        rest = time_round_robin(fns, more, warmup=0, log=log, label=case.name) if more else {k: [] for k in fns}
+        rows += case_rows(case, condition, {k: first[k] + rest[k] for k in fns})
     return rows, {"before": list(load_before), "after": list(os.getloadavg())}
+
+
+def case_rounds(round_s: float, rounds: int, budget_s: float = CASE_BUDGET_S) -> int:
+    """Timed rounds of a case whose first round took ``round_s``: at least ``rounds``, and as many more as fit
+    ``budget_s`` (up to `MAX_ROUNDS`): the cheap cases are the noisy ones, and their medians then rest on
+    more rounds at little cost."""
+    return max(rounds, min(MAX_ROUNDS, int(budget_s / max(round_s, 1e-9))))
 
 
 def add_busy_keeps(rows: list[dict]) -> None:
@@ -296,11 +311,12 @@ def run_benchmark(
     baseline, why = (None, "--baseline none") if baseline_ref == "none" else load_baseline(baseline_ref)
     if baseline is None:
         log(f"no 'before' rows: {why}")
-    rows, loads = run_condition("quiet", selected, rounds, baseline, threads_study)
+    budget = 0.0 if quick else CASE_BUDGET_S  # a smoke test: the rounds asked for, no more
+    rows, loads = run_condition("quiet", selected, rounds, baseline, threads_study, budget)
     load = {"quiet": loads}
     if busy:
         with busy_cores(spinners):
-            busy_rows, load["busy"] = run_condition("busy", selected, rounds, baseline, threads_study)
+            busy_rows, load["busy"] = run_condition("busy", selected, rounds, baseline, threads_study, budget)
         rows += busy_rows
     add_busy_keeps(rows)
     return {
@@ -341,7 +357,9 @@ def markdown(payload: dict) -> str:
         "",
         f"{meta['date']}, machine `{meta['machine']}`, nproc {meta['nproc']}, torch {meta['torch']}, "
         f"{meta['threads']} threads, runtime {meta['runtime_s']:.0f} s{' (quick)' if meta['quick'] else ''}, "
-        f"{meta['rounds']} interleaved rounds after 1 warm-up. Busy = {payload['spinners']} processes spinning. "
+        f"at least {meta['rounds']} interleaved rounds after 1 warm-up (cases whose rounds are short get more, "
+        f"up to {MAX_ROUNDS}, about {CASE_BUDGET_S:.0f} s of rounds each). "
+        f"Busy = {payload['spinners']} processes spinning. "
         f"Before = `kernels/cpu.py` at {payload['baseline']['ref']}"
         + ("" if payload["baseline"]["loaded"] else f" (not run: {payload['baseline']['why_not']})")
         + ". Speedup = dense median / engine median, [min-max of the per-round ratios].",
@@ -365,7 +383,7 @@ def markdown(payload: dict) -> str:
             f"| {r['condition']} | {r['case']} ({_fmt(r['grid'])}, w{_fmt(r['window'])}, s{_fmt(r['stride'])}, "
             f"B{r['batch']} H{r['heads']} d{r['head_dim']} {r['dtype']}) | {r['engine']} | {r['path']} "
             f"| {r['dense_median_s']:.4f} | {r['median_s']:.4f} [{r['min_s']:.4f}-{r['max_s']:.4f}] "
-            f"| {r['speedup_median']:.2f} [{r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f}] "
+            f"| {r['speedup_median']:.2f} [{r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f}] {r['rounds']} "
             f"| {r['token_bound']:.1f} | {r['tile_bound']:.1f} | {r['achieved_over_token_bound']:.2f} "
             f"| {r['achieved_over_tile_bound']:.2f} | {keeps} |"
         )
