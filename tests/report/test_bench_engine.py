@@ -11,6 +11,7 @@ import torch
 from diffattn.methods.gna import gna_plan
 from diffattn.report.bench import engine
 from diffattn.report.targets import check_targets
+from diffattn.report.timing import Spread, labels
 
 from ..helpers import randn, run_script
 
@@ -27,6 +28,8 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert row["path"].startswith("tiled(") and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
     assert row["speedup_median"] > 0 and row["speedup_round_min"] <= row["speedup_round_max"]
     assert row["rounds"] == len(row["times_s"]) == 3  # --quick: the rounds asked for (3), no more
+    ratios = [d / t for d, t in zip(row["dense_times_s"], row["times_s"])]
+    assert row["labels"] == labels(row["speedup_median"], Spread.of(ratios), row["tile_bound"])
     assert len(data["load_average"]["quiet"]["before"]) == 3 and data["baseline"]["loaded"] is False
     assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
 

@@ -41,7 +41,7 @@ from ...kernels import BlockPlan, batch_item_bytes, cpu, get_backend
 from ...methods.gna import GNA, GNAConfig, gna_plan
 from ..bounds import gna_bounds
 from ..targets import Target, check_targets, target_lines
-from ..timing import time_round_robin
+from ..timing import Spread, labels, time_round_robin
 from .common import log, run_meta, write_result
 
 #: The commit of main before issue 22's engine (what ``before`` runs by default).
@@ -256,6 +256,7 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
             "speedup_round_min": min(ratios),
             "speedup_round_max": max(ratios),
             "rounds": len(ts),
+            "labels": labels(speedup, Spread.of(ratios), tile_bound),
             "token_bound": bounds.token_bound,
             "tile_bound": tile_bound,
             "achieved_over_token_bound": speedup / bounds.token_bound,
@@ -374,7 +375,7 @@ def markdown(payload: dict) -> str:
         lines += ["", f"**WARNING: {warning}**"]
     head = (
         "| condition | case | engine | path | dense median (s) | engine median [min-max] (s) | speedup [rounds] "
-        "| token bound | tile bound | of token | of tile | busy keeps |"
+        "| token bound | tile bound | of token | of tile | words | busy keeps |"
     )
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in payload["rows"]:
@@ -385,7 +386,7 @@ def markdown(payload: dict) -> str:
             f"| {r['dense_median_s']:.4f} | {r['median_s']:.4f} [{r['min_s']:.4f}-{r['max_s']:.4f}] "
             f"| {r['speedup_median']:.2f} [{r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f}] {r['rounds']} "
             f"| {r['token_bound']:.1f} | {r['tile_bound']:.1f} | {r['achieved_over_token_bound']:.2f} "
-            f"| {r['achieved_over_tile_bound']:.2f} | {keeps} |"
+            f"| {r['achieved_over_tile_bound']:.2f} | {'; '.join(r['labels'])} | {keeps} |"
         )
     lines += ["", "## Targets (after, median)", ""] + [f"- {line}" for line in target_lines(payload["targets"])]
     lines += [
