@@ -103,6 +103,9 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
     try:
         result = run_eval(PartialState(cpu=True))
         torch.save(result, f"{out}.{rank}")
+        # as `diffattn.testing.multiprocess` does: no rank tears its group down while the other may still be
+        # talking to it (a rank once aborted in gloo's teardown, "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
