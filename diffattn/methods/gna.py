@@ -161,8 +161,12 @@ def gna_q_tile(
     keys are its queries widened by the window, so every query computes ``prod(tile + window - 1)`` scores
     while the per-tile costs favour fewer, larger tiles. Backends without a model (triton, reference) and
     ``backend=None`` get `default_q_tile`. Cached per shape."""
+    default = default_q_tile(len(grid))
     if backend is None:
-        return default_q_tile(len(grid))
+        return default
+    axes = [gna_axis_tiling(*args) for args in zip(grid, window, stride, dilation, default)]
+    if backend.tiling_cost(axes, item_bytes) is None:  # no model: no candidate tilings to build
+        return default
     per_axis = []
     for length, w, s, d in zip(grid, window, stride, dilation):
         options: dict[tuple[int, int, int], tuple[int, AxisTiling]] = {}  # (tiles, query slots, key slots) -> first
@@ -170,12 +174,14 @@ def gna_q_tile(
             axis = gna_axis_tiling(length, w, s, d, side)
             options.setdefault((axis.num_tiles, axis.q_pos.shape[1], axis.kv_pos.shape[1]), (side, axis))
         per_axis.append(list(options.values()))
-    combos = list(itertools.product(*per_axis))
-    costs = [backend.tiling_cost([axis for _, axis in combo], item_bytes) for combo in combos]
-    if costs[0] is None:
-        return default_q_tile(len(grid))
-    best = min(range(len(combos)), key=lambda i: costs[i])  # type: ignore[arg-type,return-value]
-    return tuple(side for side, _ in combos[best])
+
+    def cost(combo: tuple[tuple[int, AxisTiling], ...]) -> float:
+        value = backend.tiling_cost([axis for _, axis in combo], item_bytes)
+        assert value is not None  # the backend has a model (above)
+        return value
+
+    best = min(itertools.product(*per_axis), key=cost)
+    return tuple(side for side, _ in best)
 
 
 @functools.lru_cache(maxsize=256)
