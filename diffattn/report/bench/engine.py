@@ -194,14 +194,20 @@ def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: 
             return baseline.block_sparse_attention_cpu(q, k, v, old_plan)
 
         fns["before"] = before
-    method = GNA(GNAConfig(window=case.window, stride=case.stride))
-    plan = method.plan(case.grid, get_backend("cpu"), batch_item_bytes(q))
+    plan = _after_plan(case, q)
     if cpu.prepare_call(plan, q).path == "strips":  # what the strips win over the tiles, side by side
         fns["after-tiled"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
     if threads_study:
         fns["after-omp"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1)
         fns["after-1thread"] = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1))
     return fns
+
+
+def _after_plan(case: EngineCase, q: Tensor) -> BlockPlan:
+    """The plan ``gna(..., backend="cpu")`` runs for ``case`` with queries like ``q`` (its tile depends on their
+    bytes per batch item)."""
+    method = GNA(GNAConfig(window=case.window, stride=case.stride))
+    return method.plan(case.grid, get_backend("cpu"), batch_item_bytes(q))
 
 
 def _spread(values: list[float]) -> dict:
@@ -218,9 +224,8 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
     """One row per engine of ``case`` under ``condition`` (dense is each row's reference)."""
     n = math.prod(case.grid)
     q_shape = torch.empty(case.batch, n, case.heads, case.head_dim, dtype=DTYPES[case.dtype], device="meta")
-    item = batch_item_bytes(q_shape)
-    bounds = gna_bounds(case.grid, case.window, case.stride, item_bytes=item)
-    after_plan = GNA(GNAConfig(window=case.window, stride=case.stride)).plan(case.grid, get_backend("cpu"), item)
+    bounds = gna_bounds(case.grid, case.window, case.stride, item_bytes=batch_item_bytes(q_shape))
+    after_plan = _after_plan(case, q_shape)
     before_plan = gna_plan(case.grid, *GNAConfig(window=case.window, stride=case.stride).resolve(case.grid))
     dense = _spread(times["dense"])
     rows = []
