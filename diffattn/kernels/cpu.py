@@ -13,9 +13,10 @@ plan run as strips where a call's keys are large:
     overlapping strided views, one flash call per run of tiles and batch item. Chosen per call for a tiled
     plan whose keys no longer fit the cache (`_strips_pay`): at 128x128 tokens, window 32, 8 heads of 64, the
     tiles gather 1.6 GB of K/V per call, the strips 0.5 GB; measured 1.11x faster than tiled in fp32 and
-    1.15x in bf16 (7 interleaved rounds), 1.05-1.08x for 128x128 and 256x256 grids at window 8 (B 2, 4 heads
-    of 32), and no faster at 32x32 or 64x64 (0.85x: one call per run and batch item costs more than the
-    gathers it saves when the keys are in cache).
+    1.15x in bf16 in 4 MB pieces (7 interleaved rounds), 1.25x in `STRIP_PIECE_BYTES` pieces (bench_engine),
+    1.05-1.08x for 128x128 and 256x256 grids at window 8 (B 2, 4 heads of 32), and no faster at 32x32 or
+    64x64 (0.85x: one call per run and batch item costs more than the gathers it saves when the keys are in
+    cache).
   - **masked-sdpa**: one flash call over the whole sequence with the plan's ``[N, N]`` additive mask:
     no gathers, but N^2 work, so only for small grids (the model compares both costs), and with no mask
     at all (``dense-sdpa``) for a plan of every query over every key (a window covering the grid).
