@@ -37,7 +37,8 @@ Results do not depend on the chunking, the thread count or the scheduler's choic
 one independent flash problem), which the tests check bit for bit.
 
 Each thread gathers into its own reused workspace (a few chunks' bytes, kept between calls): fresh
-multi-MB gathers per chunk were page-faulted in again and again (`_gather`).
+multi-MB gathers per chunk were page-faulted in again and again (`_gather`). What a tiled call's chunks read
+besides q, k and v (their index slices and masks) is built once per (plan, batch, tokens, chunks) (`CHUNKS`).
 
 Non-finite inputs: a NaN or Inf in q, k or v is never removed. Every query whose keys include it gets a
 NaN output; so may the other queries of the same tile (on the strips path, of every tile whose key box
@@ -343,13 +344,13 @@ def _prepare_strips(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
 _PREPARE = {"tiled": _prepare_tiled, "strips": _prepare_strips, "masked-sdpa": _prepare_masked}
 
 
-class _PlanCache:
-    """Prepared plans by (plan, dtype, path), least recently used first out, bounded in count and bytes.
-    Holds its plans alive (plans themselves are cached per shape by the methods)."""
+class _LruCache:
+    """Values by key, least recently used first out, bounded in count and in bytes (``nbytes`` of a value).
+    Holds its keys and values alive."""
 
-    def __init__(self, max_entries: int = 64, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._entries: collections.OrderedDict[tuple, CpuPlan] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple, tuple[object, int]] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -360,30 +361,42 @@ class _PlanCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def get(self, plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> CpuPlan:
-        key = (plan, dtype, path)
+    def _get(self, key: tuple, build: Callable[[], object], nbytes: Callable[[object], int]) -> object:
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
-                return hit
-        chosen = choose_path(plan) if path is None else path
-        prepared = _PREPARE[chosen](plan, dtype)
+                return hit[0]
+        value = build()  # outside the lock: another thread may build the same value meanwhile
         with self._lock:
             if key not in self._entries:
-                self._entries[key] = prepared
-                self._bytes += prepared.nbytes
+                size = nbytes(value)
+                self._entries[key] = (value, size)
+                self._bytes += size
                 while len(self._entries) > 1 and (
                     len(self._entries) > self.max_entries or self._bytes > self.max_bytes
                 ):
-                    _, old = self._entries.popitem(last=False)
-                    self._bytes -= old.nbytes
-            return self._entries.get(key, prepared)
+                    _, (_, old) = self._entries.popitem(last=False)
+                    self._bytes -= old
+            return self._entries[key][0] if key in self._entries else value
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+class _PlanCache(_LruCache):
+    """Prepared plans by (plan, dtype, path) (plans themselves are cached per shape by the methods)."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 256 * 2**20) -> None:
+        super().__init__(max_entries, max_bytes)
+
+    def get(self, plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> CpuPlan:
+        def build() -> CpuPlan:
+            return _PREPARE[choose_path(plan) if path is None else path](plan, dtype)
+
+        return self._get((plan, dtype, path), build, lambda cp: cp.nbytes)  # type: ignore[attr-defined,return-value]
 
 
 PLANS = _PlanCache()
@@ -701,22 +714,79 @@ def _gather(rows: Tensor, index: Tensor, slot: int, reuse: bool) -> Tensor:
     return torch.index_select(rows, 0, index, out=buf[:numel].view(shape))
 
 
-def _rows(
-    q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan
-) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor, Tensor, Tensor, Tensor]:
-    """What the tiled and strips paths share: q, k, v as rows ``[B * S, H*D]`` of contiguous ``[B, S, H, D]``;
-    the outputs as rows ``[B * S + 1, H*D]`` and ``[B * S + 1, H]`` fp32 (row ``B * S`` is the scratch row of
-    every padded query slot, so that the results are contiguous views of the rest); and per (batch item,
-    query slot) ``[B, T * Tq]`` its input row and its output row (padding: the scratch row)."""
+def _rows(q: Tensor, k: Tensor, v: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor, Tensor]:
+    """What the tiled and strips paths share: q, k, v as rows ``[B * S, H*D]`` of contiguous ``[B, S, H, D]``,
+    and the outputs as rows ``[B * S + 1, H*D]`` and ``[B * S + 1, H]`` fp32 (row ``B * S`` is the scratch row
+    of every padded query slot, so that the results are contiguous views of the rest)."""
     b, s, h, d = q.shape
-    offsets = torch.arange(b)[:, None] * s
     return (
         tuple(t.reshape(b * s, h * d) for t in (q, k, v)),  # type: ignore[return-value]
         q.new_empty(b * s + 1, h * d),
         torch.empty(b * s + 1, h, dtype=torch.float32),
-        cp.q_rows + offsets,
-        torch.where(cp.dest == s, b * s, cp.dest + offsets),
     )
+
+
+def _batch_rows(cp: CpuPlan, batch: int, tokens: int) -> tuple[Tensor, Tensor]:
+    """Per (batch item, query slot) ``[B, T * Tq]``: its row of the ``[B * S, ...]`` inputs, and its output row
+    (padding: the scratch row ``B * S``)."""
+    offsets = torch.arange(batch)[:, None] * tokens
+    return cp.q_rows + offsets, torch.where(cp.dest == tokens, batch * tokens, cp.dest + offsets)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TiledChunk:
+    """One chunk of a tiled call over ``B`` batch items, ready to run (cached in `CHUNKS`): ``tiles`` tiles;
+    q_index ``[B * t * Tq]`` / kv_index ``[B * t * R]``: the input row of each (batch item, slot), b-major;
+    dest ``[B * t * Tq]``: the output row of each query slot (padding: the scratch row ``B * S``); mask:
+    additive, broadcastable to ``[B * t, 1, Tq, R]`` (None: every tile full)."""
+
+    tiles: int
+    q_index: Tensor
+    kv_index: Tensor
+    dest: Tensor
+    mask: Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.q_index, self.kv_index, self.dest, self.mask)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _build_tiled_chunks(cp: CpuPlan, batch: int, tokens: int, pieces: int) -> tuple[TiledChunk, ...]:
+    tq, r = cp.q_len, cp.kv_len
+    q_index, dest = _batch_rows(cp, batch, tokens)
+    kv_index = cp.kv_rows + torch.arange(batch)[:, None] * tokens  # [B, T * R]
+    return tuple(
+        TiledChunk(
+            t1 - t0,
+            q_index[:, t0 * tq : t1 * tq].reshape(-1),
+            kv_index[:, t0 * r : t1 * r].reshape(-1),
+            dest[:, t0 * tq : t1 * tq].reshape(-1),
+            cp.chunk_mask(t0, t1, batch),
+        )
+        for t0, t1 in split(cp.num_tiles, pieces)
+    )
+
+
+class _ChunkCache(_LruCache):
+    """A tiled call's `TiledChunk` by (prepared plan, batch, tokens, chunks).
+
+    Why: building a chunk's index slices and mask costs ~10 small ops, and a 32x32 grid's call runs 4 chunks
+    in ~4 ms; built once, the call ran 1.16x faster beside dense SDPA (4.58 vs 3.85 ms, 60 interleaved
+    rounds; 1.07x at 64x64)."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 128 * 2**20) -> None:
+        super().__init__(max_entries, max_bytes)
+
+    def get(self, cp: CpuPlan, batch: int, tokens: int, pieces: int) -> tuple[TiledChunk, ...]:
+        def nbytes(chunks: object) -> int:
+            return sum(c.nbytes for c in chunks)  # type: ignore[attr-defined]
+
+        build = functools.partial(_build_tiled_chunks, cp, batch, tokens, pieces)
+        return self._get((cp, batch, tokens, pieces), build, nbytes)  # type: ignore[return-value]
+
+
+CHUNKS = _ChunkCache()
 
 
 def _tiled(
@@ -724,29 +794,27 @@ def _tiled(
 ) -> tuple[Tensor, Tensor]:
     b, s, h, d = q.shape
     tq, r = cp.q_len, cp.kv_len
-    (qf, kf, vf), out_rows, lse_rows, q_index, dest = _rows(q, k, v, cp)
-    kv_index = cp.kv_rows + torch.arange(b)[:, None] * s  # [B, T * R]
+    (qf, kf, vf), out_rows, lse_rows = _rows(q, k, v)
     reuse = not _inline(q, k, v)  # out= gathers cannot record autograd
-
-    def tiles(t0: int, t1: int) -> None:
-        t = t1 - t0
-        qi = q_index[:, t0 * tq : t1 * tq].reshape(-1)
-        ki = kv_index[:, t0 * r : t1 * r].reshape(-1)
-        # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
-        qt = _gather(qf, qi, 0, reuse).view(b * t, tq, h, d).transpose(1, 2)
-        kt = _gather(kf, ki, 1, reuse).view(b * t, r, h, d).transpose(1, 2)
-        vt = _gather(vf, ki, 2, reuse).view(b * t, r, h, d).transpose(1, 2)
-        o, l = sdpa_with_lse(qt, kt, vt, cp.chunk_mask(t0, t1, b), scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
-        rows = dest[:, t0 * tq : t1 * tq].reshape(-1)
-        out_rows.index_copy_(0, rows, o.transpose(1, 2).reshape(b * t * tq, h * d))
-        lse_rows.index_copy_(0, rows, l.transpose(1, 2).reshape(b * t * tq, h))
-
-    per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
 
     def run(chosen: int) -> None:
         pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
-        run_parallel(tiles, split(cp.num_tiles, pieces), chosen)
+        chunks = CHUNKS.get(cp, b, s, pieces)
 
+        def chunk(i: int, _: int) -> None:
+            c = chunks[i]
+            # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
+            qt = _gather(qf, c.q_index, 0, reuse).view(b * c.tiles, tq, h, d).transpose(1, 2)
+            kt = _gather(kf, c.kv_index, 1, reuse).view(b * c.tiles, r, h, d).transpose(1, 2)
+            vt = _gather(vf, c.kv_index, 2, reuse).view(b * c.tiles, r, h, d).transpose(1, 2)
+            o, l = sdpa_with_lse(qt, kt, vt, c.mask, scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
+            # the flash op lays its outputs out as its q ([B*t, Tq, H, D] and [B*t, Tq, H]): these are views
+            out_rows.index_copy_(0, c.dest, o.transpose(1, 2).reshape(b * c.tiles * tq, h * d))
+            lse_rows.index_copy_(0, c.dest, l.transpose(1, 2).reshape(b * c.tiles * tq, h))
+
+        run_parallel(chunk, [(i, i + 1) for i in range(len(chunks))], chosen)
+
+    per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
     SCHEDULER.run(run, cp.cost * b * h, threads, forced)
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
@@ -760,7 +828,8 @@ def _stripped(
     assert layout is not None
     b, s, h, d = q.shape
     hd, tq, box, p = h * d, cp.q_len, cp.kv_len, layout.row_tokens
-    (qf, kf, vf), out_rows, lse_rows, q_index, dest = _rows(q, k, v, cp)
+    (qf, kf, vf), out_rows, lse_rows = _rows(q, k, v)
+    q_index, dest = _batch_rows(cp, b, s)
     offsets = torch.arange(b)[:, None] * s
     starts = layout.tile_start.tolist()
     reuse = not _inline(q, k, v)

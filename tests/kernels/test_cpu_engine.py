@@ -311,6 +311,36 @@ def test_prepared_plans_are_cached_within_their_bounds():
     assert cpu.PLANS.max_entries <= 64 and cpu.PLANS.max_bytes <= 256 * 2**20  # the process-wide cache is bounded
 
 
+def test_tiled_chunks_are_built_once_and_cover_every_slot_of_every_batch_item():
+    grid, batch = (20, 23), 3
+    cp = cpu.prepare(gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8)), torch.float32, "tiled")
+    n, tq, r = cp.num_tokens, cp.q_len, cp.kv_len
+    cache = cpu._ChunkCache(max_entries=2, max_bytes=2**30)
+    chunks = cache.get(cp, batch, n, 3)
+    assert cache.get(cp, batch, n, 3) is chunks and cache.get(cp, batch, n, 4) is not chunks
+    assert len(chunks) == 3 and sum(c.tiles for c in chunks) == cp.num_tiles
+    # b-major within a chunk: batch item i reads rows i * N + token, and padded slots write the scratch row
+    q_rows, kv_rows, dest = (x.view(cp.num_tiles, -1) for x in (cp.q_rows, cp.kv_rows, cp.dest))
+    t0 = 0
+    for c in chunks:
+        tiles = slice(t0, t0 + c.tiles)
+        for i in range(batch):
+            got = (x.view(batch, -1)[i].view(c.tiles, -1) for x in (c.q_index, c.kv_index, c.dest))
+            assert torch.equal(next(got), q_rows[tiles] + i * n)
+            assert torch.equal(next(got), kv_rows[tiles] + i * n)
+            assert torch.equal(next(got), torch.where(dest[tiles] == n, batch * n, dest[tiles] + i * n))
+        mask = c.mask.expand(batch * c.tiles, 1, tq, r)
+        assert torch.equal(mask, cp.chunk_mask(t0, t0 + c.tiles, batch).expand_as(mask))
+        t0 += c.tiles
+    cache.get(cp, 1, n, 3)
+    assert len(cache) == 2 and cache.get(cp, batch, n, 3) is not chunks  # evicted, least recently used first
+    small = cpu._ChunkCache(max_entries=100, max_bytes=1)
+    for pieces in (1, 2, 3):
+        small.get(cp, batch, n, pieces)
+    assert len(small) == 1  # over its bytes, it keeps the newest only
+    assert cpu.CHUNKS.max_entries <= 64 and cpu.CHUNKS.max_bytes <= 128 * 2**20
+
+
 # --- worker threads -------------------------------------------------------------------------------------------
 
 

@@ -138,6 +138,7 @@ def load_baseline(ref: str) -> tuple[types.ModuleType | None, str]:
         return None, f"git show {ref}:diffattn/kernels/cpu.py failed: {done.stderr.strip()}"
     module = types.ModuleType("diffattn.kernels._baseline_cpu")
     module.__package__ = "diffattn.kernels"  # its relative imports (.plan) resolve to today's package
+    sys.modules[module.__name__] = module  # dataclasses look their module up while the code runs
     exec(compile(done.stdout, f"{ref}:diffattn/kernels/cpu.py", "exec"), module.__dict__)  # noqa: S102
     return module, ""
 
