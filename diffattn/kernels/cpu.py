@@ -772,8 +772,8 @@ class _ChunkCache(_LruCache):
     """A tiled call's `TiledChunk` by (prepared plan, batch, tokens, chunks).
 
     Why: building a chunk's index slices and mask costs ~10 small ops, and a 32x32 grid's call runs 4 chunks
-    in ~4 ms; built once, the call ran 1.16x faster beside dense SDPA (4.58 vs 3.85 ms, 60 interleaved
-    rounds; 1.07x at 64x64)."""
+    in ~4 ms; built once, the call ran 1.16x faster (3.99 vs 3.41 ms; 60 shuffled rounds, each beside dense
+    SDPA; B 2, 4 heads of 32, window 8), 1.10x at 64x64 and 1.06x at 128x128."""
 
     def __init__(self, max_entries: int = 64, max_bytes: int = 128 * 2**20) -> None:
         super().__init__(max_entries, max_bytes)
