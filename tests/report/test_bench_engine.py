@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffattn.methods.gna import gna_plan
@@ -32,6 +33,14 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert row["labels"] == labels(row["speedup_median"], Spread.of(ratios), row["tile_bound"])
     assert len(data["load_average"]["quiet"]["before"]) == 3 and data["baseline"]["loaded"] is False
     assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
+    # the busy columns, on the same row timed again busy: 3x slower engine, 2x slower dense
+    busy = dict(row, condition="busy", median_s=3 * row["median_s"], dense_median_s=2 * row["dense_median_s"])
+    busy["speedup_median"] = busy["dense_median_s"] / busy["median_s"]
+    data["rows"].append(busy)
+    engine.add_busy_keeps(data["rows"])
+    lost = f"{row['dense_median_s'] * 1e3:+.1f} / {2 * row['median_s'] * 1e3:+.1f} |"
+    (line,) = [x for x in engine.markdown(data).splitlines() if x.startswith("| busy |")]
+    assert line.endswith(f"| {2 / 3:.2f} | {lost}"), line
 
 
 def test_a_case_run_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
@@ -44,8 +53,9 @@ def test_a_case_run_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
     assert [(r["engine"], r["path"]) for r in rows] == [("after", "strips(4x8)"), ("after-tiled", "tiled(4x8)")]
 
 
-def _row(case: str, engine_: str, condition: str, speedup: float) -> dict:
+def _row(case: str, engine_: str, condition: str, speedup: float, dense_s: float = 1.0) -> dict:
     return {"case": case, "engine": engine_, "condition": condition, "speedup_median": speedup,
+            "dense_median_s": dense_s, "median_s": dense_s / speedup,
             "achieved_over_token_bound": speedup / 64, "achieved_over_tile_bound": speedup / 24.8}  # fmt: skip
 
 
@@ -57,9 +67,15 @@ def test_busy_fraction_and_targets_follow_from_the_rows() -> None:
         _row("tiny-64x64-s1", "before", "busy", 1.0),
         _row("tiny-32x32-s1", "after", "quiet", 1.9),
         _row("tiny-32x32-s1", "after", "busy", 1.8),
+        _row("tiny-32x32-s1", "before", "quiet", 2.5, dense_s=0.008),  # 3.2 ms
+        _row("tiny-32x32-s1", "before", "busy", 1.5, dense_s=0.020),  # 13.3 ms
     ]
     engine.add_busy_keeps(rows)
-    assert [r.get("busy_keeps") for r in rows] == [None, 0.6, None, 0.25, None, 1.8 / 1.9]
+    assert [r.get("busy_keeps") for r in rows] == [None, 0.6, None, 0.25, None, 1.8 / 1.9, None, 0.6]
+    # a short call that keeps little of its speedup can still lose less time than dense (12 ms against 10.1)
+    assert rows[-1]["dense_busy_lost_s"] == pytest.approx(0.012)
+    assert rows[-1]["busy_lost_s"] == pytest.approx(0.020 / 1.5 - 0.008 / 2.5)
+    assert "busy_lost_s" not in rows[0]
     status = {t["target"]: t["status"] for t in check_targets(engine.ENGINE_TARGETS, rows)}
     assert status == {"32": "MISS", "64": "PASS", "128": "N/A", "s1": "N/A", "blocked": "N/A", "busy": "MISS"}
 

@@ -299,11 +299,17 @@ def case_rounds(round_s: float, rounds: int, budget_s: float = CASE_BUDGET_S) ->
 
 
 def add_busy_keeps(rows: list[dict]) -> None:
-    """On busy rows: the fraction of the same engine's quiet speedup kept (``busy_keeps``)."""
-    quiet = {(r["case"], r["engine"]): r["speedup_median"] for r in rows if r["condition"] == "quiet"}
+    """On busy rows: the fraction of the same engine's quiet speedup kept (``busy_keeps``), and the seconds
+    per call that the engine and dense lost to the busy cores (``busy_lost_s``, ``dense_busy_lost_s``; median
+    against median). Why both: beside spinning processes a short call loses a roughly fixed time, not a share
+    of its length, so a fast short call keeps less of its speedup while losing less time than dense."""
+    quiet = {(r["case"], r["engine"]): r for r in rows if r["condition"] == "quiet"}
     for r in rows:
-        if r["condition"] == "busy" and (r["case"], r["engine"]) in quiet:
-            r["busy_keeps"] = r["speedup_median"] / quiet[(r["case"], r["engine"])]
+        q = quiet.get((r["case"], r["engine"]))
+        if r["condition"] == "busy" and q is not None:
+            r["busy_keeps"] = r["speedup_median"] / q["speedup_median"]
+            r["busy_lost_s"] = r["median_s"] - q["median_s"]
+            r["dense_busy_lost_s"] = r["dense_median_s"] - q["dense_median_s"]
 
 
 def run_benchmark(
@@ -381,18 +387,19 @@ def markdown(payload: dict) -> str:
         lines += ["", f"**WARNING: {warning}**"]
     head = (
         "| condition | case | engine | path | dense median (s) | engine median [min-max] (s) | speedup [rounds] "
-        "| token bound | tile bound | of token | of tile | words | busy keeps |"
+        "| token bound | tile bound | of token | of tile | words | busy keeps | busy lost, dense / engine (ms) |"
     )
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in payload["rows"]:
         keeps = f"{r['busy_keeps']:.2f}" if "busy_keeps" in r else ""
+        lost = f"{r['dense_busy_lost_s'] * 1e3:+.1f} / {r['busy_lost_s'] * 1e3:+.1f}" if "busy_lost_s" in r else ""
         lines.append(
             f"| {r['condition']} | {r['case']} ({_fmt(r['grid'])}, w{_fmt(r['window'])}, s{_fmt(r['stride'])}, "
             f"B{r['batch']} H{r['heads']} d{r['head_dim']} {r['dtype']}) | {r['engine']} | {r['path']} "
             f"| {r['dense_median_s']:.4f} | {r['median_s']:.4f} [{r['min_s']:.4f}-{r['max_s']:.4f}] "
             f"| {r['speedup_median']:.2f} [{r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f}] {r['rounds']} "
             f"| {r['token_bound']:.1f} | {r['tile_bound']:.1f} | {r['achieved_over_token_bound']:.2f} "
-            f"| {r['achieved_over_tile_bound']:.2f} | {'; '.join(r['labels'])} | {keeps} |"
+            f"| {r['achieved_over_tile_bound']:.2f} | {'; '.join(r['labels'])} | {keeps} | {lost} |"
         )
     lines += ["", "## Targets (after, median)", ""] + [f"- {line}" for line in target_lines(payload["targets"])]
     lines += [
