@@ -726,11 +726,11 @@ def _rows(q: Tensor, k: Tensor, v: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor
     )
 
 
-def _batch_rows(cp: CpuPlan, batch: int, tokens: int) -> tuple[Tensor, Tensor]:
-    """Per (batch item, query slot) ``[B, T * Tq]``: its row of the ``[B * S, ...]`` inputs, and its output row
-    (padding: the scratch row ``B * S``)."""
+def _batch_rows(cp: CpuPlan, batch: int, tokens: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The first row of each batch item in the ``[B * S, ...]`` rows, ``[B, 1]``; and per (batch item, query
+    slot) ``[B, T * Tq]``: its input row, and its output row (padding: the scratch row ``B * S``)."""
     offsets = torch.arange(batch)[:, None] * tokens
-    return cp.q_rows + offsets, torch.where(cp.dest == tokens, batch * tokens, cp.dest + offsets)
+    return offsets, cp.q_rows + offsets, torch.where(cp.dest == tokens, batch * tokens, cp.dest + offsets)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -754,8 +754,8 @@ class TiledChunk:
 
 def _build_tiled_chunks(cp: CpuPlan, batch: int, tokens: int, pieces: int) -> tuple[TiledChunk, ...]:
     tq, r = cp.q_len, cp.kv_len
-    q_index, dest = _batch_rows(cp, batch, tokens)
-    kv_index = cp.kv_rows + torch.arange(batch)[:, None] * tokens  # [B, T * R]
+    offsets, q_index, dest = _batch_rows(cp, batch, tokens)
+    kv_index = cp.kv_rows + offsets  # [B, T * R]
     return tuple(
         TiledChunk(
             t1 - t0,
@@ -829,8 +829,7 @@ def _stripped(
     b, s, h, d = q.shape
     hd, tq, box, p = h * d, cp.q_len, cp.kv_len, layout.row_tokens
     (qf, kf, vf), out_rows, lse_rows = _rows(q, k, v)
-    q_index, dest = _batch_rows(cp, b, s)
-    offsets = torch.arange(b)[:, None] * s
+    offsets, q_index, dest = _batch_rows(cp, b, s)
     starts = layout.tile_start.tolist()
     reuse = not _inline(q, k, v)
 
