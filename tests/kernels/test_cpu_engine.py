@@ -153,8 +153,6 @@ STRIP_CASES = [  # (grid, window, stride, query tile): 1-, 2- and 3-D, edges, gr
 ]
 
 
-
-
 @pytest.mark.parametrize("case", STRIP_CASES, ids=_case_id)
 def test_strips_attend_exactly_the_plans_pairs(case):
     """Rebuilt from the strips alone (each tile's box of strip rows and its mask), the attended (query, key)
