@@ -1,7 +1,10 @@
 """Performance targets as data, checked by pure functions over benchmark rows (plain dicts).
 
 A target selects the rows it is about and asks one metric of each to reach a threshold. Its status
-is PASS when every selected row does, MISS when any does not, and N/A when no row is selected.
+is PASS when every selected row does, MISS when any does not, and N/A when no row is selected. A row that
+also carries a 95% interval of the metric (``<metric>_ci95``) shows it, and a row whose interval holds the
+threshold is listed as ``undecided``: the status then rests on a point that the run's noise could move
+across the threshold, and the lines say so.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ def check_target(target: Target, rows: Sequence[dict]) -> dict:
         value = r.get(target.metric)
         if not isinstance(value, int | float):
             raise KeyError(f"row {r.get('case', r)!r} has no numeric {target.metric!r} for target {target.key}")
-        checks.append({"case": r["case"], target.metric: value, "pass": value >= target.threshold})
+        check = {"case": r["case"], target.metric: value, "pass": value >= target.threshold}
+        interval = r.get(f"{target.metric}_ci95")
+        if interval is not None:
+            check["ci95"] = list(interval)
+        checks.append(check)
     status = "N/A" if not checks else "PASS" if all(c["pass"] for c in checks) else "MISS"
     return {
         "target": target.key,
@@ -39,6 +46,7 @@ def check_target(target: Target, rows: Sequence[dict]) -> dict:
         "threshold": target.threshold,
         "status": status,
         "rows": checks,
+        "undecided": [c["case"] for c in checks if "ci95" in c and c["ci95"][0] < target.threshold <= c["ci95"][1]],
     }
 
 
@@ -47,13 +55,21 @@ def check_targets(targets: Sequence[Target], rows: Sequence[dict]) -> list[dict]
 
 
 def target_lines(results: Sequence[dict]) -> list[str]:
-    """One ``STATUS (key) description [metric >= threshold]: case=value, ...`` line per result."""
+    """One ``STATUS (key) description [metric >= threshold]: case=value [95% interval], ...`` line per result,
+    ending in words on the rows whose interval holds the threshold."""
     lines = []
     for t in results:
-        detail = ", ".join(f"{c['case']}={c[t['metric']]:.2f}" for c in t["rows"]) or "no rows"
+        detail = ", ".join(f"{c['case']}={c[t['metric']]:.2f}{_interval_text(c)}" for c in t["rows"]) or "no rows"
         rule = f"[{t['metric']} >= {t['threshold']}]"
-        lines.append(f"{t['status']} ({t['target']}) {t['description']} {rule}: {detail}")
+        undecided = t.get("undecided") or []
+        note = (f"; undecided by this run (95% interval holds {t['threshold']}): {', '.join(undecided)}"
+                if undecided else "")  # fmt: skip
+        lines.append(f"{t['status']} ({t['target']}) {t['description']} {rule}: {detail}{note}")
     return lines
+
+
+def _interval_text(check: dict) -> str:
+    return f" [{check['ci95'][0]:.2f}-{check['ci95'][1]:.2f}]" if "ci95" in check else ""
 
 
 def _gna(role: tuple[str, ...], ndim: int | None = None) -> Callable[[dict], bool]:

@@ -35,12 +35,16 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
     # the busy columns, on the same row timed again busy: 3x slower engine, 2x slower dense
     busy = dict(row, condition="busy", median_s=3 * row["median_s"], dense_median_s=2 * row["dense_median_s"])
+    busy["times_s"] = [3 * t for t in row["times_s"]]
+    busy["dense_times_s"] = [2 * t for t in row["dense_times_s"]]
     busy["speedup_median"] = busy["dense_median_s"] / busy["median_s"]
     data["rows"].append(busy)
     engine.add_busy_keeps(data["rows"])
+    low, high = busy["busy_keeps_ci95"]
+    assert low <= 2 / 3 <= high  # the same rounds, scaled: the point is one of the redraws
     lost = f"{row['dense_median_s'] * 1e3:+.1f} / {2 * row['median_s'] * 1e3:+.1f} |"
     (line,) = [x for x in engine.markdown(data).splitlines() if x.startswith("| busy |")]
-    assert line.endswith(f"| {2 / 3:.2f} | {lost}"), line
+    assert line.endswith(f"| {2 / 3:.2f} [{low:.2f}-{high:.2f}] | {lost}"), line
 
 
 def test_a_case_run_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
@@ -72,6 +76,7 @@ def test_busy_fraction_and_targets_follow_from_the_rows() -> None:
     ]
     engine.add_busy_keeps(rows)
     assert [r.get("busy_keeps") for r in rows] == [None, 0.6, None, 0.25, None, 1.8 / 1.9, None, 0.6]
+    assert not any("busy_keeps_ci95" in r for r in rows)  # rows without their rounds: no interval
     # a short call that keeps little of its speedup can still lose less time than dense (12 ms against 10.1)
     assert rows[-1]["dense_busy_lost_s"] == pytest.approx(0.012)
     assert rows[-1]["busy_lost_s"] == pytest.approx(0.020 / 1.5 - 0.008 / 2.5)
@@ -113,4 +118,21 @@ def test_cheap_cases_get_more_rounds_up_to_a_cap() -> None:
     assert engine.case_rounds(0.3, 7, budget_s=5.0) == 16  # 5 s of 0.3 s rounds
     assert engine.case_rounds(0.01, 7, budget_s=5.0) == engine.MAX_ROUNDS
     assert engine.case_rounds(0.01, 7, budget_s=0.0) == 7
-    assert engine.case_rounds(0.01, 30, budget_s=5.0) == 30  # never fewer than asked
+    many = engine.MAX_ROUNDS + 5
+    assert engine.case_rounds(0.01, many, budget_s=5.0) == many  # never fewer than asked
+
+
+def test_a_busy_keeps_whose_interval_holds_the_target_is_undecided() -> None:
+    # quiet 8 / 3 ms; busy dense 16 ms, engine calls a scheduler tick apart (8 or 12 ms): the median of the
+    # rounds sits between the clusters (keeps 0.6), and redrawn rounds put it on either (0.5 or 0.75)
+    quiet = _row("tiny-32x32-s1", "after", "quiet", 8 / 3, dense_s=0.008)
+    quiet.update(dense_times_s=[0.008] * 40, times_s=[0.003] * 40)
+    busy = _row("tiny-32x32-s1", "after", "busy", 1.6, dense_s=0.016)
+    busy.update(dense_times_s=[0.016] * 40, times_s=[0.008, 0.012] * 20)
+    rows = [quiet, busy]
+    engine.add_busy_keeps(rows)
+    assert busy["busy_keeps"] == pytest.approx(0.6)
+    low, high = busy["busy_keeps_ci95"]
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.75)
+    (result,) = [t for t in check_targets(engine.ENGINE_TARGETS, rows) if t["target"] == "busy"]
+    assert result["status"] == "MISS" and result["undecided"] == ["tiny-32x32-s1"]

@@ -70,3 +70,22 @@ def test_target_lines_format() -> None:
     assert line == "MISS (z) x is big [x >= 2.0]: r1=1.50, r2=3.00"
     (line,) = target_lines([check_target(t, [])])
     assert line == "N/A (z) x is big [x >= 2.0]: no rows"
+
+
+def test_a_row_whose_interval_holds_the_threshold_is_undecided() -> None:
+    t = Target("z", "x is big", "x", 0.7, lambda r: True)
+    rows = [
+        {"case": "sure", "x": 0.9, "x_ci95": (0.8, 1.0)},  # the whole interval above: decided
+        {"case": "close", "x": 0.73, "x_ci95": (0.62, 0.86)},  # passes on its point, not on its interval
+        {"case": "plain", "x": 1.5},  # no interval: nothing to say
+    ]
+    result = check_target(t, rows)
+    assert result["status"] == "PASS" and result["undecided"] == ["close"]
+    (line,) = target_lines([result])
+    assert line == (
+        "PASS (z) x is big [x >= 0.7]: sure=0.90 [0.80-1.00], close=0.73 [0.62-0.86], plain=1.50; "
+        "undecided by this run (95% interval holds 0.7): close"
+    )
+    missed = check_target(t, [{"case": "low", "x": 0.5, "x_ci95": (0.4, 0.6)}])
+    assert missed["status"] == "MISS" and missed["undecided"] == []  # the whole interval below: decided
+    assert target_lines([missed])[0].endswith("low=0.50 [0.40-0.60]")

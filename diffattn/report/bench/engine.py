@@ -15,7 +15,8 @@ load average is recorded before and after) and ``busy`` (two processes spinning 
 machine or a data-parallel run has). Every row shows the median time per call with its min-max, the
 speedup (dense median / engine median) with the min-max of the per-round ratios, the token bound
 (N / window), the tile bound of the plan that runs, the fraction of each reached and, on busy rows, the
-fraction of the quiet speedup kept. Targets (issue 22) are checked on the ``after`` rows.
+fraction of the quiet speedup kept, with its 95% bootstrap interval over the rounds of both conditions.
+Targets (issue 22) are checked on the ``after`` rows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ...functional import gna
 from ...kernels import BlockPlan, batch_item_bytes, cpu, get_backend
 from ...methods.gna import GNA, GNAConfig, gna_plan
 from ..bounds import gna_bounds
+from ..significance import bootstrap_interval
 from ..targets import Target, check_targets, target_lines
 from ..timing import Spread, labels, time_round_robin
 from .common import log, run_meta, write_result
@@ -49,7 +51,9 @@ BASELINE_REF = "6656e32"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: Seconds of timed rounds a case gets at least (cheap cases: more rounds than asked, up to `MAX_ROUNDS`).
 CASE_BUDGET_S = 5.0
-MAX_ROUNDS = 25
+#: Why up to 100: a busy 32x32 call's times cluster a scheduler tick (4 ms) apart, so a median of few rounds
+#: jumps between clusters; the 95% interval of its busy keeps was 0.50-0.90 over 25 rounds, 0.62-0.86 over 80.
+MAX_ROUNDS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,11 +302,22 @@ def case_rounds(round_s: float, rounds: int, budget_s: float = CASE_BUDGET_S) ->
     return max(rounds, min(MAX_ROUNDS, int(budget_s / max(round_s, 1e-9))))
 
 
+def _keeps(quiet: list[tuple[float, float]], busy: list[tuple[float, float]]) -> float:
+    """Busy speedup over quiet speedup, each a dense median over an engine median of (dense, engine) rounds."""
+
+    def speedup(rounds: list[tuple[float, float]]) -> float:
+        return statistics.median(d for d, _ in rounds) / statistics.median(e for _, e in rounds)
+
+    return speedup(busy) / speedup(quiet)
+
+
 def add_busy_keeps(rows: list[dict]) -> None:
-    """On busy rows: the fraction of the same engine's quiet speedup kept (``busy_keeps``), and the seconds
-    per call that the engine and dense lost to the busy cores (``busy_lost_s``, ``dense_busy_lost_s``; median
-    against median). Why both: beside spinning processes a short call loses a roughly fixed time, not a share
-    of its length, so a fast short call keeps less of its speedup while losing less time than dense."""
+    """On busy rows: the fraction of the same engine's quiet speedup kept (``busy_keeps``) and, where both rows
+    carry their rounds, its 95% bootstrap interval (``busy_keeps_ci95``: the rounds of each condition redrawn,
+    each round's dense and engine times together); and the seconds per call that the engine and dense lost to
+    the busy cores (``busy_lost_s``, ``dense_busy_lost_s``; median against median). Why the lost times too:
+    beside spinning processes a short call loses a roughly fixed time, not a share of its length, so a fast
+    short call keeps less of its speedup while losing less time than dense."""
     quiet = {(r["case"], r["engine"]): r for r in rows if r["condition"] == "quiet"}
     for r in rows:
         q = quiet.get((r["case"], r["engine"]))
@@ -310,6 +325,9 @@ def add_busy_keeps(rows: list[dict]) -> None:
             r["busy_keeps"] = r["speedup_median"] / q["speedup_median"]
             r["busy_lost_s"] = r["median_s"] - q["median_s"]
             r["dense_busy_lost_s"] = r["dense_median_s"] - q["dense_median_s"]
+            if r.get("times_s") and q.get("times_s"):
+                samples = [list(zip(x["dense_times_s"], x["times_s"])) for x in (q, r)]
+                r["busy_keeps_ci95"] = list(bootstrap_interval(_keeps, samples))
 
 
 def run_benchmark(
@@ -375,7 +393,8 @@ def markdown(payload: dict) -> str:
         f"Busy = {payload['spinners']} processes spinning. "
         f"Before = `kernels/cpu.py` at {payload['baseline']['ref']}"
         + ("" if payload["baseline"]["loaded"] else f" (not run: {payload['baseline']['why_not']})")
-        + ". Speedup = dense median / engine median, [min-max of the per-round ratios].",
+        + ". Speedup = dense median / engine median, [min-max of the per-round ratios]. Busy keeps = busy speedup"
+        " / quiet speedup, [its 95% bootstrap interval over the rounds].",
         "",
     ]
     for condition, load in payload["load_average"].items():
@@ -387,11 +406,13 @@ def markdown(payload: dict) -> str:
         lines += ["", f"**WARNING: {warning}**"]
     head = (
         "| condition | case | engine | path | dense median (s) | engine median [min-max] (s) | speedup [rounds] "
-        "| token bound | tile bound | of token | of tile | words | busy keeps | busy lost, dense / engine (ms) |"
+        "| token bound | tile bound | of token | of tile | words | busy keeps [95%] | busy lost, dense / engine (ms) |"
     )
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in payload["rows"]:
         keeps = f"{r['busy_keeps']:.2f}" if "busy_keeps" in r else ""
+        if "busy_keeps_ci95" in r:
+            keeps += " [{:.2f}-{:.2f}]".format(*r["busy_keeps_ci95"])
         lost = f"{r['dense_busy_lost_s'] * 1e3:+.1f} / {r['busy_lost_s'] * 1e3:+.1f}" if "busy_lost_s" in r else ""
         lines.append(
             f"| {r['condition']} | {r['case']} ({_fmt(r['grid'])}, w{_fmt(r['window'])}, s{_fmt(r['stride'])}, "
