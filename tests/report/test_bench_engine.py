@@ -28,6 +28,9 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert row["case"] == "tiny-32x32-s1" and row["engine"] == "after" and row["condition"] == "quiet"
     assert row["path"].startswith("tiled(") and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
     assert row["speedup_median"] > 0 and row["speedup_round_min"] <= row["speedup_round_max"]
+    low, high = row["speedup_median_ci95"]
+    assert row["speedup_round_min"] <= low <= row["speedup_median"] <= high <= row["speedup_round_max"]
+    assert row["achieved_over_tile_bound_ci95"] == pytest.approx([low / row["tile_bound"], high / row["tile_bound"]])
     assert row["rounds"] == len(row["times_s"]) == 3  # --quick: the rounds asked for (3), no more
     ratios = [d / t for d, t in zip(row["dense_times_s"], row["times_s"])]
     assert row["labels"] == labels(row["speedup_median"], Spread.of(ratios), row["tile_bound"])
