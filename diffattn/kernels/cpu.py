@@ -92,8 +92,11 @@ STRIPS_MAX_SHARE = 0.5
 #: (measured 1.5x the time per pair at 16 queries, head dim 64): the strips' cost counts a smaller tile as 32.
 FLASH_Q_BLOCK = 32
 #: Modelled single-thread seconds below which a chunk is not worth a hand-off to a worker (a hand-off
-#: plus the chunk's ~8 op dispatches cost ~0.1 ms).
-MIN_CHUNK_S = 0.5e-3
+#: plus the chunk's 6 op dispatches cost ~0.1 ms). Only small calls reach it: a 32x32 grid's contended call
+#: (B 2, 4 heads of 32, window 8) runs 8 chunks at 0.75 ms rather than 12 at 0.5 ms, and ran 3-19% faster
+#: so beside two spinning processes in each of five runs of 60-250 shuffled rounds (6 chunks: alike, 24-48:
+#: slower); from 64x64 on, the per-thread cap decides.
+MIN_CHUNK_S = 0.75e-3
 #: Chunks per worker at most: enough for a descheduled worker to be covered by the others.
 CHUNKS_PER_WORKER = 8
 #: Modelled single-thread seconds of a call up to which it runs on the caller's own OpenMP threads while the
