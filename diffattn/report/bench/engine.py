@@ -316,8 +316,6 @@ def case_rounds(round_s: float, rounds: int, budget_s: float = CASE_BUDGET_S) ->
     return max(rounds, min(MAX_ROUNDS, int(budget_s / max(round_s, 1e-9))))
 
 
-
-
 def add_busy_keeps(rows: list[dict]) -> None:
     """On busy rows: the fraction of the same engine's quiet speedup kept (``busy_keeps``) and, where both rows
     carry their rounds, its 95% bootstrap interval (``busy_keeps_ci95``: the rounds of each condition redrawn,
