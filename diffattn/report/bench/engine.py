@@ -249,10 +249,11 @@ def case_rows(case: EngineCase, condition: str, times: dict[str, list[float]]) -
             continue
         plan = before_plan if engine == "before" else after_plan
         tile_bound = 1.0 / plan.density()
-        ratios = [d / s for d, s in zip(times["dense"], ts)]  # per round: dense and engine ran back to back
+        paired = list(zip(times["dense"], ts))  # per round: dense and engine ran back to back
+        ratios = [d / s for d, s in paired]
         t = _spread(ts)
-        speedup = dense["median"] / t["median"]
-        low, high = bootstrap_interval(_speedup, [list(zip(times["dense"], ts))])
+        speedup = _speedup(paired)
+        low, high = bootstrap_interval(_speedup, [paired])
         rows.append({
             "case": case.name,
             "engine": engine,
