@@ -102,6 +102,10 @@ CHUNKS_PER_WORKER = 8
 #: Modelled single-thread seconds of a call up to which it runs on the caller's own OpenMP threads while the
 #: machine is quiet (see `Scheduler`).
 INLINE_MAX_S = 0.1
+#: A tiled call whose tiles gather at most this many bytes runs, while contended, as one chunk whose flash op
+#: runs on the caller's OpenMP team (see `Scheduler`). Measured at 32x32 tokens (13 MB); larger calls keep
+#: the chunked workers, which kept 0.85-1.3 of their quiet speedup busy.
+TEAM_MAX_BYTES = 16 * 2**20
 
 
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -586,6 +590,16 @@ class Scheduler:
     2.53x, 4 threads 2.80x; at 64x64, 7.43x, 8.30x, 9.08x. On a quiet machine 4 threads are slower than 2
     (64x64: 6.06x against 7.85x), hence only while contended.
 
+    A small contended call (`TEAM_MAX_BYTES`; the tiled path offers it as ``team``) runs instead as one chunk
+    whose gathers and scatters run on the caller's thread alone and whose flash op runs on the caller's
+    OpenMP team. Why: an OpenMP op just before (a linear layer, dense SDPA) leaves its team's other thread
+    spinning for ~10 ms, taking a share of the cores from the workers; one OpenMP region right after puts that
+    thread to work, while the workers, having run in the last call, woke ~4 ms late. Measured at 32x32 (B 2,
+    4 heads of 32, window 8) beside two spinning processes, in `bench_engine`'s 32x32 case with its `before`
+    rounds: median 9.3-10.5 ms against 12.5-14.0 ms on the workers (three runs of 80-100 rounds). Only one
+    region: with the flash op of two or four chunks on the team, a call took 16 and 32 ms, every further
+    region risking a stall of a scheduler tick (4 ms here) while its other thread is descheduled.
+
     The caller's CPU share of a call's wall time tells quiet from busy: 1.00 inline on a quiet machine,
     0.42-0.63 beside two spinning processes (measured); a workers call measures it too (quiet, the caller
     takes chunks until the last). A share below ``contended_share`` on ``strikes`` measured calls in a row
@@ -638,15 +652,21 @@ class Scheduler:
             self._contended_until = time.monotonic() + self._hold
             self._hold = min(2 * self._hold, self.max_hold_s)
 
-    def run(self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False) -> None:
+    def run(
+        self, fn: Callable[[int], None], cost_s: float, threads: int, forced: bool = False,
+        team: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         """``fn(threads)`` with the threads chosen for ``cost_s`` (``forced``: exactly ``threads``), measuring
-        the calls that run in a quiet mode."""
+        the calls that run in a quiet mode; while contended, ``team()`` instead where the call offers one."""
         if forced or threads <= 1:
             fn(threads)
             return
         mode = self.mode(cost_s, threads)
         if mode == "contended":
-            fn(threads * self.oversubscribe)
+            if team is not None:
+                team()
+            else:
+                fn(threads * self.oversubscribe)
             return
         wall, cpu = time.perf_counter(), time.thread_time()
         fn(1 if mode == "inline" else threads)
@@ -800,25 +820,33 @@ def _tiled(
     (qf, kf, vf), out_rows, lse_rows = _rows(q, k, v)
     reuse = not _inline(q, k, v)  # out= gathers cannot record autograd
 
-    def run(chosen: int) -> None:
-        pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
-        chunks = CHUNKS.get(cp, b, s, pieces)
+    def chunk(c: TiledChunk, team: bool = False) -> None:
+        """Gather, attend, scatter one chunk; ``team``: the gathers and scatters on one intra-op thread and
+        the flash op on the caller's OpenMP team (see `Scheduler`)."""
+        def movement() -> contextlib.AbstractContextManager:
+            return _one_intraop_thread() if team else contextlib.nullcontext()
 
-        def chunk(i: int, _: int) -> None:
-            c = chunks[i]
-            # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] strided views: batch = (batch, tile), b-major
+        with movement():  # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] views: batch = (batch, tile), b-major
             qt = _gather(qf, c.q_index, 0, reuse).view(b * c.tiles, tq, h, d).transpose(1, 2)
             kt = _gather(kf, c.kv_index, 1, reuse).view(b * c.tiles, r, h, d).transpose(1, 2)
             vt = _gather(vf, c.kv_index, 2, reuse).view(b * c.tiles, r, h, d).transpose(1, 2)
-            o, l = sdpa_with_lse(qt, kt, vt, c.mask, scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
-            # the flash op lays its outputs out as its q ([B*t, Tq, H, D] and [B*t, Tq, H]): these are views
+        o, l = sdpa_with_lse(qt, kt, vt, c.mask, scale)  # [B*t, H, Tq, D], [B*t, H, Tq]
+        with movement():  # the flash op lays its outputs out as its q ([B*t, Tq, H, D], [B*t, Tq, H]): views
             out_rows.index_copy_(0, c.dest, o.transpose(1, 2).reshape(b * c.tiles * tq, h * d))
             lse_rows.index_copy_(0, c.dest, l.transpose(1, 2).reshape(b * c.tiles * tq, h))
 
-        run_parallel(chunk, [(i, i + 1) for i in range(len(chunks))], chosen)
+    def run(chosen: int) -> None:
+        pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
+        chunks = CHUNKS.get(cp, b, s, pieces)
+        run_parallel(lambda i, _: chunk(chunks[i]), [(i, i + 1) for i in range(len(chunks))], chosen)
+
+    def on_team() -> None:
+        (whole,) = CHUNKS.get(cp, b, s, 1)
+        chunk(whole, team=True)
 
     per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
-    SCHEDULER.run(run, cp.cost * b * h, threads, forced)
+    small = per_tile_bytes * cp.num_tiles <= TEAM_MAX_BYTES
+    SCHEDULER.run(run, cp.cost * b * h, threads, forced, team=on_team if small and reuse else None)
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
 

@@ -469,6 +469,44 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_more_workers(m
     sched.run(ran.append, large, 2)
     sched.run(ran.append, small, 2, forced=True)
     assert ran == [2, 2, 1, 4, 4, 2]  # contended: twice the threads, except when forced
+    teamed: list[str] = []
+    sched.run(ran.append, small, 2, team=lambda: teamed.append("team"))  # contended, and the call offers one
+    sched.run(ran.append, small, 2, forced=True, team=lambda: teamed.append("forced"))
+    assert ran[-1:] == [2] and teamed == ["team"]
+    quiet = cpu.Scheduler(strikes=2)
+    quiet.run(ran.append, small, 2, team=lambda: teamed.append("quiet"))
+    assert ran[-1] == 1 and teamed == ["team"]  # quiet: inline, the team path is for contended calls only
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["team", "workers"])
+def test_a_small_contended_call_runs_its_flash_op_on_the_callers_team(monkeypatch, small):
+    """While contended, a tiled call of at most `TEAM_MAX_BYTES` runs as one chunk whose flash op runs on the
+    caller's OpenMP threads (its gathers on one), larger ones in chunks on the workers: the same bits."""
+    grid = (20, 23)
+    plan = gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8))
+    q, k, v = _qkv(3, 460, 2, 16)
+    expected = _with_threads(1, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled"))
+    sched = cpu.Scheduler()
+    sched._contended_until = float("inf")  # as after two measured calls that lost the cores
+    monkeypatch.setattr(cpu, "SCHEDULER", sched)
+    monkeypatch.setattr(cpu, "TEAM_MAX_BYTES", 2**30 if small else 0)
+    monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # the workers' way: many chunks
+    flash_threads: list[int] = []
+    flash = cpu.sdpa_with_lse
+
+    def spy(*args, **kwargs):
+        flash_threads.append(torch.get_num_threads())
+        return flash(*args, **kwargs)
+
+    monkeypatch.setattr(cpu, "sdpa_with_lse", spy)
+    got = _with_threads(2, lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled"))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    if small:
+        assert flash_threads == [2]  # one flash call, on the caller's two threads
+    else:
+        assert len(flash_threads) > 1
+        if cpu._omp_set_num_threads() is not None:
+            assert set(flash_threads) == {1}
 
 
 def test_the_caller_takes_chunks_beside_the_workers_on_one_intraop_thread():
