@@ -102,10 +102,11 @@ CHUNKS_PER_WORKER = 8
 #: Modelled single-thread seconds of a call up to which it runs on the caller's own OpenMP threads while the
 #: machine is quiet (see `Scheduler`).
 INLINE_MAX_S = 0.1
-#: A tiled call whose tiles gather at most this many bytes runs, while contended, as one chunk whose flash op
-#: runs on the caller's OpenMP team (see `Scheduler`). Measured at 32x32 tokens (13 MB); larger calls keep
-#: the chunked workers, which kept 0.85-1.3 of their quiet speedup busy.
-TEAM_MAX_BYTES = 16 * 2**20
+#: Modelled single-thread seconds of a tiled call up to which it runs, while contended, as one chunk whose flash
+#: op runs on the caller's OpenMP team (see `Scheduler`). Busy, B 2, 4 heads of 32, window 8: a 32x32 grid
+#: (6.5 ms modelled) took 9.3-10.5 ms so against 12.5-14.0 ms on the workers, but a 64x64 blocked one (9.5 ms)
+#: 20.2 ms against 14.7-16.6 ms; larger calls keep the workers, which kept 0.85-1.3 of their quiet speedup.
+TEAM_MAX_S = 8e-3
 
 
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -590,7 +591,7 @@ class Scheduler:
     2.53x, 4 threads 2.80x; at 64x64, 7.43x, 8.30x, 9.08x. On a quiet machine 4 threads are slower than 2
     (64x64: 6.06x against 7.85x), hence only while contended.
 
-    A small contended call (`TEAM_MAX_BYTES`; the tiled path offers it as ``team``) runs instead as one chunk
+    A small contended call (`TEAM_MAX_S`; the tiled path offers it as ``team``) runs instead as one chunk
     whose gathers and scatters run on the caller's thread alone and whose flash op runs on the caller's
     OpenMP team. Why: an OpenMP op just before (a linear layer, dense SDPA) leaves its team's other thread
     spinning for ~10 ms, taking a share of the cores from the workers; one OpenMP region right after puts that
@@ -598,7 +599,9 @@ class Scheduler:
     4 heads of 32, window 8) beside two spinning processes, in `bench_engine`'s 32x32 case with its `before`
     rounds: median 9.3-10.5 ms against 12.5-14.0 ms on the workers (three runs of 80-100 rounds). Only one
     region: with the flash op of two or four chunks on the team, a call took 16 and 32 ms, every further
-    region risking a stall of a scheduler tick (4 ms here) while its other thread is descheduled.
+    region risking a stall of a scheduler tick (4 ms here) while its other thread is descheduled. And only
+    small calls: a 64x64 blocked call (9.5 ms modelled, against 6.5) took 20.2 ms so, against 14.7-16.6 ms on
+    the workers in earlier runs.
 
     The caller's CPU share of a call's wall time tells quiet from busy: 1.00 inline on a quiet machine,
     0.42-0.63 beside two spinning processes (measured); a workers call measures it too (quiet, the caller
@@ -845,7 +848,7 @@ def _tiled(
         chunk(whole, team=True)
 
     per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
-    small = per_tile_bytes * cp.num_tiles <= TEAM_MAX_BYTES
+    small = cp.cost * b * h <= TEAM_MAX_S
     SCHEDULER.run(run, cp.cost * b * h, threads, forced, team=on_team if small and reuse else None)
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 

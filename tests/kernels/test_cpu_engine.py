@@ -480,7 +480,7 @@ def test_scheduler_runs_quiet_calls_inline_and_contended_calls_on_more_workers(m
 
 @pytest.mark.parametrize("small", [True, False], ids=["team", "workers"])
 def test_a_small_contended_call_runs_its_flash_op_on_the_callers_team(monkeypatch, small):
-    """While contended, a tiled call of at most `TEAM_MAX_BYTES` runs as one chunk whose flash op runs on the
+    """While contended, a tiled call modelled at most `TEAM_MAX_S` runs as one chunk whose flash op runs on the
     caller's OpenMP threads (its gathers on one), larger ones in chunks on the workers: the same bits."""
     grid = (20, 23)
     plan = gna_plan(grid, (5, 7), (1, 2), (1, 1), (4, 8))
@@ -489,7 +489,7 @@ def test_a_small_contended_call_runs_its_flash_op_on_the_callers_team(monkeypatc
     sched = cpu.Scheduler()
     sched._contended_until = float("inf")  # as after two measured calls that lost the cores
     monkeypatch.setattr(cpu, "SCHEDULER", sched)
-    monkeypatch.setattr(cpu, "TEAM_MAX_BYTES", 2**30 if small else 0)
+    monkeypatch.setattr(cpu, "TEAM_MAX_S", 1.0 if small else 0.0)
     monkeypatch.setattr(cpu, "MIN_CHUNK_S", 1e-9)  # the workers' way: many chunks
     flash_threads: list[int] = []
     flash = cpu.sdpa_with_lse
