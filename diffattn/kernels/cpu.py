@@ -826,9 +826,7 @@ def _tiled(
     def chunk(c: TiledChunk, team: bool = False) -> None:
         """Gather, attend, scatter one chunk; ``team``: the gathers and scatters on one intra-op thread and
         the flash op on the caller's OpenMP team (see `Scheduler`)."""
-        def movement() -> contextlib.AbstractContextManager:
-            return _one_intraop_thread() if team else contextlib.nullcontext()
-
+        movement = _one_intraop_thread if team else contextlib.nullcontext
         with movement():  # [B * t * L, H*D] gathered rows -> [B*t, H, L, D] views: batch = (batch, tile), b-major
             qt = _gather(qf, c.q_index, 0, reuse).view(b * c.tiles, tq, h, d).transpose(1, 2)
             kt = _gather(kf, c.kv_index, 1, reuse).view(b * c.tiles, r, h, d).transpose(1, 2)
@@ -839,7 +837,7 @@ def _tiled(
             lse_rows.index_copy_(0, c.dest, l.transpose(1, 2).reshape(b * c.tiles * tq, h))
 
     def run(chosen: int) -> None:
-        pieces = num_chunks(cp.cost * b * h, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
+        pieces = num_chunks(cost, per_tile_bytes * cp.num_tiles, cp.num_tiles, chosen)
         chunks = CHUNKS.get(cp, b, s, pieces)
         run_parallel(lambda i, _: chunk(chunks[i]), [(i, i + 1) for i in range(len(chunks))], chosen)
 
@@ -847,9 +845,9 @@ def _tiled(
         (whole,) = CHUNKS.get(cp, b, s, 1)
         chunk(whole, team=True)
 
+    cost = cp.cost * b * h
     per_tile_bytes = b * h * d * (2 * r + 2 * tq) * q.element_size()
-    small = cp.cost * b * h <= TEAM_MAX_S
-    SCHEDULER.run(run, cp.cost * b * h, threads, forced, team=on_team if small and reuse else None)
+    SCHEDULER.run(run, cost, threads, forced, team=on_team if cost <= TEAM_MAX_S and reuse else None)
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
 
