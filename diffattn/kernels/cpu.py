@@ -1,8 +1,9 @@
-"""Fast CPU block-sparse attention: per plan, tiles of gathered keys or one masked SDPA call, run on
-worker threads that each use one intra-op thread.
+"""Fast CPU block-sparse attention: per plan, tiles of gathered keys, each query's own keys read in place, or one
+masked SDPA call, on the caller's OpenMP threads or on worker threads that each use one intra-op thread.
 
-Three exact paths: tiled or masked-sdpa chosen once per plan by `CpuCostModel` (`prepare`), and a tiled
-plan run as strips where a call's keys are large:
+Four exact paths: tiled or masked-sdpa chosen once per plan by `CpuCostModel` (`prepare`); per call
+(`prepare_call`), a tiled plan run as strips where a call's keys are large, and any plan whose keys are runs
+of consecutive tokens run direct where that is modelled cheaper at the call's head dim:
   - **tiled**: each chunk of tiles gathers its query and key rows (``index_select`` of ``[B, S, H*D]`` rows:
     as fast as from a token-major copy, and 5x faster than gathering a ``[S, B, H, D]`` view: 1.3 vs 7.9 ms
     for a 64x64 grid's keys, measured), runs *one* CPU flash call with batch = (batch item, tile) and the
@@ -20,6 +21,11 @@ plan run as strips where a call's keys are large:
   - **masked-sdpa**: one flash call over the whole sequence with the plan's ``[N, N]`` additive mask:
     no gathers, but N^2 work, so only for small grids (the model compares both costs), and with no mask
     at all (``dense-sdpa``) for a plan of every query over every key (a window covering the grid).
+  - **direct** (`diffattn.kernels.cpu_direct`): a compiled kernel computes exactly each query's (query, key)
+    pairs, no tile around them: at 32x32 tokens and window 8 (B 12, 4 heads of 32, fp32, 2 threads) 11.8 ms
+    against 26.2 ms tiled and 48.9 ms dense SDPA; it loses where windows are wide and heads large (128x128
+    window 32, 8 heads of 64: 902 ms against 556 ms as strips), where the flash op's matrix products pay.
+    fp32 inference only; built at first use, and left out (with a warning) where it cannot be built.
 None materializes more than a chunk of gathered tiles (strips: of strip rows) or, for masked-sdpa, one
 ``N x N`` mask (at most `MASKED_SDPA_MAX_TOKENS` tokens); all return the same result to fp tolerance.
 
@@ -65,6 +71,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import cpu_direct
 from .paths import note_path
 from .plan import AxisTiling, BlockPlan, check_bool_mask
 from .strips import StripLayout, strip_key_slots, strip_layout
@@ -153,6 +160,9 @@ class CpuCostModel:
     query_s: float = 41e-9
     tile_s: float = 0.30e-6
     token_s: float = 32e-9
+    direct_query_s: float = 240e-9
+    direct_chunk_s: float = 12.4e-9
+    direct_key_s: float = 2.7e-9
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -171,6 +181,16 @@ class CpuCostModel:
         flash = max(q_len, FLASH_Q_BLOCK) * kv_len * self.pair_s
         per_tile = self.tile_s + flash + q_len * self.query_s
         return tiles * per_tile + strip_slots * self.key_s + num_tokens * self.token_s
+
+    def direct(self, num_tokens: int, chunks: int, keys: int, head_dim: int = 32) -> float:
+        """The direct path (`diffattn.kernels.cpu_direct`): per query a fixed cost, ``chunks`` 16-lane score
+        vectors and ``keys`` (query, key) pairs, these two in proportion to the head dim. Fitted (relative error;
+        up to 22%, median 8%) to its single-thread time with the key transposition, B 2, 4 heads of 32, fp32, on
+        2-D grids of 32-128 per side and windows 3-24. Unlike the flash op's, its cost grows with the head dim
+        (no matrix product to amortise it): 128x128 tokens, window 32, 8 heads of 64 ran in 902 ms direct
+        against 556 ms as strips, so the path choice (`prepare_call`) asks with the call's head dim."""
+        per_dim = (chunks * self.direct_chunk_s + keys * self.direct_key_s) * head_dim / 32
+        return num_tokens * (self.direct_query_s + per_dim)
 
     def masked_sdpa(self, num_tokens: int) -> float:
         """One masked flash call over all ``num_tokens`` queries and keys."""
@@ -198,7 +218,7 @@ def tiling_cost(axes: Sequence[AxisTiling], item_bytes: int = 0) -> float:
 
 # --- prepared plans -----------------------------------------------------------------------------------------
 
-PATHS = ("tiled", "strips", "masked-sdpa")
+PATHS = ("tiled", "strips", "masked-sdpa", "direct")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -210,6 +230,9 @@ class CpuPlan:
     masked); dest ``[T * Tq]``: output token of each query slot (padding -> N: the kernel's scratch row).
     strips: the path's `StripLayout` (tiles in strip order; its ``strip_tokens`` replace kv_rows), else None.
     strip_share: tiled: the key slots strips would gather over those the tiles gather (None: no strips).
+    runs: direct: ``[N, R]`` int32, the first token of each of a query's R runs of ``run_len`` keys along the
+    grid's last axis of ``row_len`` tokens (`cpu_direct.key_runs`); num_tiles N, q_len 1, kv_len R * run_len.
+    None (and cost inf) for a plan the direct path cannot run.
     masks: tiled and strips: additive ``[G, 1, Tq, R]``, one per group of like tiles, with ``tile_group [T]``
     the group of each tile (None: every tile full); masked-sdpa: ``[1, 1, N, N]`` (None: plain dense).
     dead: tokens whose queries attend no key (out 0, lse -inf), or None.
@@ -231,10 +254,13 @@ class CpuPlan:
     cost: float
     strips: StripLayout | None = None
     strip_share: float | None = None
+    runs: Tensor | None = None
+    run_len: int = 0
+    row_len: int = 0
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.q_rows, self.kv_rows, self.dest, self.masks, self.tile_group, self.dead)
+        tensors = (self.q_rows, self.kv_rows, self.dest, self.masks, self.tile_group, self.dead, self.runs)
         if self.strips is not None:
             tensors += (self.strips.strip_tokens, self.strips.tile_start)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -274,8 +300,8 @@ def _all_pairs(plan: BlockPlan) -> bool:
 
 def choose_path(plan: BlockPlan) -> str:
     """``"masked-sdpa"`` where one masked call is modelled cheaper than the tiles (small grids) or the plan is
-    dense (then with no mask, at any size), else ``"tiled"`` (which a call may still run as strips: see
-    `block_sparse_attention_cpu`)."""
+    dense (then with no mask, at any size), else ``"tiled"`` (which a call may still run as strips or direct:
+    see `prepare_call`)."""
     n = plan.num_tokens
     if _all_pairs(plan):
         return "masked-sdpa"
@@ -349,7 +375,24 @@ def _prepare_strips(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
     )  # fmt: skip
 
 
-_PREPARE = {"tiled": _prepare_tiled, "strips": _prepare_strips, "masked-sdpa": _prepare_masked}
+def _prepare_direct(plan: BlockPlan, dtype: torch.dtype) -> CpuPlan:
+    n = plan.num_tokens
+    found = cpu_direct.key_runs(plan) if dtype == torch.float32 else None
+    empty = torch.zeros(0, dtype=torch.long)
+    if found is None:  # kept (cached) so that the path choice asks once per plan
+        return CpuPlan("direct", "direct", n, n, 1, 0, empty, empty, empty, None, None, None, math.inf)
+    runs, run_len = found
+    r = runs.shape[1]
+    return CpuPlan(
+        "direct", f"direct({r}x{run_len})", n, n, 1, r * run_len, empty, empty, empty, None, None, None,
+        COST.direct(n, cpu_direct.score_vectors(r, run_len), r * run_len), runs=runs, run_len=run_len,
+        row_len=plan.grid[-1],
+    )  # fmt: skip
+
+
+_PREPARE = {
+    "tiled": _prepare_tiled, "strips": _prepare_strips, "masked-sdpa": _prepare_masked, "direct": _prepare_direct,
+}
 
 
 class _LruCache:
@@ -419,7 +462,17 @@ def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> Cpu
             f"path='masked-sdpa' needs a grid of at most {MASKED_SDPA_MAX_TOKENS} tokens; "
             f"the grid {plan.grid} has {plan.num_tokens}"
         )
-    return PLANS.get(plan, dtype, path)
+    cp = PLANS.get(plan, dtype, path)
+    if path == "direct" and dtype != torch.float32:
+        raise ValueError(f"path='direct' runs fp32 only, got {dtype}")
+    if path == "direct" and cp.runs is None:
+        raise ValueError(
+            "path='direct' needs every query's keys as runs of consecutive tokens along the last axis, as many "
+            f"for every query (no dilation there); this plan on grid {plan.grid} has others"
+        )
+    if path == "direct" and cpu_direct.library() is None:
+        raise ValueError("path='direct' needs the CPU direct kernel, which could not be built here (see the warning)")
+    return cp
 
 
 # --- worker threads -----------------------------------------------------------------------------------------
@@ -902,6 +955,28 @@ def _stripped(
     return out_rows[: b * s].view(b, s, h, d), lse_rows[: b * s].view(b, s, h)
 
 
+def _direct(
+    q: Tensor, k: Tensor, v: Tensor, cp: CpuPlan, scale: float | None, threads: int, forced: bool
+) -> tuple[Tensor, Tensor]:
+    """The direct path: one kernel call over every query on the caller's OpenMP threads, or ranges of queries
+    taken by the workers (one intra-op thread each), as `Scheduler` chooses."""
+    b, s, h, _ = q.shape
+    assert cp.runs is not None
+    result: list[tuple[Tensor, Tensor]] = []
+
+    def run(chosen: int) -> None:
+        ranges = split(s, num_chunks(cost, 0, s, chosen)) if chosen > 1 else None
+
+        def on_workers(fn: Callable[[int, int], None], todo: list[tuple[int, int]]) -> None:
+            run_parallel(fn, todo, chosen)
+
+        result.append(cpu_direct.attend(q, k, v, cp.runs, cp.run_len, cp.row_len, scale, ranges, on_workers))
+
+    cost = cp.cost * b * h
+    SCHEDULER.run(run, cost, threads, forced, team=(lambda: run(1)) if cost <= TEAM_MAX_S else None)
+    return result[0]
+
+
 def sdpa_rows(
     q: Tensor,
     k: Tensor,
@@ -934,12 +1009,25 @@ def sdpa_rows(
     return out, lse
 
 
-def prepare_call(plan: BlockPlan, q: Tensor, path: str | None = None) -> CpuPlan:
+def prepare_call(plan: BlockPlan, q: Tensor, path: str | None = None, inline: bool = False) -> CpuPlan:
     """The `CpuPlan` a call of ``plan`` with queries ``q [B, S, H, D]`` runs (``path`` forces one): `prepare`'s,
-    or its strips where they pay for keys of q's size (`_strips_pay`)."""
+    or its strips where they pay for keys of q's size (`_strips_pay`), or the direct path where it is modelled
+    cheaper at q's head dim (fp32, its kernel built, and not ``inline``: while autograd records or torch.compile
+    traces, as the direct kernel has neither a backward nor a fake kernel)."""
+    if path == "direct" and inline:
+        raise ValueError("path='direct' runs inference only: not while autograd records or torch.compile traces")
     cp = prepare(plan, q.dtype, path)
-    if path is None and cp.strip_share is not None and _strips_pay(cp.strip_share, batch_item_bytes(q)):
+    if path is not None:
+        return cp
+    if cp.strip_share is not None and _strips_pay(cp.strip_share, batch_item_bytes(q)):
         cp = prepare(plan, q.dtype, "strips")
+    if q.dtype == torch.float32 and not inline and not _all_pairs(plan):
+        direct = PLANS.get(plan, q.dtype, "direct")
+        if direct.runs is not None:
+            cost = COST.direct(direct.num_tokens, cpu_direct.score_vectors(direct.runs.shape[1], direct.run_len),
+                               direct.kv_len, q.shape[-1])
+            if cost < cp.cost and cpu_direct.library() is not None:
+                cp = direct
     return cp
 
 
@@ -986,7 +1074,7 @@ def block_sparse_attention_cpu(
     b, s, h, d = q.shape
     if s != plan.num_tokens:
         raise ValueError(f"sequence length {s} does not match the plan's grid {plan.grid} ({plan.num_tokens})")
-    cp = prepare_call(plan, q, path)
+    cp = prepare_call(plan, q, path, _inline(q, k, v))
     note_path(cp.label)
     if b * h == 0:  # no (batch, head): nothing to attend
         return q.new_empty(b, s, h, d), torch.empty(b, s, h, dtype=torch.float32)
@@ -998,6 +1086,8 @@ def block_sparse_attention_cpu(
         out, lse = sdpa_rows(q, k, v, cp.masks, scale, threads, cp.cost * b * h, forced)
     elif cp.path == "strips":
         out, lse = _stripped(q, k, v, cp, scale, threads, forced)
+    elif cp.path == "direct":
+        out, lse = _direct(q, k, v, cp, scale, threads, forced)
     else:
         out, lse = _tiled(q, k, v, cp, scale, threads, forced)
     if cp.dead is not None:  # the flash op gives lse 0 (not -inf) to a query with no key

@@ -41,6 +41,15 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 CPU = get_backend("cpu")
 
 
+@pytest.fixture
+def no_direct(monkeypatch):
+    """The CPU backend as on a machine where the direct kernel cannot be built: tests of the tiled and strips
+    choices run on plans the direct path would otherwise take."""
+    from diffattn.kernels import cpu_direct
+
+    monkeypatch.setattr(cpu_direct, "library", lambda: None)
+
+
 def _qkv(b: int, n: int, h: int, d: int, dtype: torch.dtype = torch.float32, seed: int = 0):
     return tuple(randn(b, n, h, d, seed=seed + i).to(dtype) for i in range(3))
 
@@ -93,7 +102,7 @@ SWITCH_CASES = _switch_cases()
 
 def test_the_cost_model_switches_path_as_grids_grow():
     """Small grids take one masked SDPA call, larger ones the tiles: the switch points exist (and the
-    identity test below runs on both sides of each)."""
+    identity test below runs on both sides of each; `test_cpu_direct` covers the switch to the direct path)."""
     assert len(SWITCH_CASES) >= 8, SWITCH_CASES
     paths = set()
     for grid, window, stride in SWITCH_CASES:
@@ -135,7 +144,7 @@ def test_masked_sdpa_path_is_refused_on_large_grids():
     plan = gna_plan((64, 64), (3, 3), (1, 1), (1, 1))
     with pytest.raises(ValueError, match=r"at most 2048 tokens; the grid \(64, 64\) has 4096"):
         cpu.prepare(plan, torch.float32, "masked-sdpa")
-    with pytest.raises(ValueError, match=r"path='fast' is not one of \('tiled', 'strips', 'masked-sdpa'\)"):
+    with pytest.raises(ValueError, match=r"path='fast' is not one of \('tiled', 'strips', 'masked-sdpa', 'direct'"):
         cpu.prepare(plan, torch.float32, "fast")
 
 
@@ -196,7 +205,7 @@ def test_strips_need_consecutive_keys():
         cpu.prepare(plan, torch.float32, "strips")
 
 
-def test_large_keys_run_as_strips_and_small_ones_as_tiles(monkeypatch):
+def test_large_keys_run_as_strips_and_small_ones_as_tiles(monkeypatch, no_direct):
     """A call runs as strips when one batch item's keys pass `STRIPS_MIN_BYTES` and the strips gather at most
     `STRIPS_MAX_SHARE` of the tiles' key slots; else tiled."""
     plan = gna_plan((64, 64), (8, 8), (1, 1), (1, 1), (4, 8))
@@ -253,7 +262,7 @@ def _tiling(plan):
     return plan.num_tiles, plan.q_index.shape[1], plan.kv_index.shape[1], plan.num_tokens
 
 
-def test_calls_that_run_as_strips_get_the_tile_cheapest_as_strips(monkeypatch):
+def test_calls_that_run_as_strips_get_the_tile_cheapest_as_strips(monkeypatch, no_direct):
     """Where a call's keys are large enough for strips, the tile is chosen by the strips' cost (their gathers do
     not grow with the tile count), and the call runs as strips with that tile."""
     grid, window, stride, dilation = (36, 44), (12, 12), (1, 1), (1, 1)  # a grid no other test caches
@@ -277,7 +286,7 @@ def test_calls_that_run_as_strips_get_the_tile_cheapest_as_strips(monkeypatch):
     assert a == pytest.approx(cpu.COST.strips(1, cpu.FLASH_Q_BLOCK, 100, 0, 0) - cpu.FLASH_Q_BLOCK * cpu.COST.query_s)
 
 
-def test_gna_runs_the_plan_tiled_for_its_backend():
+def test_gna_runs_the_plan_tiled_for_its_backend(no_direct):
     grid = (24, 24)
     q, k, v = _qkv(1, 576, 2, 8)
     with record_paths() as seen:
@@ -570,12 +579,14 @@ def test_a_query_with_no_key_gets_zero_and_minus_inf():
     axis = AxisTiling.from_lists(6, [([0, 1, 2], [0, 1, 2, 3], rows), ([3, 4, 5], [2, 3, 4, 5], None)])
     plan = BlockPlan.from_axes((axis,))
     q, k, v = _qkv(2, 6, 2, 8)
-    for path in cpu.PATHS:
+    for path in ("tiled", "strips", "masked-sdpa"):
         out, lse = cpu.block_sparse_attention_cpu(q, k, v, plan, path=path)
         ref, ref_lse = reference_attention(q, k, v, plan.dense_mask())
         assert torch.isneginf(lse[:, 1]).all() and (out[:, 1] == 0).all(), path
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"path='direct' needs every query's keys as runs"):
+        cpu.block_sparse_attention_cpu(q, k, v, plan, path="direct")
 
 
 # --- issue 23 section 4: no silent wrong result ----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """``handle.summary()`` says which kernel path each module's sparse calls took (cpu: tiled with its query tile,
-or one masked SDPA call on small grids), from the per-module `CallStats.paths`."""
+direct with its runs of keys, or one masked SDPA call on small grids), from the per-module `CallStats.paths`."""
 
 from __future__ import annotations
+
+import torch
 
 import diffattn
 from diffattn.kernels import cpu, get_backend
@@ -22,15 +24,17 @@ def test_summary_shows_the_kernel_path_of_each_module(sd):
     for name, s in ran.items():
         assert sum(s.paths.values()) == s.sparse, s.paths  # one path per sparse call
         (path,) = s.paths  # one grid per module, so one path
-        assert path == "masked-sdpa" or path.startswith("tiled("), path
+        assert path == "masked-sdpa" or path.startswith(("tiled(", "direct(")), path
         row = next(r for r in rows if r[0] == name)
         assert row[-1] == path, table
-    # the path shown is the one the cost model picks for that grid
-    grids = {s.grid for s in ran.values()}
-    for grid in grids:
-        plan = GNA(GNAConfig(window=3)).plan(grid, get_backend("cpu"))
-        want = cpu.prepare(plan, next(pipe.unet.parameters()).dtype).label
-        assert all(next(iter(s.paths)) == want for s in ran.values() if s.grid == grid), (grid, want)
+    # the path shown is the one the cost model picks for that module's calls (grid, heads, head dim, dtype)
+    modules = {"unet." + n: m for n, m in pipe.unet.named_modules()}
+    for name, s in ran.items():
+        heads = modules[name].heads
+        q = torch.empty(1, s.grid[0] * s.grid[1], heads, modules[name].to_q.out_features // heads,
+                        dtype=next(pipe.unet.parameters()).dtype)
+        plan = GNA(GNAConfig(window=3)).plan(s.grid, get_backend("cpu"), cpu.batch_item_bytes(q))
+        assert next(iter(s.paths)) == cpu.prepare_call(plan, q).label, name
 
 
 def test_summary_path_is_a_dash_before_any_call(sd):

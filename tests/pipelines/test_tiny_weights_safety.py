@@ -93,7 +93,7 @@ def _absolute(text: str) -> bool:
 def test_no_packaged_file_holds_an_absolute_path():
     """Every package-data file (JSON configs, tokenizer files, safetensors headers): no string is an absolute path
     (the shipped configs once carried the training machine's ``_name_or_path``)."""
-    data_files = sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc"))
+    data_files = sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".cpp"))
     assert any(p.suffix == ".json" for p in data_files) and any(p.suffix == ".safetensors" for p in data_files)
     found = []
     for p in data_files:

@@ -24,9 +24,10 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0, err[-2000:]
     data = json.loads((tmp_path / "engine.json").read_text())
-    (row,) = data["rows"]
+    row, tiled = data["rows"]  # the case runs direct, and the same plan forced tiled beside it
     assert row["case"] == "tiny-32x32-s1" and row["engine"] == "after" and row["condition"] == "quiet"
-    assert row["path"].startswith("tiled(") and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
+    assert row["path"] == "direct(8x8)" and row["token_bound"] == 16.0 and row["tile_bound"] > 2.56
+    assert tiled["engine"] == "after-tiled" and tiled["path"].startswith("tiled(")
     assert row["speedup_median"] > 0 and row["speedup_round_min"] <= row["speedup_round_max"]
     low, high = row["speedup_median_ci95"]
     assert row["speedup_round_min"] <= low <= row["speedup_median"] <= high <= row["speedup_round_max"]
@@ -35,7 +36,7 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     ratios = [d / t for d, t in zip(row["dense_times_s"], row["times_s"])]
     assert row["labels"] == labels(row["speedup_median"], Spread.of(ratios), row["tile_bound"])
     assert len(data["load_average"]["quiet"]["before"]) == 3 and data["baseline"]["loaded"] is False
-    assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 1
+    assert "Targets" in stdout and (tmp_path / "engine.md").read_text().count("\n| quiet |") == 2
     # the busy columns, on the same row timed again busy: 3x slower engine, 2x slower dense
     busy = dict(row, condition="busy", median_s=3 * row["median_s"], dense_median_s=2 * row["dense_median_s"])
     busy["times_s"] = [3 * t for t in row["times_s"]]
@@ -50,8 +51,13 @@ def test_bench_engine_smoke(tmp_path: Path) -> None:
     assert line.endswith(f"| {2 / 3:.2f} [{low:.2f}-{high:.2f}] | {lost}"), line
 
 
-def test_a_case_run_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
+def test_a_case_run_direct_or_as_strips_is_timed_tiled_beside_it(monkeypatch) -> None:
     (case,) = [c for c in engine.build_cases(True) if c.name == "tiny-64x64-s1"]
+    fns = engine.engines(case, None, False)
+    assert list(fns) == ["dense", "after", "after-tiled"]
+    rows = engine.case_rows(case, "quiet", {name: [1.0] for name in fns})
+    assert [(r["engine"], r["path"]) for r in rows] == [("after", "direct(8x8)"), ("after-tiled", "tiled(4x8)")]
+    monkeypatch.setattr(engine.cpu.cpu_direct, "library", lambda: None)  # a machine without the direct kernel
     assert "after-tiled" not in engine.engines(case, None, False)  # 2 MB of keys per batch item: tiled
     monkeypatch.setattr(engine.cpu, "STRIPS_MIN_BYTES", 0)
     fns = engine.engines(case, None, False)

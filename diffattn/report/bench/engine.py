@@ -185,7 +185,7 @@ def _with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
 
 def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: bool) -> dict[str, Callable]:
     """The functions timed for ``case``: dense, after, before (with a baseline), the threads study and, where
-    the engine runs the case as strips, the same plan forced tiled (``after-tiled``)."""
+    the engine runs the case as strips or direct, the same plan forced tiled (``after-tiled``)."""
     q, k, v = _qkv(case)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     fns: dict[str, Callable[[], object]] = {
@@ -201,7 +201,7 @@ def engines(case: EngineCase, baseline: types.ModuleType | None, threads_study: 
 
         fns["before"] = before
     plan = _after_plan(case, q)
-    if cpu.prepare_call(plan, q).path == "strips":  # what the strips win over the tiles, side by side
+    if cpu.prepare_call(plan, q).path in ("strips", "direct"):  # what they win over the tiles, side by side
         fns["after-tiled"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, path="tiled")
     if threads_study:
         fns["after-omp"] = lambda: cpu.block_sparse_attention_cpu(q, k, v, plan, workers=1)
@@ -434,7 +434,7 @@ def markdown(payload: dict) -> str:
         "",
         "Engines: `after` = `gna(..., backend=\"cpu\")` today; `after-omp` = the same plan without worker threads "
         "(the caller's OpenMP threads); `after-1thread` = the same on one thread; `after-tiled` = a case the engine "
-        "runs as strips, forced tiled; `before` = the engine of "
+        "runs as strips or direct, forced tiled; `before` = the engine of "
         f"{payload['baseline']['ref']}. Cost model: {payload['cost_model']}.",
     ]
     return "\n".join(lines) + "\n"
