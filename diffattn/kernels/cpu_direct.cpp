@@ -30,6 +30,7 @@ typedef float v8 __attribute__((vector_size(32)));
 
 constexpr int64_t PAD = 16;     // kt row padding: a 16-lane load from any key of a row stays inside it
 constexpr int64_t QBLOCK = 32;  // queries per parallel work item
+constexpr int64_t SERIAL_FLOATS = 1 << 20;  // key transpositions up to this many floats per thread run serially
 
 inline v16 load16(const float* p) { v16 x; std::memcpy(&x, p, sizeof x); return x; }
 inline void store16(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
@@ -186,7 +187,10 @@ at::Tensor transpose_keys(const at::Tensor& k, int64_t W) {
   at::Tensor kt = at::empty({B, H, rows, D, WP}, k.options());
   const float* src = k.data_ptr<float>();
   float* dst = kt.data_ptr<float>();
-  at::parallel_for(0, B * H * rows, 1, [&](int64_t begin, int64_t end) {
+  // one OpenMP region is a stall risk on a busy machine (a descheduled thread holds the others at its end): small
+  // transpositions (the 32x32 grid's 0.26 M floats: ~0.1 ms) run on the calling thread alone
+  const int64_t grain = std::max<int64_t>(1, SERIAL_FLOATS / std::max<int64_t>(1, W * D));
+  at::parallel_for(0, B * H * rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; item++) {
       const int64_t bh = item / rows, row = item % rows;
       const float* s0 = src + ((bh / H) * S + row * W) * H * D + (bh % H) * D;
@@ -234,7 +238,7 @@ void attend(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, cons
   // every query's chunks of 16 score lanes as kt offsets within one head (the same for every batch item and head)
   const int64_t per_run = paired ? 1 : LC / 16, C = paired ? R / 2 : R * per_run;
   std::vector<Chunk> chunk_table(static_cast<size_t>((q1 - q0) * C));
-  at::parallel_for(q0, q1, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(q0, q1, 4096, [&](int64_t begin, int64_t end) {  // a few cheap entries per query
     for (int64_t n = begin; n < end; n++) {
       const int32_t* run = runp + n * R;
       Chunk* out_chunk = chunk_table.data() + (n - q0) * C;
