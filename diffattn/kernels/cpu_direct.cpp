@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -225,6 +226,8 @@ void attend(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, cons
                   lse.size(2) == H, "v, out, lse do not match q ", q.sizes());
   TORCH_CHECK(R >= 1 && L >= 1 && 0 <= q0 && q0 <= q1 && q1 <= S, "bad runs ", R, "x", L, " or query range [", q0,
               ", ", q1, ") of ", S);
+  TORCH_CHECK(S / W * D * WP < INT32_MAX, "one head's transposed keys (", S / W * D * WP,
+              " floats) exceed the kernel's int32 offsets");
   const bool paired = L == 8 && R % 2 == 0;  // two runs of 8 fill one 16-lane vector
   const int64_t LC = paired ? 8 : (L + 15) / 16 * 16;  // score slots per run
   const int64_t K = R * LC, HD = H * D, blocks = (q1 - q0 + QBLOCK - 1) / QBLOCK;
