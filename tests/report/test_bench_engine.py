@@ -3,7 +3,9 @@ pure parts (busy fraction, targets, the not-quiet warning, the baseline loader) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,13 @@ def test_a_busy_keeps_whose_interval_holds_the_target_is_undecided() -> None:
     assert low == pytest.approx(0.5) and high == pytest.approx(0.75)
     (result,) = [t for t in check_targets(engine.ENGINE_TARGETS, rows) if t["target"] == "busy"]
     assert result["status"] == "MISS" and result["undecided"] == ["tiny-32x32-s1"]
+
+
+def test_calibration_fits_the_tiled_and_the_direct_terms() -> None:
+    result = engine.calibrate(repeats=1, configs=((16, 3, 1), (24, 5, 1), (32, 8, 1), (20, 16, 1)))
+    assert set(result["fit"]) == {f.name for f in dataclasses.fields(engine.cpu.CpuCostModel)}
+    assert all(math.isfinite(v) and v >= 0 for v in result["fit"].values())
+    if engine.cpu.cpu_direct.library() is not None:
+        assert [s["config"] for s in result["direct_samples"]] == [[16, 3, 1], [24, 5, 1], [32, 8, 1], [20, 16, 1]]
+        assert [s["score_vectors"] for s in result["direct_samples"]] == [3, 5, 4, 16]
+        assert result["fit"]["direct_query_s"] + result["fit"]["direct_key_s"] > 0

@@ -465,9 +465,11 @@ def _cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
 def calibrate(repeats: int = 5, configs: tuple[tuple[int, int, int], ...] = CALIBRATION_CONFIGS) -> dict:
     """Fit `cpu.CpuCostModel` by least squares (relative error) to the single-thread CPU time of the tiled
     path over every power-of-two query tile of each config (and of the masked-sdpa path on grids of at
-    most 2048 tokens), and report, per config, the tile the fitted model picks against the fastest one."""
+    most 2048 tokens), and its direct terms to the direct path's time on each config (where its kernel
+    builds), and report, per config, the tile the fitted model picks against the fastest one."""
     batch, heads, head_dim = 2, 4, 32
     samples: list[dict] = []
+    direct: list[dict] = []
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -488,6 +490,14 @@ def calibrate(repeats: int = 5, configs: tuple[tuple[int, int, int], ...] = CALI
                 samples.append({"config": [side, window, stride], "tile": [a, b], "tiles": shape[0],
                                 "q_len": shape[1], "kv_len": shape[2], "tokens": n, "seconds": t})  # fmt: skip
                 log(f"  {side}x{side} w{window} s{stride} tile {a}x{b}: {t * 1e3:8.2f} ms")
+            prepared = cpu.prepare(plan, torch.float32, "direct")
+            if prepared.runs is not None and cpu.cpu_direct.library() is not None:
+                run = functools.partial(cpu.block_sparse_attention_cpu, q, k, v, plan, path="direct", workers=1)
+                t = _cpu_seconds(run, repeats)
+                vectors = cpu.cpu_direct.score_vectors(prepared.runs.shape[1], prepared.run_len)
+                direct.append({"config": [side, window, stride], "tokens": n, "score_vectors": vectors,
+                               "keys": prepared.kv_len, "seconds": t})  # fmt: skip
+                log(f"  {side}x{side} w{window} s{stride} direct: {t * 1e3:8.2f} ms")
     finally:
         torch.set_num_threads(old)
     bh = batch * heads
@@ -498,7 +508,15 @@ def calibrate(repeats: int = 5, configs: tuple[tuple[int, int, int], ...] = CALI
     y = torch.tensor([s["seconds"] for s in samples], dtype=torch.float64)
     w = 1 / y  # relative error
     coef = torch.linalg.lstsq(x * w[:, None], (y * w)[:, None]).solution.flatten().clamp_min(0)
-    model = cpu.CpuCostModel(*(float(c) for c in coef))
+    direct_fit = {}
+    if len(direct) >= 3:  # per query: a fixed cost, the score vectors, the pairs
+        xd = torch.tensor([[s["tokens"], s["tokens"] * s["score_vectors"], s["tokens"] * s["keys"]] for s in direct],
+                          dtype=torch.float64) * bh
+        yd = torch.tensor([s["seconds"] for s in direct], dtype=torch.float64)
+        wd = 1 / yd
+        fit = torch.linalg.lstsq(xd * wd[:, None], (yd * wd)[:, None]).solution.flatten().clamp_min(0)
+        direct_fit = dict(zip(("direct_query_s", "direct_chunk_s", "direct_key_s"), (float(c) for c in fit)))
+    model = dataclasses.replace(cpu.CpuCostModel(*(float(c) for c in coef)), **direct_fit)
     picks = []
     for config in {tuple(s["config"]) for s in samples}:
         mine = [s for s in samples if tuple(s["config"]) == config]
@@ -514,6 +532,7 @@ def calibrate(repeats: int = 5, configs: tuple[tuple[int, int, int], ...] = CALI
         "model_in_use": dataclasses.asdict(cpu.COST),
         "shape": {"batch": batch, "heads": heads, "head_dim": head_dim, "dtype": "fp32"},
         "samples": samples,
+        "direct_samples": direct,
     }
 
 
