@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import platform
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ SOURCE = Path(__file__).with_name("cpu_direct.cpp")
 #: Floats of padding after each transposed key row (the kernel's ``PAD``).
 KT_PAD = 16
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast")
+_BUILD_LOCK = threading.Lock()  # threads of one process that first want the kernel together build it once
+logger = logging.getLogger("diffattn.kernels")
 
 
 def _cpu_identity() -> str:
@@ -71,6 +75,12 @@ def _build(native: bool, openmp: bool) -> None:
 def library() -> Any | None:
     """``torch.ops.diffattn_direct`` once the kernel is built and loaded (once per process), or None, with one
     warning saying why, where it cannot be built."""
+    with _BUILD_LOCK:
+        return _first_build()
+
+
+def _first_build() -> Any | None:
+    logger.info("loading the CPU direct attention kernel (built on this machine's first use: about 10 s)")
     errors = []
     openmp = _torch_openmp() is not None
     # the fastest build first; some compilers or targets refuse -march=native, some platforms torch's OpenMP
