@@ -960,7 +960,7 @@ def _direct(
 ) -> tuple[Tensor, Tensor]:
     """The direct path: one kernel call over every query on the caller's OpenMP threads, or ranges of queries
     taken by the workers (one intra-op thread each), as `Scheduler` chooses."""
-    b, s, h, _ = q.shape
+    b, s, h, d = q.shape
     assert cp.runs is not None
     result: list[tuple[Tensor, Tensor]] = []
 
@@ -972,7 +972,7 @@ def _direct(
 
         result.append(cpu_direct.attend(q, k, v, cp.runs, cp.run_len, cp.row_len, scale, ranges, on_workers))
 
-    cost = cp.cost * b * h
+    cost = _direct_cost(cp, d) * b * h
     SCHEDULER.run(run, cost, threads, forced, team=(lambda: run(1)) if cost <= TEAM_MAX_S else None)
     return result[0]
 
@@ -1023,12 +1023,17 @@ def prepare_call(plan: BlockPlan, q: Tensor, path: str | None = None, inline: bo
         cp = prepare(plan, q.dtype, "strips")
     if q.dtype == torch.float32 and not inline and not _all_pairs(plan):
         direct = PLANS.get(plan, q.dtype, "direct")
-        if direct.runs is not None:
-            cost = COST.direct(direct.num_tokens, cpu_direct.score_vectors(direct.runs.shape[1], direct.run_len),
-                               direct.kv_len, q.shape[-1])
-            if cost < cp.cost and cpu_direct.library() is not None:
-                cp = direct
+        cheaper = direct.runs is not None and _direct_cost(direct, q.shape[-1]) < cp.cost
+        if cheaper and cpu_direct.library() is not None:
+            cp = direct
     return cp
+
+
+def _direct_cost(cp: CpuPlan, head_dim: int) -> float:
+    """Modelled single-thread seconds per (batch x head) of a direct `CpuPlan` at ``head_dim`` (its ``cost`` is at
+    the fitted head dim, 32)."""
+    assert cp.runs is not None
+    return COST.direct(cp.num_tokens, cpu_direct.score_vectors(cp.runs.shape[1], cp.run_len), cp.kv_len, head_dim)
 
 
 def batch_item_bytes(q: Tensor) -> int:
