@@ -20,14 +20,10 @@ from diffattn.kernels import cpu_direct, get_backend, record_paths, reference_at
 from diffattn.methods.gna import GNAConfig, gna_plan, gna_q_tile
 from diffattn.methods.naive import gna_mask
 
-from ..helpers import randn
+from ..helpers import randn, random_qkv
 
 CPU = get_backend("cpu")
 TOL = 2e-5
-
-
-def _qkv(b: int, n: int, h: int, d: int, seed: int = 0):
-    return tuple(randn(b, n, h, d, seed=seed + i) for i in range(3))
 
 
 def _resolved(grid, window, stride=1, dilation=1):
@@ -105,7 +101,7 @@ def test_direct_matches_the_reference(case, head_dim):
     grid, window = case
     resolved = _resolved(grid, window)
     plan = gna_plan(grid, *resolved)
-    q, k, v = _qkv(2, math.prod(grid), 3, head_dim, seed=head_dim)
+    q, k, v = random_qkv(math.prod(grid), seed=head_dim, batch=2, heads=3, dim=head_dim)
     out, lse = cpu.block_sparse_attention_cpu(q, k, v, plan, path="direct")
     ref, ref_lse = reference_attention(q, k, v, gna_mask(grid, *resolved))
     torch.testing.assert_close(out, ref, atol=TOL, rtol=TOL)
@@ -115,7 +111,7 @@ def test_direct_matches_the_reference(case, head_dim):
 def test_direct_with_text_keys_and_a_padding_mask():
     """Text keys merge with the direct path's partial through its lse, as with the other paths."""
     grid = (32, 32)
-    q, k, v = _qkv(2, 1024, 2, 32, seed=5)
+    q, k, v = random_qkv(1024, seed=5, batch=2, heads=2, dim=32)
     ek, ev = randn(2, 6, 2, 32, seed=11), randn(2, 6, 2, 32, seed=12)
     valid = torch.tensor([[True] * 6, [True, False, True, True, False, False]])
     with record_paths() as seen:
@@ -157,7 +153,7 @@ def test_every_path_agrees_where_calls_switch_to_direct(case):
     grid, window = case
     resolved = _resolved(grid, window)
     plan = gna_plan(grid, *resolved, gna_q_tile(grid, *resolved, CPU))
-    q, k, v = _qkv(2, math.prod(grid), 4, 32, seed=math.prod(grid))
+    q, k, v = random_qkv(math.prod(grid), seed=math.prod(grid), batch=2, heads=4, dim=32)
     ref, ref_lse = reference_attention(q, k, v, gna_mask(grid, *resolved))
     paths = ["direct", "tiled"] + (["masked-sdpa"] if plan.num_tokens <= cpu.MASKED_SDPA_MAX_TOKENS else [])
     for path in paths:
@@ -169,7 +165,7 @@ def test_every_path_agrees_where_calls_switch_to_direct(case):
 def test_queries_split_over_threads_give_the_same_bits():
     grid = (40, 40)
     plan = gna_plan(grid, *_resolved(grid, 8))
-    q, k, v = _qkv(2, 1600, 4, 32, seed=3)
+    q, k, v = random_qkv(1600, seed=3, batch=2, heads=4, dim=32)
     one, one_lse = cpu.block_sparse_attention_cpu(q, k, v, plan, path="direct", workers=1)
     for workers in (2, 3):
         out, lse = cpu.block_sparse_attention_cpu(q, k, v, plan, path="direct", workers=workers)
@@ -180,7 +176,7 @@ def test_a_nan_key_reaches_only_the_queries_that_attend_it():
     grid = (16, 16)
     resolved = _resolved(grid, 5)
     plan = gna_plan(grid, *resolved)
-    q, k, v = _qkv(1, 256, 2, 16, seed=9)
+    q, k, v = random_qkv(256, seed=9, batch=1, heads=2, dim=16)
     k[0, 0, 0, 3] = float("nan")
     out, _ = cpu.block_sparse_attention_cpu(q, k, v, plan, path="direct")
     sees = gna_mask(grid, *resolved)[:, 0]  # queries whose window holds token 0
@@ -205,7 +201,7 @@ def test_the_engine_takes_direct_where_it_is_modelled_cheaper():
 def test_autograd_and_other_dtypes_take_the_tiled_path():
     grid = (32, 32)
     plan = gna_plan(grid, *_resolved(grid, 8))
-    q, k, v = _qkv(1, 1024, 2, 32)
+    q, k, v = random_qkv(1024, batch=1, heads=2, dim=32)
     q.requires_grad_()
     with record_paths() as seen:
         out, _ = cpu.block_sparse_attention_cpu(q, k, v, plan)
@@ -226,7 +222,7 @@ def test_without_the_kernel_the_engine_runs_tiled(monkeypatch):
     monkeypatch.setattr(cpu_direct, "library", lambda: None)
     grid = (32, 32)
     plan = gna_plan(grid, *_resolved(grid, 8))
-    q, k, v = _qkv(1, 1024, 2, 32)
+    q, k, v = random_qkv(1024, batch=1, heads=2, dim=32)
     with record_paths() as seen:
         cpu.block_sparse_attention_cpu(q, k, v, plan)
     assert seen[0].startswith("tiled(")
@@ -248,7 +244,7 @@ def test_the_kernel_refuses_what_it_cannot_read():
     ops = cpu_direct.library()
     if ops is None:
         pytest.skip("no direct kernel here")
-    q, k, v = _qkv(1, 64, 2, 8)
+    q, k, v = random_qkv(64, batch=1, heads=2, dim=8)
     runs, run_len = cpu_direct.key_runs(gna_plan((8, 8), *_resolved((8, 8), 3)))
     kt = ops.transpose_keys(k, 8)
     out, lse = torch.empty_like(q), torch.empty(1, 64, 2)
