@@ -109,10 +109,11 @@ CHUNKS_PER_WORKER = 8
 #: Modelled single-thread seconds of a call up to which it runs on the caller's own OpenMP threads while the
 #: machine is quiet (see `Scheduler`).
 INLINE_MAX_S = 0.1
-#: Modelled single-thread seconds of a tiled call up to which it runs, while contended, as one chunk whose flash
-#: op runs on the caller's OpenMP team (see `Scheduler`). Busy, B 2, 4 heads of 32, window 8: a 32x32 grid
-#: (6.5 ms modelled) took 9.3-10.5 ms so against 12.5-14.0 ms on the workers, but a 64x64 blocked one (9.5 ms)
-#: 20.2 ms against 14.7-16.6 ms; larger calls keep the workers, which kept 0.85-1.3 of their quiet speedup.
+#: Modelled single-thread seconds of a tiled or direct call up to which it runs, while contended, in one OpenMP
+#: region on the caller's team (tiled: as one chunk whose flash op runs there; see `Scheduler`). Busy, B 2, 4
+#: heads of 32, window 8, tiled: a 32x32 grid (6.5 ms modelled) took 9.3-10.5 ms so against 12.5-14.0 ms on the
+#: workers, but a 64x64 blocked one (9.5 ms) 20.2 ms against 14.7-16.6 ms; larger calls keep the workers, which
+#: kept 0.85-1.3 of their quiet speedup.
 TEAM_MAX_S = 8e-3
 
 
@@ -462,16 +463,19 @@ def prepare(plan: BlockPlan, dtype: torch.dtype, path: str | None = None) -> Cpu
             f"path='masked-sdpa' needs a grid of at most {MASKED_SDPA_MAX_TOKENS} tokens; "
             f"the grid {plan.grid} has {plan.num_tokens}"
         )
-    cp = PLANS.get(plan, dtype, path)
     if path == "direct" and dtype != torch.float32:
         raise ValueError(f"path='direct' runs fp32 only, got {dtype}")
-    if path == "direct" and cp.runs is None:
-        raise ValueError(
-            "path='direct' needs every query's keys as runs of consecutive tokens along the last axis, as many "
-            f"for every query (no dilation there); this plan on grid {plan.grid} has others"
-        )
-    if path == "direct" and cpu_direct.library() is None:
-        raise ValueError("path='direct' needs the CPU direct kernel, which could not be built here (see the warning)")
+    cp = PLANS.get(plan, dtype, path)
+    if path == "direct":
+        if cp.runs is None:
+            raise ValueError(
+                "path='direct' needs every query's keys as runs of consecutive tokens along the last axis, as many "
+                f"for every query (no dilation there); this plan on grid {plan.grid} has others"
+            )
+        if cpu_direct.library() is None:
+            raise ValueError(
+                "path='direct' needs the CPU direct kernel, which could not be built here (see the warning)"
+            )
     return cp
 
 
@@ -644,7 +648,8 @@ class Scheduler:
     2.53x, 4 threads 2.80x; at 64x64, 7.43x, 8.30x, 9.08x. On a quiet machine 4 threads are slower than 2
     (64x64: 6.06x against 7.85x), hence only while contended.
 
-    A small contended call (`TEAM_MAX_S`; the tiled path offers it as ``team``) runs instead as one chunk
+    A small contended call (`TEAM_MAX_S`; the tiled and direct paths offer it as ``team``; the direct path's
+    is its one kernel call) runs instead as one chunk
     whose gathers and scatters run on the caller's thread alone and whose flash op runs on the caller's
     OpenMP team. Why: an OpenMP op just before (a linear layer, dense SDPA) leaves its team's other thread
     spinning for ~10 ms, taking a share of the cores from the workers; one OpenMP region right after puts that
