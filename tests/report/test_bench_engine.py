@@ -157,3 +157,10 @@ def test_calibration_fits_the_tiled_and_the_direct_terms() -> None:
         assert [s["config"] for s in result["direct_samples"]] == [[16, 3, 1], [24, 5, 1], [32, 8, 1], [20, 16, 1]]
         assert [s["score_vectors"] for s in result["direct_samples"]] == [3, 5, 4, 16]
         assert result["fit"]["direct_query_s"] + result["fit"]["direct_key_s"] > 0
+
+
+def test_calibration_without_the_direct_kernel_keeps_its_direct_terms(monkeypatch) -> None:
+    monkeypatch.setattr(engine.cpu.cpu_direct, "library", lambda: None)
+    result = engine.calibrate(repeats=1, configs=((16, 3, 1), (24, 5, 1), (32, 8, 1)))
+    assert result["direct_samples"] == []
+    assert result["fit"]["direct_key_s"] == engine.cpu.CpuCostModel().direct_key_s
